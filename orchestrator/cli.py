@@ -1,0 +1,234 @@
+"""The `vpgrid` command. Data goes to stdout; progress, hints and errors to stderr.
+
+Heavy imports (Ray, torch, pandas) happen inside the commands that need them, so `--help`, `plan` and
+`status` start fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Visual prompting on compressed models, as a grid.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
+StoreArg = Annotated[Path, typer.Argument(help="A store directory made by `vpgrid launch`.")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (else $RAY_ADDRESS, else a local cluster).")]
+CpusOpt = Annotated[Optional[float], typer.Option("--num-cpus", help="Local cluster only: CPUs Ray may use.")]
+GpusOpt = Annotated[Optional[float], typer.Option("--num-gpus", help="Local cluster only: GPUs Ray may use (a logical GPU on a CPU machine).")]
+RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Run again the runs whose row says failed.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _fail(e: Exception) -> None:
+    if os.environ.get("VPGRID_DEBUG") == "1":
+        raise e
+    err(f"error: {e}")
+    raise typer.Exit(1)
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from orchestrator.grid import GridError
+    from orchestrator.store import StoreError
+
+    return GridError, StoreError, FileNotFoundError, PermissionError
+
+
+@app.command()
+def plan(grid: Path, as_json: JsonOpt = False) -> None:
+    """Count the runs and trials of GRID, with a breakdown per axis. Runs nothing."""
+    from orchestrator.grid import expand, load_grid
+    from orchestrator.plan import breakdown, pack
+
+    try:
+        g, _ = load_grid(grid)
+        runs = expand(g, str(grid))
+    except _known_errors() as e:
+        _fail(e)
+    trials = pack(g, runs)
+    out = {"grid": g.name, "runs": len(runs), "trials": len(trials), "by_axis": breakdown(runs),
+           "gpu_per_trial": sorted({t.gpu for t in trials}), "cpu_per_trial": sorted({t.cpu for t in trials})}
+    if as_json:
+        typer.echo(json.dumps(out, indent=1))
+        return
+    typer.echo(f"grid {g.name}: {len(runs)} runs in {len(trials)} trials (pack size {g.pack_size})")
+    for axis, counts in out["by_axis"].items():
+        typer.echo(f"  {axis:<12} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+def _launch(grid_path: Path, grid_text: str, store: Path, address, num_cpus, num_gpus, retry_failed, quiet) -> None:
+    from orchestrator.grid import parse_grid
+    from orchestrator.launch import launch
+
+    try:
+        g = parse_grid(grid_text, str(grid_path))
+        s = launch(g, grid_text, str(grid_path), store, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                   retry_failed=retry_failed, progress=not quiet)
+    except _known_errors() as e:
+        _fail(e)
+    if s.launched == 0:
+        err(f"nothing to run: all {s.total} runs of {g.name} are in the store")
+    else:
+        err(f"{s.ok} ok, {s.failed} failed of {s.launched} runs launched ({s.skipped} already done) "
+            f"in {s.seconds:.0f} s" + (f"; {s.errored_trials} trials errored" if s.errored_trials else ""))
+    typer.echo(str(s.store))
+    if s.failed:
+        err(f"see the errors: vpgrid status {s.store} --failed")
+
+
+@app.command()
+def launch(grid: Path, store: Annotated[Optional[Path], typer.Option(help="Store directory [default: results/<grid name>].")] = None,
+           address: AddressOpt = None, num_cpus: CpusOpt = None, num_gpus: GpusOpt = None,
+           retry_failed: RetryOpt = False, quiet: QuietOpt = False) -> None:
+    """Run every run of GRID that the store does not have yet; print the store's path."""
+    from orchestrator.grid import load_grid
+
+    try:
+        g, text = load_grid(grid)
+    except _known_errors() as e:
+        _fail(e)
+    _launch(grid, text, store or Path("results") / g.name, address, num_cpus, num_gpus, retry_failed, quiet)
+
+
+@app.command()
+def resume(store: StoreArg, address: AddressOpt = None, num_cpus: CpusOpt = None, num_gpus: GpusOpt = None,
+           retry_failed: RetryOpt = False, quiet: QuietOpt = False) -> None:
+    """Finish the grid saved in STORE: run exactly what the store lacks."""
+    from orchestrator.store import Store
+
+    s = Store(store)
+    try:
+        text = s.grid_text()
+    except _known_errors() as e:
+        _fail(e)
+    _launch(s.meta_dir / "grid.yaml", text, store, address, num_cpus, num_gpus, retry_failed, quiet)
+
+
+def _fmt_eta(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} days"
+
+
+def _print_status(rep, show_failed: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]{rep.grid}[/] in {rep.store}: {rep.done} done, {rep.failed} failed, {rep.pending} pending "
+              f"of {rep.total}" + (f" ({rep.not_in_grid} rows of runs no longer in the grid)" if rep.not_in_grid else ""))
+    if rep.driver_alive:
+        rate = f"{rep.runs_per_minute:.1f} runs/min" if rep.runs_per_minute else "measuring"
+        con.print(f"launch running: {len(rep.running)} trials active, {rate}, ETA {_fmt_eta(rep.eta_seconds)}")
+        for h in rep.running:
+            con.print(f"  {h['trial']}: {h['runs_done']}/{h['runs_total']} runs")
+    elif rep.pending:
+        con.print(f"no launch running; finish with: vpgrid resume {rep.store}")
+    t = Table("axis", "value", "done", "failed", "pending")
+    for axis, values in rep.by_axis.items():
+        for v, c in values.items():
+            t.add_row(axis, v, str(c["done"]), str(c["failed"]) if c["failed"] else "", str(c["pending"]) if c["pending"] else "")
+    con.print(t)
+    if show_failed:
+        from orchestrator.store import Store
+
+        df = Store(rep.store).frame()
+        for _, r in df[df["status"] == "failed"].iterrows():
+            con.print(f"[red]{r['run_key']}[/] {r['model']} {r['compression']} {r['method']} {r['dataset']} "
+                      f"shots={r['shots']} seed={r['seed']}: {r['error'].splitlines()[0]}")
+
+
+@app.command()
+def status(store: StoreArg, as_json: JsonOpt = False,
+           watch: Annotated[bool, typer.Option("--watch", help="Refresh until the launch ends.")] = False,
+           interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+           failed: Annotated[bool, typer.Option("--failed", help="List failed runs with their error.")] = False) -> None:
+    """Done / failed / pending runs of STORE, per axis, with running trials and an ETA."""
+    from orchestrator.status import status as compute
+    from orchestrator.store import Store
+
+    try:
+        rep = compute(Store(store))
+    except _known_errors() as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(rep.to_dict(), indent=1))
+        return
+    if not watch:
+        _print_status(rep, failed)
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    with Live(console=Console(), auto_refresh=False) as live:
+        while True:
+            from io import StringIO
+
+            from rich.console import Console as C
+
+            buf = C(file=StringIO(), width=100, force_terminal=True)
+            live.update(_render(rep), refresh=True)
+            if not rep.driver_alive:
+                break
+            time.sleep(interval)
+            rep = compute(Store(store))
+
+
+def _render(rep):
+    from rich.console import Group
+    from rich.text import Text
+
+    head = Text(f"{rep.grid}: {rep.done} done, {rep.failed} failed, {rep.pending} pending of {rep.total}; "
+                f"{len(rep.running)} trials running; ETA {_fmt_eta(rep.eta_seconds)}")
+    rows = [Text(f"  {h['trial']}: {h['runs_done']}/{h['runs_total']}") for h in rep.running]
+    return Group(head, *rows)
+
+
+@app.command()
+def compact(store: StoreArg) -> None:
+    """Merge the store's one-row files into one file (readers see the same rows)."""
+    from orchestrator.store import Store
+
+    s = Store(store)
+    try:
+        s.grid_text()
+    except _known_errors() as e:
+        _fail(e)
+    before, after = s.compact()
+    err(f"{before} files -> {after}")
+
+
+@app.command()
+def report(store: StoreArg, as_json: JsonOpt = False,
+           metric: Annotated[list[str], typer.Option(help="Metrics to show (accuracy, ece, conf_correct, kl_incorrect).")] = ["accuracy", "ece"]) -> None:
+    """Mean ± std over seeds per variant, dataset, method and shots (values in %)."""
+    from orchestrator.report import markdown, summary
+    from orchestrator.store import Store
+
+    s = Store(store)
+    try:
+        s.grid_text()
+    except _known_errors() as e:
+        _fail(e)
+    table = summary(s.frame())
+    if as_json:
+        typer.echo(table.to_json(orient="records", indent=1))
+    else:
+        typer.echo(markdown(table, tuple(metric)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The grid file: a validated YAML schema and its expansion into RunSpecs.
+
+No torch, no Ray: `vpgrid plan` must start fast. Names (models, datasets, ...) are checked against the
+worker registries by `orchestrator.launch` before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+
+from workers.spec import RunSpec, TrainConfig
+
+
+class GridError(ValueError):
+    """A grid file that cannot be used; the message names the file and the field."""
+
+
+Shots = Union[PositiveInt, Literal["full"]]
+Scalar = Union[str, int, float, bool, None]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _fraction_or_whole(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("a trial uses a fraction of one GPU (0 < gpu <= 1) or a whole number of GPUs")
+        return v
+
+
+class Train(_Strict):
+    epochs: PositiveInt = 100
+    lr: PositiveFloat = 0.01
+    batch_size: Union[PositiveInt, dict[Shots, PositiveInt]] = 128
+    milestones: list[float] = [0.5, 0.72]
+    gamma: PositiveFloat = 0.1
+    eval_batch_size: PositiveInt = 256
+    input_size: Optional[PositiveInt] = None
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v) or v != sorted(v):
+            raise ValueError("milestones are increasing fractions of the epochs in (0, 1]")
+        return v
+
+
+class Compression(BaseModel):
+    """`{method: magnitude, sparsity: [0.8, 0.9]}`: list values expand into one variant each."""
+
+    model_config = ConfigDict(extra="allow")
+    method: str
+
+    def variants(self) -> list[tuple[str, dict]]:
+        extra = dict(self.model_extra or {})
+        keys = sorted(extra)
+        values = [v if isinstance(v, list) else [v] for v in (extra[k] for k in keys)]
+        return [(self.method, dict(zip(keys, combo))) for combo in itertools.product(*values)]
+
+
+class Model(_Strict):
+    name: str
+    weights: str = "pretrained"
+    args: dict[str, Any] = {}
+    compressions: list[Union[str, Compression]] = ["dense"]
+    resources: Optional[Resources] = None
+
+    def variants(self) -> list[tuple[str, dict]]:
+        out = []
+        for c in self.compressions:
+            out += [(c, {})] if isinstance(c, str) else c.variants()
+        return out
+
+
+class Dataset(_Strict):
+    name: str
+    args: dict[str, Any] = {}
+
+
+MATCH_AXES = ("model", "compression", "level", "method", "dataset", "shots", "seed")
+
+
+class Match(_Strict):
+    model: Union[Scalar, list[Scalar]] = None
+    compression: Union[Scalar, list[Scalar]] = None
+    level: Union[Scalar, list[Scalar]] = None
+    method: Union[Scalar, list[Scalar]] = None
+    dataset: Union[Scalar, list[Scalar]] = None
+    shots: Union[Scalar, list[Scalar]] = None
+    seed: Union[Scalar, list[Scalar]] = None
+
+    def matches(self, spec: RunSpec) -> bool:
+        values = {"model": spec.model, "compression": spec.compression, "level": spec.compression_level,
+                  "method": spec.method, "dataset": spec.dataset,
+                  "shots": "full" if spec.shots is None else spec.shots, "seed": spec.seed}
+        for axis in self.model_fields_set:
+            want = getattr(self, axis)
+            want = want if isinstance(want, list) else [want]
+            if values[axis] not in want:
+                return False
+        return True
+
+
+class Override(_Strict):
+    match: Match = Match()
+    set: dict[str, Any]
+
+    @field_validator("set")
+    @classmethod
+    def _known(cls, v: dict) -> dict:
+        unknown = set(v) - set(Train.model_fields)
+        if unknown:
+            raise ValueError(f"unknown training field(s) {sorted(unknown)}; valid: {sorted(Train.model_fields)}")
+        return v
+
+
+class Grid(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    models: list[Model] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    datasets: list[Union[str, Dataset]] = Field(min_length=1)
+    shots: list[Shots] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    train: Train = Train()
+    overrides: list[Override] = []
+    include: list[Match] = []
+    exclude: list[Match] = []
+    resources: Resources = Resources()
+    pack_size: PositiveInt = 32
+
+    @field_validator("methods", "shots", "seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        dup = [x for i, x in enumerate(v) if x in v[:i]]
+        if dup:
+            raise ValueError(f"duplicate value {dup[0]!r}")
+        return v
+
+    def dataset_list(self) -> list[Dataset]:
+        return [Dataset(name=d) if isinstance(d, str) else d for d in self.datasets]
+
+    def resources_for(self, model: str) -> Resources:
+        for m in self.models:
+            if m.name == model and m.resources is not None:
+                return m.resources
+        return self.resources
+
+
+def _format(e: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid grid ({e.error_count()} problem{'s' * (e.error_count() > 1)})"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union[", "literal[")))
+        lines.append(f"  {loc or '(top level)'}: {err['msg']}" + (f" (got {err['input']!r})"
+                                                                  if not isinstance(err["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+def parse_grid(text: str, source: str = "<grid>") -> Grid:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise GridError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise GridError(f"{source}: a grid is a YAML mapping with keys name, models, methods, datasets, shots, seeds")
+    try:
+        return Grid.model_validate(data)
+    except ValidationError as e:
+        raise GridError(_format(e, source)) from None
+
+
+def load_grid(path: str | Path) -> tuple[Grid, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file not found: {path}")
+    text = path.read_text()
+    return parse_grid(text, str(path)), text
+
+
+def _train_for(grid: Grid, spec: RunSpec, source: str) -> TrainConfig:
+    fields = grid.train.model_dump()
+    for o in grid.overrides:
+        if o.match.matches(spec):
+            fields.update(o.set)
+    try:
+        t = Train.model_validate(fields)
+    except ValidationError as e:
+        raise GridError(_format(e, f"{source} (after overrides)")) from None
+    bs = t.batch_size
+    if isinstance(bs, dict):
+        key = "full" if spec.shots is None else spec.shots
+        if key not in bs:
+            raise GridError(f"{source}: train.batch_size has no entry for shots {key!r} "
+                            f"(entries: {sorted(map(str, bs))})")
+        bs = bs[key]
+    return TrainConfig(epochs=t.epochs, lr=t.lr, batch_size=bs, milestones=tuple(t.milestones), gamma=t.gamma,
+                       eval_batch_size=t.eval_batch_size, input_size=t.input_size)
+
+
+def expand(grid: Grid, source: str = "<grid>") -> list[RunSpec]:
+    """Every run of the grid, in a stable order, after include/exclude. Duplicates are an error."""
+    runs: list[RunSpec] = []
+    for m in grid.models:
+        for (comp, comp_args), d, method, shots, seed in itertools.product(
+                m.variants(), grid.dataset_list(), grid.methods, grid.shots, grid.seeds):
+            spec = RunSpec(model=m.name, weights=m.weights, model_args=dict(m.args), compression=comp,
+                           compression_args=comp_args, method=method, dataset=d.name, dataset_args=dict(d.args),
+                           shots=None if shots == "full" else shots, seed=seed, grid=grid.name)
+            if grid.include and not any(r.matches(spec) for r in grid.include):
+                continue
+            if any(r.matches(spec) for r in grid.exclude):
+                continue
+            runs.append(dataclasses.replace(spec, train=_train_for(grid, spec, source)))
+    seen: dict[str, RunSpec] = {}
+    for r in runs:
+        if r.run_key in seen:
+            raise GridError(f"{source}: the same run appears twice (model {r.model}, compression {r.compression} "
+                            f"{r.compression_args}, method {r.method}, dataset {r.dataset}, shots {r.shots}, "
+                            f"seed {r.seed}); remove the repeated model, compression or dataset entry")
+        seen[r.run_key] = r
+    return runs

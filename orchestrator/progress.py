@@ -1,0 +1,32 @@
+"""A progress bar of runs done, fed by Ray Tune results (one result per finished run)."""
+from __future__ import annotations
+
+from ray.tune import Callback
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class RunProgress(Callback):
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.ok = self.failed = 0
+        self._progress = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                                  disable=not enabled)
+        self._task = self._progress.add_task("runs", total=total, info="")
+
+    def __enter__(self) -> "RunProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "run_key" not in result:
+            return
+        if result["ok"]:
+            self.ok += 1
+        else:
+            self.failed += 1
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        self._progress.update(self._task, advance=1, info=f"failed {self.failed} · trials running {running}")

@@ -1,0 +1,70 @@
+"""Progress of a store against the grid saved in it: done / failed / pending, per axis, running, ETA."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from orchestrator.grid import expand, parse_grid
+from orchestrator.plan import BREAKDOWN_AXES, axis_value
+from orchestrator.store import Store
+
+
+@dataclass
+class StatusReport:
+    store: str
+    grid: str
+    total: int
+    done: int
+    failed: int
+    pending: int
+    by_axis: dict = field(default_factory=dict)  # axis -> value -> {done, failed, pending}
+    running: list = field(default_factory=list)  # heartbeats of trials running now
+    driver_alive: bool = False
+    runs_per_minute: Optional[float] = None
+    eta_seconds: Optional[float] = None
+    not_in_grid: int = 0  # rows of runs the current grid no longer has
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _alive(info: dict) -> bool:
+    if not info or "finished" in info:
+        return False
+    if info.get("host") != socket.gethostname():
+        return True  # cannot check another host's process; trust the heartbeats
+    try:
+        os.kill(int(info["pid"]), 0)
+        return True
+    except (ProcessLookupError, PermissionError, ValueError):
+        return False
+
+
+def status(store: Store) -> StatusReport:
+    grid = parse_grid(store.grid_text(), str(store.meta_dir / "grid.yaml"))
+    runs = expand(grid)
+    states = store.statuses()
+    rep = StatusReport(str(store.root), grid.name, len(runs), 0, 0, 0)
+    by_axis: dict = {a: defaultdict(lambda: {"done": 0, "failed": 0, "pending": 0}) for a in BREAKDOWN_AXES}
+    for r in runs:
+        state = {"ok": "done", "failed": "failed"}.get(states.get(r.run_key), "pending")
+        setattr(rep, state, getattr(rep, state) + 1)
+        for a in BREAKDOWN_AXES:
+            by_axis[a][str(axis_value(r, a))][state] += 1
+    rep.by_axis = {a: dict(v) for a, v in by_axis.items()}
+    rep.not_in_grid = len(set(states) - {r.run_key for r in runs})
+    info = store.launch_info()
+    rep.driver_alive = _alive(info)
+    if rep.driver_alive:
+        rep.running = store.heartbeats()
+        started = info.get("started", time.time())
+        recent = [t for t in store.finished_times() if t >= started]
+        elapsed = time.time() - started
+        if recent and elapsed > 0:
+            rep.runs_per_minute = 60 * len(recent) / elapsed
+            rep.eta_seconds = rep.pending / (len(recent) / elapsed)
+    return rep

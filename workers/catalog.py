@@ -1,0 +1,25 @@
+"""Every registry in one place, so the launcher can check a grid's names before running anything."""
+from __future__ import annotations
+
+from workers.compression import COMPRESSIONS
+from workers.data import DATASETS
+from workers.mapping import LABEL_MAPPINGS
+from workers.models import MODELS
+from workers.registry import UnknownName
+from workers.spec import RunSpec
+
+REGISTRIES = {"model": MODELS, "compression": COMPRESSIONS, "dataset": DATASETS, "method": LABEL_MAPPINGS}
+
+
+def check(runs: list[RunSpec]) -> list[str]:
+    """One message per unknown name (field, value, what is valid)."""
+    problems: dict[tuple[str, str], str] = {}
+    for r in runs:
+        for field, reg in REGISTRIES.items():
+            name = getattr(r, field)
+            if (field, name) not in problems and name not in reg:
+                try:
+                    reg.entry(name)
+                except UnknownName as e:
+                    problems[(field, name)] = f"{field}: {e}"
+    return list(problems.values())

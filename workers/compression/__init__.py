@@ -1,0 +1,13 @@
+"""Model compression methods behind one registry: `compress(model, method, args, calib)`.
+
+Importing prune and quant here is what registers their methods.
+"""
+from workers.compression.base import (
+    COMPRESSIONS,
+    CompressionReport,
+    compress,
+    measure_sparsity,
+)
+from workers.compression import prune, quant  # noqa: F401  (registration side effects)
+
+__all__ = ["COMPRESSIONS", "CompressionReport", "compress", "measure_sparsity"]

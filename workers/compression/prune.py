@@ -1,0 +1,58 @@
+"""Unstructured one-shot pruning: magnitude (global or per layer) and random.
+
+Weights are zeroed directly rather than through torch.nn.utils.prune, so no masks or hooks stay
+behind and a state_dict keeps its plain keys.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from workers.compression.base import COMPRESSIONS, Arg, is_int, is_number, target_layers
+
+_SPARSITY = Arg(lambda v: is_number(v) and 0 <= v < 1, "a float in [0, 1)")
+
+
+def _zero_flat(weights: list[Tensor], drop: Tensor) -> None:
+    """Zero the positions `drop` of the weights taken as one flat vector (in layer order)."""
+    mask = torch.ones(sum(w.numel() for w in weights), dtype=torch.bool)
+    mask[drop] = False
+    start = 0
+    for w in weights:
+        n = w.numel()
+        w.masked_fill_(~mask[start : start + n].view_as(w).to(w.device), 0)
+        start += n
+
+
+def _smallest(scores: Tensor, k: int) -> Tensor:
+    # A stable sort breaks ties by position, so the same weights go whatever the device or run.
+    return torch.sort(scores, stable=True).indices[:k]
+
+
+@COMPRESSIONS.register(
+    "magnitude",
+    meta={"sparsity": _SPARSITY, "scope": Arg(lambda v: v in ("global", "layer"), "'global' or 'layer'", "global")},
+)
+@torch.no_grad()
+def magnitude(model: nn.Module, calib: Tensor | None, sparsity: float, scope: str) -> nn.Module:
+    weights = [m.weight for _, m in target_layers(model)]
+    if scope == "global":
+        # One threshold over all layers: small layers may end up far sparser than big ones.
+        scores = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights])
+        _zero_flat(weights, _smallest(scores, round(sparsity * scores.numel())))
+    else:
+        for w in weights:
+            scores = w.detach().abs().flatten().float().cpu()
+            _zero_flat([w], _smallest(scores, round(sparsity * scores.numel())))
+    return model
+
+
+@COMPRESSIONS.register("random", meta={"sparsity": _SPARSITY, "seed": Arg(is_int, "an int", 0)})
+@torch.no_grad()
+def random_prune(model: nn.Module, calib: Tensor | None, sparsity: float, seed: int) -> nn.Module:
+    weights = [m.weight for _, m in target_layers(model)]
+    total = sum(w.numel() for w in weights)
+    # CPU generator: the same seed prunes the same weights on any device.
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    _zero_flat(weights, perm[: round(sparsity * total)])
+    return model

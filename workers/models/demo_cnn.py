@@ -1,0 +1,110 @@
+"""A small CNN source model, pre-trained by vpgrid on the procedural `shapes` dataset.
+
+It lets the demo run the whole study offline: a real source network (trained, not random) that the
+compressions then damage. The trained weights are cached per configuration, so a sweep trains it once.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.checkpoints import load_state_dict, load_strict, sha256_file
+from workers.data import DATASETS
+from workers.models import Built, ModelMeta, MODELS
+
+SOURCE_CLASSES = DATASETS.meta("shapes").num_classes
+
+SHAPES_MEAN = (0.5, 0.5, 0.5)
+SHAPES_STD = (0.25, 0.25, 0.25)
+
+
+def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class DemoCNN(nn.Module):
+    def __init__(self, num_classes: int = SOURCE_CLASSES, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _block(3, w, 1), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1),
+            _block(2 * w, 4 * w, 2), _block(4 * w, 4 * w, 1),
+        )
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+DEFAULTS = {"width": 24, "pretrain_epochs": 6, "pretrain_images": 8000, "seed": 0}
+
+
+def _pretrain(model: DemoCNN, args: dict) -> float:
+    """Train on `shapes` with SGD; returns test accuracy on the source task."""
+    from workers.data import load_dataset
+
+    torch.manual_seed(args["seed"])
+    data = load_dataset("shapes", size=32, n_train=args["pretrain_images"], seed=args["seed"])
+    mean = torch.tensor(SHAPES_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(SHAPES_STD).view(1, 3, 1, 1)
+    x, y = (data.train_x - mean) / std, data.train_y
+    epochs, bs = args["pretrain_epochs"], 128
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=epochs * -(-len(x) // bs))
+    g = torch.Generator().manual_seed(args["seed"])
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), bs):
+            idx = perm[i:i + bs]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model((data.test_x - mean) / std).argmax(1)
+    return (pred == data.test_y).float().mean().item()
+
+
+def _cached_pretrained(args: dict, cache_dir: Path) -> Built:
+    tag = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir / f"demo_cnn-{tag}.pt"
+    model = DemoCNN(width=args["width"])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # One process trains; trials that start at the same time wait on the lock, then load the file.
+    with open(cache_dir / f".demo_cnn-{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            acc = _pretrain(model, args)
+            tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+            torch.save({"state_dict": model.state_dict(), "source_accuracy": torch.tensor(acc)}, tmp)
+            os.replace(tmp, path)
+    load_strict(model, load_state_dict(path), str(path))
+    return Built(model, f"vpgrid-pretrained on shapes: {path} sha256:{sha256_file(path)[:16]}")
+
+
+@MODELS.register("demo_cnn", meta=ModelMeta(input_size=32, num_classes=SOURCE_CLASSES, source="procedural shape classes",
+                                            mean=SHAPES_MEAN, std=SHAPES_STD))
+def demo_cnn(weights: str, args: dict, cache_dir: Path) -> Built:
+    unknown = set(args) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"demo_cnn: unknown args {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
+    args = {**DEFAULTS, **args}
+    if weights == "pretrained":
+        return _cached_pretrained(args, cache_dir)
+    if weights == "random":
+        torch.manual_seed(args["seed"])
+        return Built(DemoCNN(width=args["width"]), f"random init (seed {args['seed']}); not pre-trained")
+    model = DemoCNN(width=args["width"])
+    load_strict(model, load_state_dict(weights), weights)
+    return Built(model, f"{weights} sha256:{sha256_file(Path(weights))[:16]}")

@@ -1,0 +1,142 @@
+"""run(spec) -> RunResult, and run_pack: many runs sharing one model variant and dataset.
+
+Plain functions, no Ray: the Ray adapter and the tests call the same code.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from workers.compression import compress
+from workers.data import Splits, load_dataset
+from workers.data.fewshot import few_shot_indices
+from workers.models import ModelMeta, build_model
+from workers.spec import RunResult, RunSpec
+from workers.train import train_prompt
+
+_PACKAGES = ("vpgrid", "torch", "torchvision", "timm", "open_clip_torch", "ray", "numpy")
+
+
+def versions() -> str:
+    out = {}
+    for p in _PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return json.dumps(out, sort_keys=True)
+
+
+@dataclass
+class Variant:
+    model: torch.nn.Module
+    meta: ModelMeta
+    weights_source: str
+    sparsity: float
+    weight_bits: int | None
+    act_bits: int | None
+    setup_seconds: float
+
+
+@dataclass
+class Context:
+    """What runs in one pack share: the cache folder, the device, and loaded variants and datasets."""
+
+    cache_dir: Path
+    device: torch.device
+    trial: str = ""
+    variants: dict = field(default_factory=dict)
+    datasets: dict = field(default_factory=dict)
+
+    def dataset(self, spec: RunSpec, size: int) -> Splits:
+        key = (spec.dataset, size, json.dumps(spec.dataset_args, sort_keys=True))
+        if key not in self.datasets:
+            self.datasets.clear()  # packs are grouped by dataset: keep one in memory
+            self.datasets[key] = load_dataset(spec.dataset, size=size, **spec.dataset_args)
+        return self.datasets[key]
+
+    def variant(self, spec: RunSpec) -> Variant:
+        if spec.variant_key not in self.variants:
+            self.variants.clear()
+            t0 = time.perf_counter()
+            built, meta = build_model(spec.model, spec.weights, spec.model_args, self.cache_dir)
+            model = copy.deepcopy(built.model)
+            calib = None
+            if spec.compression_args.get("act_bits"):
+                calib = self._calibration_batch(spec, meta)
+            model, report = compress(model, spec.compression, dict(spec.compression_args), calib=calib)
+            model.eval().requires_grad_(False).to(self.device)
+            self.variants[spec.variant_key] = Variant(model, meta, built.weights_source, report.sparsity,
+                                                      report.weight_bits, report.act_bits,
+                                                      time.perf_counter() - t0)
+        return self.variants[spec.variant_key]
+
+    def _calibration_batch(self, spec: RunSpec, meta: ModelMeta) -> torch.Tensor:
+        """Activation ranges come from target training images on the zero prompt, as the run will see them."""
+        from workers.prompts import PadPrompter
+
+        data = self.dataset(spec, spec.train.input_size or _default_size(spec))
+        x = data.train_x[torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:64]]
+        with torch.no_grad():
+            return PadPrompter(meta.input_size, x.shape[-1], meta.mean, meta.std)(x)
+
+
+def _default_size(spec: RunSpec) -> int:
+    from workers.data import DATASETS
+
+    return DATASETS.meta(spec.dataset).input_size
+
+
+def run(spec: RunSpec, ctx: Context) -> RunResult:
+    """One run; never raises: a failure becomes a failed row carrying the error."""
+    started = time.time()
+    common = dict(started_at=started, trial=ctx.trial, host=socket.gethostname(), pid=os.getpid(),
+                  device=str(ctx.device), versions=versions())
+    variant = None
+    try:
+        variant = ctx.variant(spec)
+        data = ctx.dataset(spec, spec.train.input_size or _default_size(spec))
+        idx = few_shot_indices(data.train_y, spec.shots, spec.seed)
+        out = train_prompt(variant.model, variant.meta, data.train_x[idx], data.train_y[idx], data.test_x,
+                           data.test_y, len(data.classes), spec, ctx.device)
+        m = out.metrics
+        return RunResult.for_spec(
+            spec, "ok", accuracy=m["accuracy"], ece=m["ece"], conf_correct=m["conf_correct"],
+            kl_incorrect=m["kl_incorrect"], nll=m["nll"], per_class_accuracy=m["per_class_accuracy"],
+            label_mapping=out.mapping, final_train_loss=out.final_train_loss, n_train=len(idx),
+            n_test=len(data.test_y), train_seconds=out.train_seconds, eval_seconds=out.eval_seconds,
+            finished_at=time.time(), **_variant_fields(variant), **common)
+    except Exception as e:  # one failing run must not take down the pack
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        tb = traceback.format_exc(limit=-3)
+        return RunResult.for_spec(spec, "failed", error=f"{type(e).__name__}: {e}\n{tb}",
+                                  finished_at=time.time(), **_variant_fields(variant), **common)
+
+
+def _variant_fields(v: Variant | None) -> dict:
+    if v is None:
+        return {}
+    return dict(sparsity=v.sparsity, weight_bits=v.weight_bits, act_bits=v.act_bits,
+                weights_source=v.weights_source, setup_seconds=v.setup_seconds)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_pack(specs: Iterable[RunSpec], cache_dir: Path, trial: str = "",
+             device: torch.device | None = None) -> Iterator[RunResult]:
+    ctx = Context(Path(cache_dir), device or default_device(), trial)
+    for spec in specs:
+        yield run(spec, ctx)

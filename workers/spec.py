@@ -1,0 +1,161 @@
+"""RunSpec (one fully resolved run) and RunResult (its row in the store).
+
+Pure Python, no torch: the control plane builds RunSpecs and the store derives its Parquet schema from
+RunResult's annotations, so the two planes share one definition.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one prompt-training run (reference ILM-VP recipe by default)."""
+
+    epochs: int = 100
+    lr: float = 0.01
+    batch_size: int = 128
+    milestones: tuple[float, ...] = (0.5, 0.72)  # fractions of `epochs` where lr *= gamma
+    gamma: float = 0.1
+    eval_batch_size: int = 256
+    input_size: Optional[int] = None  # target image side inside the canvas; None = dataset default
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs. Its hash of the semantic fields is the run_key."""
+
+    model: str
+    method: str
+    dataset: str
+    shots: Optional[int]  # None = the full training split
+    seed: int
+    weights: str = "pretrained"
+    model_args: dict = field(default_factory=dict)
+    compression: str = "dense"
+    compression_args: dict = field(default_factory=dict)
+    dataset_args: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    grid: str = ""  # the grid's name; bookkeeping, not part of the key
+
+    def semantic(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("grid")
+        return d
+
+    @property
+    def run_key(self) -> str:
+        return hashlib.sha256(_canonical(self.semantic()).encode()).hexdigest()[:16]
+
+    @property
+    def variant_key(self) -> str:
+        """Identifies the (model, weights, compression) variant: runs sharing it share one model."""
+        d = {k: getattr(self, k) for k in ("model", "weights", "model_args", "compression", "compression_args")}
+        return hashlib.sha256(_canonical(d).encode()).hexdigest()[:16]
+
+    @property
+    def compression_level(self) -> Optional[float]:
+        """The nominal level on one axis: sparsity for pruning, bits for quantisation."""
+        for k in ("sparsity", "bits", "ratio"):
+            if k in self.compression_args:
+                return float(self.compression_args[k])
+        return None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        d = dict(d)
+        t = dict(d.pop("train", {}))
+        if "milestones" in t:
+            t["milestones"] = tuple(t["milestones"])
+        return cls(train=TrainConfig(**t), **d)
+
+
+@dataclass
+class RunResult:
+    """One row of the store. Field order and annotations define the Parquet schema."""
+
+    run_key: str
+    grid: str
+    status: str  # "ok" | "failed"
+    error: Optional[str]
+    # axes
+    model: str
+    weights: str
+    model_args: str  # canonical JSON
+    compression: str
+    compression_level: Optional[float]
+    compression_args: str  # canonical JSON
+    method: str
+    dataset: str
+    shots: Optional[int]  # null = full training split
+    seed: int
+    # hyper-parameters
+    epochs: int
+    lr: float
+    batch_size: int
+    input_size: Optional[int]
+    # metrics on the test split (softmax over the mapped target logits)
+    accuracy: Optional[float] = None
+    ece: Optional[float] = None
+    conf_correct: Optional[float] = None
+    kl_incorrect: Optional[float] = None
+    nll: Optional[float] = None
+    per_class_accuracy: Optional[list[float]] = None
+    label_mapping: Optional[list[int]] = None  # label_mapping[target class] = source class
+    final_train_loss: Optional[float] = None
+    n_train: Optional[int] = None
+    n_test: Optional[int] = None
+    # the loaded model, as measured
+    sparsity: Optional[float] = None  # fraction of zero weights in conv/linear layers
+    weight_bits: Optional[int] = None
+    act_bits: Optional[int] = None
+    weights_source: Optional[str] = None  # where the weights came from, with checksum
+    # timings and provenance
+    train_seconds: Optional[float] = None
+    eval_seconds: Optional[float] = None
+    setup_seconds: Optional[float] = None  # model/dataset load + compression, shared across a pack
+    started_at: Optional[float] = None  # unix seconds
+    finished_at: Optional[float] = None
+    trial: Optional[str] = None
+    host: Optional[str] = None
+    pid: Optional[int] = None
+    device: Optional[str] = None
+    versions: Optional[str] = None  # JSON {package: version}
+
+    @classmethod
+    def for_spec(cls, spec: RunSpec, status: str, error: Optional[str] = None, **kw: Any) -> "RunResult":
+        return cls(
+            run_key=spec.run_key,
+            grid=spec.grid,
+            status=status,
+            error=error,
+            model=spec.model,
+            weights=spec.weights,
+            model_args=_canonical(spec.model_args),
+            compression=spec.compression,
+            compression_level=spec.compression_level,
+            compression_args=_canonical(spec.compression_args),
+            method=spec.method,
+            dataset=spec.dataset,
+            shots=spec.shots,
+            seed=spec.seed,
+            epochs=spec.train.epochs,
+            lr=spec.train.lr,
+            batch_size=spec.train.batch_size,
+            input_size=spec.train.input_size,
+            **kw,
+        )
+
+    def to_row(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,82 @@
+"""Train one visual prompt with a label mapping on a frozen model (the reference ILM-VP recipe)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.mapping import LABEL_MAPPINGS, compute_mapping, map_logits
+from workers.metrics import classification_metrics
+from workers.models import ModelMeta
+from workers.prompts import PadPrompter
+from workers.spec import RunSpec
+
+
+@dataclass
+class TrainOutput:
+    metrics: dict
+    mapping: list[int]
+    final_train_loss: float
+    train_seconds: float
+    eval_seconds: float
+
+
+@torch.no_grad()
+def _source_logits(model: nn.Module, prompter: PadPrompter, x: torch.Tensor, bs: int, device) -> torch.Tensor:
+    out = [model(prompter(x[i:i + bs].to(device))).float().cpu() for i in range(0, len(x), bs)]
+    return torch.cat(out)
+
+
+def train_prompt(model: nn.Module, meta: ModelMeta, train_x: torch.Tensor, train_y: torch.Tensor,
+                 test_x: torch.Tensor, test_y: torch.Tensor, num_target: int, spec: RunSpec,
+                 device: torch.device) -> TrainOutput:
+    cfg = spec.train
+    torch.manual_seed(spec.seed)
+    prompter = PadPrompter(meta.input_size, train_x.shape[-1], meta.mean, meta.std).to(device)
+    opt = torch.optim.Adam(prompter.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=[int(f * cfg.epochs) for f in cfg.milestones], gamma=cfg.gamma)
+    schedule = LABEL_MAPPINGS.meta(spec.method).schedule
+
+    def remap() -> torch.Tensor:  # frequency mapping under the current prompt (no grad)
+        pred = _source_logits(model, prompter, train_x, cfg.eval_batch_size, device).argmax(1)
+        return compute_mapping(spec.method, source_pred=pred, targets=train_y,
+                               num_source=meta.num_classes, num_target=num_target, seed=spec.seed).to(device)
+
+    mapping = None
+    if schedule == "fixed":
+        mapping = compute_mapping(spec.method, num_source=meta.num_classes, num_target=num_target,
+                                  seed=spec.seed).to(device)
+    gen = torch.Generator().manual_seed(spec.seed)
+    amp = device.type == "cuda"  # bf16 autocast on GPU, as the reference used AMP
+    t0 = time.perf_counter()
+    loss_sum, n_seen = 0.0, 0
+    for epoch in range(cfg.epochs):
+        if schedule == "every_epoch" or (schedule == "once" and epoch == 0):
+            mapping = remap()
+        perm = torch.randperm(len(train_x), generator=gen)
+        loss_sum, n_seen = 0.0, 0
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            x, y = train_x[idx].to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(map_logits(model(prompter(x)), mapping).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)  # .item() syncs the GPU; one per step is cheap next to the step
+            n_seen += len(idx)
+        sched.step()
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training loss is not finite at epoch {epoch + 1}/{cfg.epochs}")
+    train_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    logits = map_logits(_source_logits(model, prompter, test_x, cfg.eval_batch_size, device), mapping.cpu())
+    metrics = classification_metrics(logits, test_y)
+    return TrainOutput(metrics, mapping.cpu().tolist(), loss_sum / max(n_seen, 1), train_seconds,
+                       time.perf_counter() - t0)
