@@ -34,8 +34,9 @@ def pack(grid: Grid, runs: list[RunSpec]) -> list[Trial]:
     trials = []
     for members in groups.values():
         res = grid.resources_for(members[0].model)
-        for i in range(0, len(members), grid.pack_size):
-            chunk = tuple(members[i:i + grid.pack_size])
+        n = -(-len(members) // grid.pack_size)
+        for i in range(n):
+            chunk = tuple(members[i::n])  # round-robin: each pack gets a like mix of shots, so packs take alike time
             digest = hashlib.sha256("".join(r.run_key for r in chunk).encode()).hexdigest()[:8]
             trials.append(Trial(f"{_label(chunk[0])}-{digest}", chunk, res.cpu, res.gpu))
     return trials

@@ -14,6 +14,14 @@ class RunProgress(Callback):
                                   disable=not enabled)
         self._task = self._progress.add_task("runs", total=total, info="")
 
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment; the bar stays here
+        return {"ok": self.ok, "failed": self.failed}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._progress = Progress(disable=True)
+        self._task = self._progress.add_task("runs", total=0, info="")
+
     def __enter__(self) -> "RunProgress":
         self._progress.start()
         return self

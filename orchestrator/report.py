@@ -6,37 +6,52 @@ import pandas as pd
 METRICS = ("accuracy", "ece", "conf_correct", "kl_incorrect")
 
 
-def variant_label(df: pd.DataFrame) -> pd.Series:
-    level = df["compression_level"].map(lambda v: "" if pd.isna(v) else f"@{v:g}")
-    return df["model"] + " " + df["compression"] + level
+def _prepare(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[df["status"] == "ok"].copy()
+    level = ok["compression_level"].map(lambda v: "" if pd.isna(v) else f"@{v:g}")
+    ok["variant"] = ok["model"] + " " + ok["compression"] + level
+    ok["budget"] = ok["shots"].map(lambda s: "full" if pd.isna(s) else f"{int(s)}-shot")
+    # dense first, then by compression and level; shots ascending with full last
+    ok["_v"] = list(zip(ok["model"], ok["compression"] != "dense", ok["compression"], ok["compression_level"].fillna(0)))
+    ok["_b"] = ok["shots"].fillna(float("inf"))
+    return ok
 
 
 def summary(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
-    """One row per (variant, dataset, method, shots): seeds, and mean/std of each metric."""
-    ok = df[df["status"] == "ok"].copy()
+    """One row per (variant, dataset, method, shots): number of seeds, and mean and std of each metric."""
+    ok = _prepare(df)
     if ok.empty:
         return pd.DataFrame()
-    ok["variant"] = variant_label(ok)
-    ok["shots"] = ok["shots"].map(lambda s: "full" if pd.isna(s) else str(int(s)))
-    keys = ["variant", "dataset", "method", "shots"]
-    g = ok.groupby(keys, sort=False)
+    keys = ["dataset", "variant", "method", "budget"]
+    g = ok.sort_values(["dataset", "_v", "method", "_b"]).groupby(keys, sort=False)
     out = g.size().rename("seeds").to_frame()
     for m in metrics:
         out[f"{m}_mean"] = g[m].mean()
-        out[f"{m}_std"] = g[m].std(ddof=1) if g.size().min() > 1 else float("nan")
+        out[f"{m}_std"] = g[m].std(ddof=1)
     return out.reset_index()
 
 
+def _cell(mean: float, std: float, scale: float) -> str:
+    return f"{scale * mean:.1f}" + ("" if pd.isna(std) else f" ± {scale * std:.1f}")
+
+
 def markdown(table: pd.DataFrame, metrics=("accuracy", "ece")) -> str:
-    """The summary as a Markdown table, values in percent: mean ± std."""
+    """Per dataset and metric, a Markdown pivot: rows variant × method, columns data budget."""
     if table.empty:
         return "(no finished runs)"
-    cols = ["variant", "dataset", "method", "shots", "seeds"] + list(metrics)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in table.iterrows():
-        cells = [str(r[c]) for c in cols[:5]]
+    parts = []
+    budgets = list(dict.fromkeys(table["budget"]))
+    budgets.sort(key=lambda b: float("inf") if b == "full" else int(b.split("-")[0]))
+    for dataset, t in table.groupby("dataset", sort=False):
         for m in metrics:
-            mean, std = 100 * r[f"{m}_mean"], 100 * r[f"{m}_std"]
-            cells.append(f"{mean:.1f}" + ("" if pd.isna(std) else f" ± {std:.1f}"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            scale = 100.0 if m in ("accuracy", "ece", "conf_correct") else 1.0
+            unit = " (%)" if scale == 100 else ""
+            seeds = f"{t['seeds'].min()}" + (f"–{t['seeds'].max()}" if t['seeds'].max() != t['seeds'].min() else "")
+            parts.append(f"**{dataset} — {m}{unit}**, mean ± std over {seeds} seeds\n")
+            head = ["variant", "method"] + budgets
+            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for (variant, method), r in t.groupby(["variant", "method"], sort=False):
+                cells = {b: _cell(x, s, scale) for b, x, s in zip(r["budget"], r[f"{m}_mean"], r[f"{m}_std"])}
+                lines.append("| " + " | ".join([variant, method] + [cells.get(b, "") for b in budgets]) + " |")
+            parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from workers.checkpoints import CheckpointError, load_state_dict
+from workers.models import MODELS, build_model
+from workers.models.demo_cnn import DemoCNN
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_builds_frozen_and_runs(name, tmp_path):
+    built, meta = build_model(name, "random", {}, tmp_path)
+    assert not any(p.requires_grad for p in built.model.parameters()) and not built.model.training
+    out = built.model(torch.zeros(2, 3, meta.input_size, meta.input_size))
+    assert out.shape == (2, meta.num_classes)
+
+
+def test_pretrained_demo_model_is_trained_once_and_cached(tmp_path):
+    args = {"width": 8, "pretrain_epochs": 3, "pretrain_images": 1500}
+    a, _ = build_model("demo_cnn", "pretrained", args, tmp_path)
+    files = list(tmp_path.glob("demo_cnn-*.pt"))
+    assert len(files) == 1 and "sha256:" in a.weights_source
+    mtime = files[0].stat().st_mtime_ns
+    b, _ = build_model("demo_cnn", "pretrained", args, tmp_path)
+    assert files[0].stat().st_mtime_ns == mtime  # loaded, not trained again
+    for (k, v), (k2, v2) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    # and it learned something: well above chance (1/20) on its own source task
+    assert torch.load(files[0], weights_only=True)["source_accuracy"] > 0.15
+
+
+def test_checkpoint_from_path_loads_strictly(tmp_path):
+    good = DemoCNN(width=4)
+    torch.save({"state_dict": good.state_dict()}, tmp_path / "ok.pt")
+    built, _ = build_model("demo_cnn", str(tmp_path / "ok.pt"), {"width": 4}, tmp_path)
+    assert torch.equal(built.model.fc.weight, good.fc.weight)
+    assert "sha256:" in built.weights_source
+
+    sd = good.state_dict()
+    sd["extra.weight"] = sd.pop("fc.weight")
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"missing: fc.weight; unexpected: extra.weight"):
+        build_model("demo_cnn", str(tmp_path / "bad.pt"), {"width": 4}, tmp_path)
+    with pytest.raises(CheckpointError, match=r"shape mismatch: fc.weight: file \(20, 16\) vs model \(20, 32\)"):
+        build_model("demo_cnn", str(tmp_path / "ok.pt"), {"width": 8}, tmp_path)
+
+
+def test_unsafe_and_missing_checkpoints_are_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+        load_state_dict(tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="checkpoint file not found"):
+        load_state_dict(tmp_path / "none.pt")
+
+
+def test_unknown_model_and_args():
+    from workers.registry import UnknownName
+
+    with pytest.raises(UnknownName, match="did you mean 'demo_cnn'"):
+        MODELS.entry("demo_cn")
+    with pytest.raises(ValueError, match="unknown args \\['depth'\\]"):
+        build_model("demo_cnn", "random", {"depth": 3}, ".")

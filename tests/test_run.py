@@ -1,0 +1,105 @@
+"""The worker as a plain function: no Ray."""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from orchestrator.grid import expand, parse_grid
+from tests.conftest import TINY
+from workers.models import MODELS, Built, ModelMeta
+from workers.run import Context, run, run_pack
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return expand(parse_grid(TINY))
+
+
+def test_run_pack_produces_complete_rows(runs, tmp_path):
+    rows = list(run_pack(runs[:6], tmp_path, trial="t"))
+    assert [r.run_key for r in rows] == [r.run_key for r in runs[:6]]
+    for r in rows:
+        assert r.status == "ok", r.error
+        assert 0 <= r.accuracy <= 1 and 0 <= r.ece <= 1 and r.nll > 0
+        assert sorted(r.label_mapping) == sorted(set(r.label_mapping)) and len(r.label_mapping) == 10
+        assert len(r.per_class_accuracy) == 10
+        assert r.n_train == 10 * r.shots and r.n_test == 540
+        assert r.weights_source.startswith("random init") and r.trial == "t" and r.versions
+        assert r.sparsity == pytest.approx(0.0, abs=1e-6) and r.weight_bits is None
+
+
+def test_rlm_mapping_is_the_seeded_random_one(runs, tmp_path):
+    from workers.mapping import random_mapping
+
+    spec = next(r for r in runs if r.method == "rlm" and r.compression == "dense")
+    row = run(spec, Context(tmp_path, torch.device("cpu")))
+    assert row.label_mapping == random_mapping(20, 10, spec.seed).tolist()
+
+
+def test_flm_mapping_matches_the_frequency_mapping_of_the_zero_prompt(runs, tmp_path):
+    """FLM binds labels once, before training: recompute it independently from the untrained prompt."""
+    from workers.data import load_dataset
+    from workers.data.fewshot import few_shot_indices
+    from workers.mapping import frequency_matrix, greedy_mapping
+    from workers.models import build_model
+    from workers.prompts import PadPrompter
+
+    spec = next(r for r in runs if r.method == "flm" and r.compression == "dense")
+    row = run(spec, Context(tmp_path, torch.device("cpu")))
+    built, meta = build_model(spec.model, spec.weights, spec.model_args, tmp_path)
+    data = load_dataset("digits", size=8)
+    idx = few_shot_indices(data.train_y, spec.shots, spec.seed)
+    with torch.no_grad():
+        pred = built.model(PadPrompter(32, 8, meta.mean, meta.std)(data.train_x[idx])).argmax(1)
+    assert row.label_mapping == greedy_mapping(frequency_matrix(pred, data.train_y[idx], 20, 10)).tolist()
+
+
+def test_compression_is_measured_in_the_row(runs, tmp_path):
+    spec = next(r for r in runs if r.compression == "magnitude")
+    row = run(spec, Context(tmp_path, torch.device("cpu")))
+    assert row.status == "ok" and row.compression_level == 0.5
+    assert row.sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_failing_run_becomes_a_failed_row_and_the_pack_goes_on(runs, tmp_path):
+    bad = dataclasses.replace(runs[0], compression="magnitude", compression_args={"sparsity": 1.5})
+    rows = list(run_pack([bad, runs[1]], tmp_path))
+    assert rows[0].status == "failed" and "sparsity" in rows[0].error and rows[0].accuracy is None
+    assert rows[1].status == "ok"
+
+
+class _NaNNet(torch.nn.Module):
+    def forward(self, x):
+        return torch.full((x.shape[0], 20), float("nan")) + x.sum() * 0
+
+
+def test_nan_loss_fails_the_run(runs, tmp_path, monkeypatch):
+    meta = ModelMeta(input_size=32, num_classes=20, source="test")
+    monkeypatch.setitem(MODELS._entries, "nan_net", type(MODELS.entry("demo_cnn"))(
+        "nan_net", lambda w, a, c: Built(_NaNNet(), "test"), meta))
+    spec = dataclasses.replace(runs[0], model="nan_net", method="rlm", model_args={})
+    row = run(spec, Context(tmp_path, torch.device("cpu")))
+    assert row.status == "failed" and row.error.startswith("FloatingPointError: training loss is not finite")
+
+
+def test_training_reduces_the_loss(runs, tmp_path):
+    """The prompt learns: the mapped loss after training is below the loss of the zero prompt."""
+    from workers.data import load_dataset
+    from workers.mapping import map_logits
+    from workers.models import build_model
+    from workers.train import train_prompt
+
+    spec = next(r for r in runs if r.method == "rlm" and r.compression == "dense" and r.shots == 2)
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=30, lr=0.05))
+    built, meta = build_model(spec.model, "random", {"width": 4}, tmp_path)
+    data = load_dataset("digits", size=8)
+    x, y = data.train_x[:20], data.train_y[:20]
+    from workers.prompts import PadPrompter
+
+    out = train_prompt(built.model, meta, x, y, x, y, 10, spec, torch.device("cpu"))
+    mapping = torch.tensor(out.mapping)
+    with torch.no_grad():
+        zero = torch.nn.functional.cross_entropy(map_logits(built.model(PadPrompter(32, 8, meta.mean, meta.std)(x)), mapping), y)
+    assert out.metrics["nll"] < zero.item()
+    assert math.isfinite(out.final_train_loss)
