@@ -119,32 +119,34 @@ def _fmt_eta(seconds: Optional[float]) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} days"
 
 
-def _print_status(rep, show_failed: bool) -> None:
-    from rich.console import Console
+def _status_view(rep, show_failed: bool = False):
+    """The status as rich renderables: a summary line, running trials, and a per-axis table."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    con = Console()
-    con.print(f"[bold]{rep.grid}[/] in {rep.store}: {rep.done} done, {rep.failed} failed, {rep.pending} pending "
-              f"of {rep.total}" + (f" ({rep.not_in_grid} rows of runs no longer in the grid)" if rep.not_in_grid else ""))
+    parts = [Text.from_markup(f"[bold]{rep.grid}[/] in {rep.store}: {rep.done} done, {rep.failed} failed, "
+                              f"{rep.pending} pending of {rep.total}" +
+                              (f" ({rep.not_in_grid} rows of runs no longer in the grid)" if rep.not_in_grid else ""))]
     if rep.driver_alive:
-        rate = f"{rep.runs_per_minute:.1f} runs/min" if rep.runs_per_minute else "measuring"
-        con.print(f"launch running: {len(rep.running)} trials active, {rate}, ETA {_fmt_eta(rep.eta_seconds)}")
-        for h in rep.running:
-            con.print(f"  {h['trial']}: {h['runs_done']}/{h['runs_total']} runs")
+        rate = f"{rep.runs_per_minute:.1f} runs/min" if rep.runs_per_minute else "rate not measured yet"
+        parts.append(Text(f"launch running: {len(rep.running)} trials active, {rate}, ETA {_fmt_eta(rep.eta_seconds)}"))
+        parts += [Text(f"  {h['trial']}: {h['runs_done']}/{h['runs_total']} runs") for h in rep.running]
     elif rep.pending:
-        con.print(f"no launch running; finish with: vpgrid resume {rep.store}")
+        parts.append(Text(f"no launch running; finish with: vpgrid resume {rep.store}"))
     t = Table("axis", "value", "done", "failed", "pending")
     for axis, values in rep.by_axis.items():
         for v, c in values.items():
-            t.add_row(axis, v, str(c["done"]), str(c["failed"]) if c["failed"] else "", str(c["pending"]) if c["pending"] else "")
-    con.print(t)
+            t.add_row(axis, v, str(c["done"]), str(c["failed"] or ""), str(c["pending"] or ""))
+    parts.append(t)
     if show_failed:
         from orchestrator.store import Store
 
         df = Store(rep.store).frame()
         for _, r in df[df["status"] == "failed"].iterrows():
-            con.print(f"[red]{r['run_key']}[/] {r['model']} {r['compression']} {r['method']} {r['dataset']} "
-                      f"shots={r['shots']} seed={r['seed']}: {r['error'].splitlines()[0]}")
+            parts.append(Text(f"{r['run_key']} {r['model']} {r['compression']} {r['method']} {r['dataset']} "
+                              f"shots={r['shots']} seed={r['seed']}: {r['error'].splitlines()[0]}", style="red"))
+    return Group(*parts)
 
 
 @app.command()
@@ -153,6 +155,8 @@ def status(store: StoreArg, as_json: JsonOpt = False,
            interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
            failed: Annotated[bool, typer.Option("--failed", help="List failed runs with their error.")] = False) -> None:
     """Done / failed / pending runs of STORE, per axis, with running trials and an ETA."""
+    from rich.console import Console
+
     from orchestrator.status import status as compute
     from orchestrator.store import Store
 
@@ -163,34 +167,19 @@ def status(store: StoreArg, as_json: JsonOpt = False,
     if as_json:
         typer.echo(json.dumps(rep.to_dict(), indent=1))
         return
+    con = Console(soft_wrap=True)  # long lines stay whole when piped
     if not watch:
-        _print_status(rep, failed)
+        con.print(_status_view(rep, failed))
         return
-    from rich.console import Console
     from rich.live import Live
 
-    with Live(console=Console(), auto_refresh=False) as live:
-        while True:
-            from io import StringIO
-
-            from rich.console import Console as C
-
-            buf = C(file=StringIO(), width=100, force_terminal=True)
-            live.update(_render(rep), refresh=True)
-            if not rep.driver_alive:
-                break
+    with Live(_status_view(rep), console=con, auto_refresh=False) as live:
+        while rep.driver_alive:
             time.sleep(interval)
             rep = compute(Store(store))
-
-
-def _render(rep):
-    from rich.console import Group
-    from rich.text import Text
-
-    head = Text(f"{rep.grid}: {rep.done} done, {rep.failed} failed, {rep.pending} pending of {rep.total}; "
-                f"{len(rep.running)} trials running; ETA {_fmt_eta(rep.eta_seconds)}")
-    rows = [Text(f"  {h['trial']}: {h['runs_done']}/{h['runs_total']}") for h in rep.running]
-    return Group(head, *rows)
+            live.update(_status_view(rep), refresh=True)
+    if failed:
+        con.print(_status_view(rep, True))
 
 
 @app.command()

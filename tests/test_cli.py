@@ -1,0 +1,109 @@
+"""The CLI without Ray: plan, errors, status and report on a store filled by hand."""
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.grid import expand, parse_grid
+from orchestrator.store import Store
+from tests.conftest import TINY, write_grid
+from workers.spec import RunResult
+
+cli = CliRunner()
+
+
+def test_plan_json(tiny_grid):
+    r = cli.invoke(app, ["plan", str(tiny_grid), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (out["runs"], out["trials"]) == (24, 6)
+    assert out["by_axis"]["method"] == {"rlm": 8, "flm": 8, "ilm": 8}
+
+
+def test_plan_text(tiny_grid):
+    r = cli.invoke(app, ["plan", str(tiny_grid)])
+    assert r.exit_code == 0 and "24 runs in 6 trials" in r.stdout
+
+
+def test_malformed_grid_exits_nonzero_naming_the_field_and_creates_no_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = yaml.safe_load(TINY)
+    d["shots"] = [1, "many"]
+    g = write_grid(tmp_path, yaml.safe_dump(d))
+    for cmd in (["plan", str(g)], ["launch", str(g), "--store", str(tmp_path / "s")]):
+        r = cli.invoke(app, cmd)
+        assert r.exit_code == 1
+        assert "shots.1" in r.stderr and str(g) in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "results").exists()
+
+
+def test_unknown_names_fail_before_anything_is_written(tmp_path):
+    d = yaml.safe_load(TINY)
+    d["models"][0]["name"] = "resnet_18"
+    d["methods"] = ["ilm", "ilmm"]
+    g = write_grid(tmp_path, yaml.safe_dump(d))
+    r = cli.invoke(app, ["launch", str(g), "--store", str(tmp_path / "s")])
+    assert r.exit_code == 1
+    assert "model: unknown model 'resnet_18'" in r.stderr and "method: unknown label mapping 'ilmm'; did you mean 'ilm'" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_status_of_a_directory_that_is_no_store(tmp_path):
+    r = cli.invoke(app, ["status", str(tmp_path)])
+    assert r.exit_code == 1 and "not a vpgrid store" in r.stderr
+
+
+@pytest.fixture
+def half_done(tmp_path):
+    """A store where a third of the tiny grid is ok, a sixth failed, the rest pending."""
+    st = Store(tmp_path / "s")
+    st.create(TINY)
+    runs = expand(parse_grid(TINY))
+    for i, spec in enumerate(runs[:12]):
+        failed = i % 3 == 0
+        st.publish(RunResult.for_spec(spec, "failed" if failed else "ok", error="RuntimeError: boom" if failed else None,
+                                      accuracy=None if failed else 0.1 * (i % 5), ece=None if failed else 0.05,
+                                      finished_at=float(i)))
+    return st, runs
+
+
+def test_status_json_counts(half_done):
+    st, runs = half_done
+    r = cli.invoke(app, ["status", str(st.root), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (out["total"], out["done"], out["failed"], out["pending"]) == (24, 8, 4, 12)
+    per_seed = out["by_axis"]["seed"]
+    assert sum(v["done"] for v in per_seed.values()) == 8
+    assert out["driver_alive"] is False and out["eta_seconds"] is None
+
+
+def test_status_text_and_failed_listing(half_done):
+    st, _ = half_done
+    r = cli.invoke(app, ["status", str(st.root), "--failed"])
+    assert r.exit_code == 0, r.output
+    assert "8 done, 4 failed, 12 pending of 24" in r.stdout and "vpgrid resume" in r.stdout
+    assert r.stdout.count("RuntimeError: boom") == 4
+
+
+def test_report_and_compact(half_done):
+    st, runs = half_done
+    r = cli.invoke(app, ["report", str(st.root), "--json"])
+    rows = json.loads(r.stdout)
+    assert r.exit_code == 0 and sum(x["seeds"] for x in rows) == 8
+    r = cli.invoke(app, ["compact", str(st.root)])
+    assert r.exit_code == 0 and "12 files -> 1" in r.stderr
+    r2 = cli.invoke(app, ["status", str(st.root), "--json"])
+    assert json.loads(r2.stdout)["done"] == 8
+
+
+def test_grid_change_counts_against_the_new_grid(half_done):
+    """Editing the grid (dropping a seed) keeps old rows but status counts the new grid."""
+    st, _ = half_done
+    d = yaml.safe_load(TINY)
+    d["seeds"] = [1]
+    st.create(yaml.safe_dump(d))
+    out = json.loads(cli.invoke(app, ["status", str(st.root), "--json"]).stdout)
+    assert out["total"] == 12 and out["done"] + out["failed"] + out["pending"] == 12 and out["not_in_grid"] > 0

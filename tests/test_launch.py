@@ -1,0 +1,143 @@
+"""Real launches on a local Ray cluster, in subprocesses: packing on a logical GPU, kill and resume.
+
+Each launch runs in its own session so that Ray's helper processes, which a SIGKILLed driver leaves
+behind, can be reaped with the process group.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+import yaml
+
+from orchestrator.grid import expand, parse_grid
+from orchestrator.store import Store
+from tests.conftest import TINY, write_grid
+
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+VPGRID = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(VPGRID + args, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def reap(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def finish(p: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        reap(p)
+    assert p.returncode == 0, err[-3000:]
+    return out, err
+
+
+def raw_keys(store: Path) -> list[str]:
+    """run_key of every row in every file, without deduplication."""
+    files = [str(f) for f in (store / "runs").glob("*.parquet") if not f.name.startswith(".")]
+    return ds.dataset(files).to_table(columns=["run_key"]).column("run_key").to_pylist() if files else []
+
+
+def grid_text(**changes) -> str:
+    d = yaml.safe_load(TINY)
+    for k, v in changes.items():
+        d[k] = v if not isinstance(v, dict) or k not in d else {**d[k], **v}
+    return yaml.safe_dump(d)
+
+
+def concurrency(df: pd.DataFrame) -> int:
+    """Most trials whose [first start, last finish] intervals overlap at one moment."""
+    spans = df.groupby("trial").agg(a=("started_at", "min"), b=("finished_at", "max"))
+    events = sorted([(a, 1) for a in spans.a] + [(b, -1) for b in spans.b])
+    best = cur = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def test_launch_end_to_end_and_relaunch_runs_nothing(tmp_path):
+    g = write_grid(tmp_path, grid_text())
+    out, err = finish(start(["launch", str(g), "--store", "s", "-q"], tmp_path))
+    store = tmp_path / "s"
+    assert out.strip() == str(store.resolve())
+    df = pd.read_parquet(store)
+    runs = expand(parse_grid(g.read_text()))
+    assert sorted(df["run_key"]) == sorted(r.run_key for r in runs)
+    assert (df["status"] == "ok").all(), df["error"].dropna().tolist()
+    assert df["trial"].nunique() == 6 and len(raw_keys(store)) == len(runs)  # compacted, one row per run
+    out, err = finish(start(["launch", str(g), "--store", "s", "-q"], tmp_path))
+    assert "nothing to run: all 24 runs" in err
+    assert json.loads(subprocess.run(VPGRID + ["status", "s", "--json"], cwd=tmp_path, env=ENV, capture_output=True,
+                                     text=True).stdout)["done"] == 24
+
+
+@pytest.mark.parametrize("gpu, expected", [(0.25, 4), (0.5, 2)])
+def test_fractional_gpu_packing_on_a_logical_gpu(tmp_path, gpu, expected):
+    """ray.init(num_gpus=1) on a CPU machine: trials of gpu 0.25 run four at a time, of 0.5 two."""
+    text = grid_text(resources={"cpu": 0.5, "gpu": gpu}, train={"epochs": 60}, pack_size=2,
+                     methods=["rlm", "ilm"])  # 8 trials of 2 runs, each a few seconds
+    g = write_grid(tmp_path, text)
+    finish(start(["launch", str(g), "--store", "s", "-q", "--num-gpus", "1", "--num-cpus", "8"], tmp_path))
+    df = pd.read_parquet(tmp_path / "s")
+    assert (df["status"] == "ok").all() and df["trial"].nunique() == 8
+    assert concurrency(df) == expected
+
+
+def wait_for_rows(store: Path, n: int, p: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while len(raw_keys(store)) < n if (store / "runs").is_dir() else True:
+        assert p.poll() is None, "launch ended before the kill point"
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+
+
+def test_sigkill_the_driver_then_resume_runs_each_run_exactly_once(tmp_path):
+    g = write_grid(tmp_path, grid_text(train={"epochs": 25}, pack_size=3))
+    store = tmp_path / "s"
+    expected = sorted(r.run_key for r in expand(parse_grid(g.read_text())))
+    finished: dict[str, float] = {}
+    # kill points: while Ray starts (no rows yet), after a few runs, and after most of them
+    for i, kill_at in enumerate([None, 3, 15]):
+        args = ["launch", str(g), "--store", "s", "-q"] if i == 0 else ["resume", "s", "-q"]
+        p = start(args, tmp_path)
+        if kill_at is None:
+            time.sleep(3.0)
+        else:
+            wait_for_rows(store, len(finished) + kill_at, p)
+        os.kill(p.pid, signal.SIGKILL)  # the driver only, as a preemption would
+        p.wait()
+        time.sleep(2.0)  # trials die with their raylet; one may publish the run it was finishing
+        reap(p)
+        st = Store(store)
+        now = {r: t for r, t in zip(st.frame()["run_key"], st.frame()["finished_at"])}
+        for key, t in finished.items():
+            assert now[key] == t, "a run finished before the kill ran again"
+        finished = now
+    # Tune's own state may be torn by a kill; the store does not depend on it
+    for f in (store / "_vpgrid" / "tune").rglob("experiment_state*.json"):
+        f.write_text(f.read_text()[:50])
+    out, err = finish(start(["resume", "s", "-q"], tmp_path))
+    assert f"({len(finished)} already done)" in err
+    keys = raw_keys(store)
+    assert sorted(keys) == expected  # every run present, exactly once, no duplicates
+    df = Store(store).frame()
+    assert (df["status"] == "ok").all()
+    for key, t in finished.items():
+        assert df.set_index("run_key").loc[key, "finished_at"] == t
+    st = json.loads(subprocess.run(VPGRID + ["status", "s", "--json"], cwd=tmp_path, env=ENV, capture_output=True,
+                                   text=True).stdout)
+    assert (st["total"], st["done"], st["pending"]) == (24, 24, 0)
