@@ -215,6 +215,29 @@ def report(store: StoreArg, as_json: JsonOpt = False,
         typer.echo(markdown(table, tuple(metric)))
 
 
+@app.command()
+def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, launch, train.")] = None,
+          as_json: JsonOpt = False) -> None:
+    """Measure planning, the store, launch overhead and prompt-training speed on this machine."""
+    from orchestrator.bench import BENCHES, machine
+
+    what = what or list(BENCHES)
+    unknown = [w for w in what if w not in BENCHES]
+    if unknown:
+        err(f"error: unknown benchmark {unknown[0]!r}; valid: {', '.join(BENCHES)}")
+        raise typer.Exit(2)
+    results = []
+    for w in what:
+        err(f"running {w} ...")
+        results.append(BENCHES[w]())
+    if as_json:
+        typer.echo(json.dumps({"machine": machine(), "results": results}, indent=1))
+        return
+    typer.echo(f"machine: {machine()}")
+    for r in results:
+        typer.echo("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+
+
 def main() -> None:
     app()
 

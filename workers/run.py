@@ -75,7 +75,7 @@ class Context:
             if spec.compression_args.get("act_bits"):
                 calib = self._calibration_batch(spec, meta)
             model, report = compress(model, spec.compression, dict(spec.compression_args), calib=calib)
-            model.eval().requires_grad_(False).to(self.device)
+            model = _channels_last(model).eval().requires_grad_(False).to(self.device)
             self.variants[spec.variant_key] = Variant(model, meta, built.weights_source, report.sparsity,
                                                       report.weight_bits, report.act_bits,
                                                       time.perf_counter() - t0)
@@ -89,6 +89,18 @@ class Context:
         x = data.train_x[torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:64]]
         with torch.no_grad():
             return PadPrompter(meta.input_size, x.shape[-1], meta.mean, meta.std)(x)
+
+
+class _ToChannelsLast(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def _channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Convolutions run ~20% faster (measured on CPU, more with GPU AMP) when weights and inputs are NHWC."""
+    if not any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        return model
+    return torch.nn.Sequential(_ToChannelsLast(), model.to(memory_format=torch.channels_last))
 
 
 def _default_size(spec: RunSpec) -> int:
@@ -135,8 +147,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+_LAST: Context | None = None  # Ray reuses actors: the next pack often wants the same variant and dataset
+
+
 def run_pack(specs: Iterable[RunSpec], cache_dir: Path, trial: str = "",
              device: torch.device | None = None) -> Iterator[RunResult]:
+    global _LAST
     ctx = Context(Path(cache_dir), device or default_device(), trial)
+    if _LAST is not None and (_LAST.cache_dir, _LAST.device) == (ctx.cache_dir, ctx.device):
+        ctx.variants, ctx.datasets = _LAST.variants, _LAST.datasets
+    _LAST = ctx
     for spec in specs:
         yield run(spec, ctx)

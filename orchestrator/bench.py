@@ -1,0 +1,146 @@
+"""Benchmarks behind `vpgrid bench`: numbers for the README, never assertions in tests."""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def _paper_like_grid(n_seeds: int = 3) -> dict:
+    models = [{"name": "demo_cnn", "args": {"width": w}, "compressions": ["dense", {"method": "magnitude", "sparsity": [0.8, 0.9, 0.95]}, {"method": "fakequant", "bits": [4, 3, 2]}]}
+              for w in (8, 16, 24, 32, 48)]
+    return {"name": "bench", "models": models, "methods": ["rlm", "flm", "ilm"],
+            "datasets": [{"name": "digits", "args": {"i": i}} for i in range(8)], "shots": [1, 10, 50, 100, "full"],
+            "seeds": list(range(n_seeds)), "train": {"batch_size": {1: 8, 10: 32, 50: 64, 100: 128, "full": 256}}}
+
+
+def bench_plan() -> dict:
+    from orchestrator.grid import expand, parse_grid
+    from orchestrator.plan import pack
+
+    text = yaml.safe_dump(_paper_like_grid())
+    t0 = time.perf_counter()
+    grid = parse_grid(text)
+    runs = expand(grid)
+    t1 = time.perf_counter()
+    trials = pack(grid, runs)
+    t2 = time.perf_counter()
+    return {"bench": "plan", "runs": len(runs), "trials": len(trials), "expand_s": t1 - t0, "pack_s": t2 - t1}
+
+
+def bench_store(n: int = 2000) -> dict:
+    from orchestrator.grid import expand, parse_grid
+    from orchestrator.store import Store
+    from workers.spec import RunResult
+
+    runs = expand(parse_grid(yaml.safe_dump(_paper_like_grid())))[:n]
+    root = Path(tempfile.mkdtemp(prefix="vpgrid-bench-"))
+    try:
+        st = Store(root)
+        st.create("name: bench\n")
+        rows = [RunResult.for_spec(r, "ok", accuracy=0.5, ece=0.1, label_mapping=list(range(10)),
+                                   per_class_accuracy=[0.5] * 10, finished_at=time.time()) for r in runs]
+        t0 = time.perf_counter()
+        for r in rows:
+            st.publish(r)
+        t1 = time.perf_counter()
+        st.statuses()
+        t2 = time.perf_counter()
+        st.compact()
+        t3 = time.perf_counter()
+        st.statuses()
+        t4 = time.perf_counter()
+        return {"bench": "store", "rows": len(rows), "publish_ms_per_row": 1000 * (t1 - t0) / len(rows),
+                "read_keys_s": t2 - t1, "compact_s": t3 - t2, "read_keys_after_compact_s": t4 - t3}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_launch(trials: int = 16, runs_per_trial: int = 4) -> dict:
+    """A real local launch of short runs: how much of the wall time is runs, how much orchestration."""
+    import pandas as pd
+
+    from orchestrator.grid import parse_grid
+    from orchestrator.launch import launch
+
+    cpus = os.cpu_count() or 1
+    grid = {"name": "bench-launch", "models": [{"name": "demo_cnn", "weights": "random", "args": {"width": 8}}],
+            "methods": ["rlm"], "datasets": [{"name": "digits"}], "shots": [1], "seeds": list(range(trials * runs_per_trial)),
+            "train": {"epochs": 20, "batch_size": 8}, "resources": {"cpu": 1}, "pack_size": runs_per_trial}
+    text = yaml.safe_dump(grid)
+    root = Path(tempfile.mkdtemp(prefix="vpgrid-bench-"))
+    try:
+        t0 = time.time()
+        s = launch(parse_grid(text), text, "bench", root / "store", cache_dir=root / "cache", progress=False)
+        wall = time.time() - t0
+        df = pd.read_parquet(root / "store")
+        run_s = float((df["train_seconds"] + df["eval_seconds"]).sum())
+        setup_s = float(df.groupby("trial")["setup_seconds"].max().sum())
+        first = float(df["started_at"].min()) - t0
+        busy = run_s + setup_s
+        return {"bench": "launch", "runs": s.launched, "trials": s.trials, "slots": cpus, "wall_s": wall,
+                "run_s": run_s, "setup_s": setup_s, "first_run_after_s": first,
+                "overhead_s_per_trial": max(0.0, wall * min(cpus, trials) - busy - first * min(cpus, trials)) / trials,
+                "utilisation_after_start": busy / (min(cpus, trials) * (wall - first))}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_train(model: str = "demo_cnn", image_size: int = 16, batch: int = 64, steps: int = 20) -> dict:
+    """Prompt-training and forward throughput on the frozen model (images per second)."""
+    import torch
+
+    from workers.models import build_model
+    from workers.prompts import PadPrompter
+    from workers.run import _channels_last, default_device
+
+    device = default_device()
+    built, meta = build_model(model, "random", {}, Path(tempfile.gettempdir()))
+    net = _channels_last(built.model).to(device)
+    prompter = PadPrompter(meta.input_size, image_size, meta.mean, meta.std).to(device)
+    opt = torch.optim.Adam(prompter.parameters(), lr=0.01)
+    x = torch.rand(batch, 3, image_size, image_size, device=device)
+
+    def step():
+        loss = net(prompter(x)).logsumexp(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def timed(fn) -> float:
+        for _ in range(3):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # wait for queued kernels before reading the clock
+        return batch * steps / (time.perf_counter() - t0)
+
+    with torch.no_grad():
+        fwd = timed(lambda: net(prompter(x)))
+    return {"bench": "train", "model": model, "device": str(device), "threads": torch.get_num_threads(),
+            "batch": batch, "train_img_s": timed(step), "forward_img_s": fwd}
+
+
+BENCHES = {"plan": bench_plan, "store": bench_store, "launch": bench_launch, "train": bench_train}
