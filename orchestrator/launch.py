@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -81,16 +80,17 @@ def launch(grid: Grid, grid_text: str, source: str, store_dir: Path, *, address:
 
 def _run_tune(trials: list[Trial], store: Store, cache: Path, launch_id: str, address, num_cpus, num_gpus,
               retry_failed: bool, progress: bool) -> tuple[int, int, int]:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from files; never wait on the hub
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's new console output ignores verbose=0 and uses stdout
     import ray
     from ray import tune
 
     from orchestrator.progress import RunProgress
     from workers.ray_adapter import trainable
 
-    address = address or os.environ.get("RAY_ADDRESS")
     # Trials import the project from the driver's tree, wherever their working directory is.
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                               os.environ.get("PYTHONPATH")])),

@@ -16,7 +16,7 @@ import time
 import typing
 import uuid
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Optional, Union
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -174,10 +174,3 @@ class Store:
         for p in (self.meta_dir / "running").glob("*.json"):
             p.unlink(missing_ok=True)
 
-
-def publish_all(store: Store, results: Iterable[RunResult]) -> int:
-    n = 0
-    for r in results:
-        store.publish(r)
-        n += 1
-    return n
