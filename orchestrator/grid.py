@@ -65,14 +65,33 @@ class Compression(BaseModel):
 
     def variants(self) -> list[tuple[str, dict]]:
         extra = dict(self.model_extra or {})
+        checkpoint = extra.pop("checkpoint", None)
         keys = sorted(extra)
         values = [v if isinstance(v, list) else [v] for v in (extra[k] for k in keys)]
-        return [(self.method, dict(zip(keys, combo))) for combo in itertools.product(*values)]
+        out = []
+        for combo in itertools.product(*values):
+            args = dict(zip(keys, combo))
+            if checkpoint is not None:  # "/ckpt/acdc_{sparsity}.pth": one file per level
+                args["checkpoint"] = _fill(checkpoint, args, self.method)
+            out.append((self.method, args))
+        return out
+
+
+def _fill(template: Any, values: dict, method: str) -> Any:
+    if isinstance(template, dict):
+        return {k: _fill(v, values, method) for k, v in template.items()}
+    if not isinstance(template, str):
+        return template
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"compression {method!r}: checkpoint {template!r} names {e} but the compression's "
+                         f"args are {sorted(values)}") from None
 
 
 class Model(_Strict):
     name: str
-    weights: str = "pretrained"
+    weights: Union[str, dict[str, Any]] = "pretrained"
     args: dict[str, Any] = {}
     compressions: list[Union[str, Compression]] = ["dense"]
     resources: Optional[Resources] = None
@@ -212,9 +231,13 @@ def _train_for(grid: Grid, spec: RunSpec, source: str) -> TrainConfig:
 def expand(grid: Grid, source: str = "<grid>") -> list[RunSpec]:
     """Every run of the grid, in a stable order, after include/exclude. Duplicates are an error."""
     runs: list[RunSpec] = []
-    for m in grid.models:
+    for i, m in enumerate(grid.models):
+        try:
+            variants = m.variants()
+        except ValueError as e:
+            raise GridError(f"{source}: models.{i}: {e}") from None
         for (comp, comp_args), d, method, shots, seed in itertools.product(
-                m.variants(), grid.dataset_list(), grid.methods, grid.shots, grid.seeds):
+                variants, grid.dataset_list(), grid.methods, grid.shots, grid.seeds):
             spec = RunSpec(model=m.name, weights=m.weights, model_args=dict(m.args), compression=comp,
                            compression_args=comp_args, method=method, dataset=d.name, dataset_args=dict(d.args),
                            shots=None if shots == "full" else shots, seed=seed, grid=grid.name)

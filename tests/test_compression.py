@@ -17,6 +17,15 @@ DEFAULT_ARGS: dict[str, dict] = {
     "magnitude": {"sparsity": 0.5},
     "random": {"sparsity": 0.5, "seed": 1},
     "fakequant": {"bits": 4, "act_bits": 8},
+    # file-backed: the weights come from the checkpoint the run loads; the entry itself changes nothing
+    "gmp": {"checkpoint": "g.pt", "sparsity": 0.9},
+    "lth": {"checkpoint": {"format": "lth", "path": "c.pth", "mask": "m.pth"}, "round": 3},
+    "acdc": {"checkpoint": "a.pt", "sparsity": 0.9},
+    "rigl": {"checkpoint": "r.pt", "sparsity": 0.8},
+    "str": {"checkpoint": "s.pt", "sparsity": 0.8},
+    "upop": {"checkpoint": "u.pt", "ratio": 2},
+    "vvtq": {"checkpoint": "v.pt", "bits": 4},
+    "channel": {"ratio": 0.5},
 }
 
 
@@ -227,3 +236,36 @@ def test_smoke_every_method(method):
     assert list(m.state_dict()) == keys
     out = m(x)
     assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("method", ["gmp", "lth", "acdc", "rigl", "str", "upop", "vvtq"])
+def test_file_backed_methods_need_their_checkpoint_and_change_nothing(method):
+    model = cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compress(model, method, DEFAULT_ARGS[method])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    args = {k: v for k, v in DEFAULT_ARGS[method].items() if k != "checkpoint"}
+    with pytest.raises(ValueError, match="arg 'checkpoint' is required"):
+        compress(cnn(), method, args)
+
+
+def test_a_quantised_architecture_reports_its_own_bits():
+    model = cnn()
+    model.quant_bits = (3, 3)
+    _, report = compress(model, "vvtq", DEFAULT_ARGS["vvtq"])
+    assert (report.weight_bits, report.act_bits) == (3, 3)
+
+
+def test_channel_pruning_shrinks_the_model_and_keeps_the_classes():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=20).eval()
+    before = sum(p.numel() for p in model.parameters())
+    x = torch.rand(2, 3, 32, 32)
+    m, report = compress(model, "channel", {"ratio": 0.5}, calib=x)
+    after = sum(p.numel() for p in m.parameters())
+    assert m(x).shape == (2, 20)  # the classifier keeps every source class
+    assert m.conv1.out_channels == 32 and m.fc.in_features == 256  # half the channels of each layer
+    assert 0.2 < after / before < 0.35  # conv weights scale with in x out channels: about a quarter left
+    with pytest.raises(ValueError, match="needs an example batch"):
+        compress(torchvision.models.resnet18(num_classes=20), "channel", {"ratio": 0.5})

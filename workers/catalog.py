@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from workers.compression import COMPRESSIONS
 from workers.data import DATASETS
-from workers.mapping import LABEL_MAPPINGS
+from workers.methods import METHODS
 from workers.models import MODELS
 from workers.registry import UnknownName
 from workers.spec import RunSpec
 
-REGISTRIES = {"model": MODELS, "compression": COMPRESSIONS, "dataset": DATASETS, "method": LABEL_MAPPINGS}
+REGISTRIES = {"model": MODELS, "compression": COMPRESSIONS, "dataset": DATASETS, "method": METHODS}
 
 
 def check(runs: list[RunSpec]) -> list[str]:

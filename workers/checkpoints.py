@@ -1,15 +1,35 @@
-"""Safe, strict checkpoint loading from a local path."""
+"""Checkpoint files: resolve a path or URL (fetched once into a cache, sha256-verified), then load safely
+and strictly.
+"""
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import torch
 from torch import nn
 
 
+
 class CheckpointError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Checkpoint files resolved to local paths and verified, with the format that says how to read them."""
+
+    format: str  # "state_dict", "gmp", "lth", "sparse_transfer", "upop", "vvtq", ...
+    files: dict  # role -> local Path: "weights" always, "mask" for lth
+    options: dict = field(default_factory=dict)  # the compression's args (bits, sparsity, ...), if any
+    source: str = ""  # provenance for the row: files with sha256
 
 
 def sha256_file(path: Path) -> str:
@@ -20,7 +40,94 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_state_dict(path: str | Path) -> dict:
+def _verify(path: Path, expected: str | None, where: str) -> str:
+    actual = sha256_file(path)
+    if expected is not None:
+        expected = expected.lower()
+        if not re.fullmatch(r"[0-9a-f]{8,64}", expected):
+            raise CheckpointError(f"{where}: sha256 must be 8 to 64 hex digits, got {expected!r}")
+        if not actual.startswith(expected):
+            raise CheckpointError(f"{where}: sha256 mismatch: expected {expected}, file {path} has {actual}")
+    return actual
+
+
+def _download(url: str, dest: Path) -> None:
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+    from rich.console import Console
+
+    tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f, \
+                Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                         console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(dest.name, total=int(r.headers.get("Content-Length") or 0) or None)
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                f.write(chunk)
+                bar.advance(task, len(chunk))
+        os.replace(tmp, dest)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception):
+            raise CheckpointError(f"could not download {url}: {e}") from None
+        raise
+
+
+def fetch(location: str, sha256: str | None, cache_dir: Path) -> tuple[Path, str]:
+    """A local path, or a URL fetched once into cache_dir/downloads; returns (path, its sha256).
+
+    A URL needs a sha256 (a prefix of at least 8 hex digits, as torchvision's file names carry); a local
+    path is verified when one is given.
+    """
+    scheme = urllib.parse.urlparse(location).scheme
+    if scheme in ("", "file") and not location.startswith("file:"):
+        path = Path(location).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file not found: {path}")
+        return path, _verify(path, sha256, str(path))
+    if scheme not in ("http", "https", "file"):
+        raise CheckpointError(f"{location}: unsupported URL scheme {scheme!r} (use a path, http(s):// or file://)")
+    if not sha256:
+        raise CheckpointError(f"{location}: a URL needs a sha256 so the download can be verified")
+    name = Path(urllib.parse.urlparse(location).path).name or "checkpoint"
+    dest = Path(cache_dir) / "downloads" / f"{sha256[:16]}-{name}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        _download(location, dest)
+    try:
+        return dest, _verify(dest, sha256, location)
+    except CheckpointError:
+        dest.unlink(missing_ok=True)  # never keep a file that failed verification
+        raise
+
+
+def resolve(weights: Union[str, dict], options: dict, cache_dir: Path) -> Union[str, Checkpoint]:
+    """The grid's `weights` (or a compression's `checkpoint`) -> "pretrained" | "random" | Checkpoint.
+
+    Forms: "pretrained", "random", a path or URL string (format state_dict), or a mapping
+    {format, path | url, sha256, mask, mask_sha256}.
+    """
+    if weights in ("pretrained", "random"):
+        return weights
+    spec = {"path": weights} if isinstance(weights, str) else dict(weights)
+    unknown = set(spec) - {"format", "path", "url", "sha256", "mask", "mask_sha256"}
+    if unknown:
+        raise CheckpointError(f"checkpoint: unknown keys {sorted(unknown)}; valid: format, path, url, sha256, mask, mask_sha256")
+    location = spec.get("path") or spec.get("url")
+    if not location:
+        raise CheckpointError(f"checkpoint {spec}: give a path or a url")
+    files, source = {}, []
+    for role, loc, sha in (("weights", location, spec.get("sha256")), ("mask", spec.get("mask"), spec.get("mask_sha256"))):
+        if loc:
+            files[role], digest = fetch(str(loc), sha, cache_dir)
+            source.append(f"{loc} sha256:{digest[:16]}")
+    return Checkpoint(spec.get("format", "state_dict"), files, dict(options), "; ".join(source))
+
+
+def load_state_dict(path: Union[str, Path], key: str | None = None) -> dict:
+    """A state dict from .safetensors or a torch file (weights_only: no arbitrary unpickling).
+
+    With `key`, take obj[key]; otherwise unwrap a top-level "state_dict" if there is one.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -29,16 +136,25 @@ def load_state_dict(path: str | Path) -> dict:
 
         return load_file(str(path))
     obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary code
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj:
+            found = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(f"{path}: expected the weights under {key!r}; found {found}")
+        obj = obj[key]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj
 
 
+def strip_prefix(state: dict, prefix: str) -> dict:
+    """Drop `prefix` from every key that has it (DataParallel's 'module.', wrappers' 'model.')."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
 def load_strict(model: nn.Module, state: dict, where: str) -> None:
     """Load every key or fail naming the mismatches; no silent strict=False."""
-    missing, unexpected = [], []
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class RunSpec:
     dataset: str
     shots: Optional[int]  # None = the full training split
     seed: int
-    weights: str = "pretrained"
+    weights: Union[str, dict] = "pretrained"  # "pretrained" | "random" | path | {format, path|url, sha256, ...}
     model_args: dict = field(default_factory=dict)
     compression: str = "dense"
     compression_args: dict = field(default_factory=dict)
@@ -64,7 +64,7 @@ class RunSpec:
     @property
     def compression_level(self) -> Optional[float]:
         """The nominal level on one axis: sparsity for pruning, bits for quantisation."""
-        for k in ("sparsity", "bits", "ratio"):
+        for k in ("sparsity", "bits", "ratio", "round"):
             if k in self.compression_args:
                 return float(self.compression_args[k])
         return None
@@ -91,7 +91,7 @@ class RunResult:
     error: Optional[str]
     # axes
     model: str
-    weights: str
+    weights: str  # as in the grid; a mapping as canonical JSON
     model_args: str  # canonical JSON
     compression: str
     compression_level: Optional[float]
@@ -118,6 +118,8 @@ class RunResult:
     n_test: Optional[int] = None
     # the loaded model, as measured
     sparsity: Optional[float] = None  # fraction of zero weights in conv/linear layers
+    layer_sparsity: Optional[str] = None  # JSON {layer name: fraction of zero weights}
+    params: Optional[int] = None  # parameters of the compressed model (structured pruning shrinks it)
     weight_bits: Optional[int] = None
     act_bits: Optional[int] = None
     weights_source: Optional[str] = None  # where the weights came from, with checksum
@@ -141,7 +143,7 @@ class RunResult:
             status=status,
             error=error,
             model=spec.model,
-            weights=spec.weights,
+            weights=spec.weights if isinstance(spec.weights, str) else _canonical(spec.weights),
             model_args=_canonical(spec.model_args),
             compression=spec.compression,
             compression_level=spec.compression_level,

@@ -19,7 +19,7 @@ from workers.spec import RunSpec
 @dataclass
 class TrainOutput:
     metrics: dict
-    mapping: list[int]
+    mapping: list[int] | None  # VP: label_mapping[target] = source; None for LP/FF
     final_train_loss: float
     train_seconds: float
     eval_seconds: float

@@ -8,6 +8,6 @@ from workers.compression.base import (
     compress,
     measure_sparsity,
 )
-from workers.compression import prune, quant  # noqa: F401  (registration side effects)
+from workers.compression import files, prune, quant, structured  # noqa: F401  (registration side effects)
 
 __all__ = ["COMPRESSIONS", "CompressionReport", "compress", "measure_sparsity"]

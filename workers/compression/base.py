@@ -94,8 +94,9 @@ def compress(
     resolved = resolve_args(method, dict(args or {}))
     model = fn(model, calib, **resolved)
     sparsity, per = measure_sparsity(model)
-    report = CompressionReport(sparsity, per, resolved.get("bits"), resolved.get("act_bits"))
-    return model, report
+    bits = getattr(model, "quant_bits", None)  # a quantised architecture (VVTQ) states its own (weight, act) bits
+    w_bits, a_bits = bits if bits else (resolved.get("bits"), resolved.get("act_bits"))
+    return model, CompressionReport(sparsity, per, w_bits, a_bits)
 
 
 @COMPRESSIONS.register("dense", meta={})

@@ -1,12 +1,20 @@
-"""Model registry: each entry builds a frozen source classifier and declares its metadata."""
+"""Model registry: each entry builds a frozen source classifier and declares its metadata.
+
+A builder is `(weights, args, cache_dir) -> Built`, where `weights` is "pretrained" (the family's
+published weights, fetched into the cache and verified), "random" (recorded as such in the row), or a
+`Checkpoint`: local files already resolved and verified, in a format the family knows how to map onto
+its modules (each family file has its own `checkpoint_filter_fn`s).
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 from torch import nn
 
+from workers.checkpoints import Checkpoint
 from workers.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,24 +29,47 @@ class ModelMeta:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})  # per trial, grid may override
+    head: str = "fc"  # attribute path of the final classifier (linear probing and fine-tuning replace it)
+    formats: tuple[str, ...] = ("state_dict",)  # checkpoint formats the builder accepts
+
+
+Weights = Union[str, Checkpoint]
 
 
 @dataclass(frozen=True)
 class Built:
     model: nn.Module
-    weights_source: str  # provenance recorded in the row: file + sha256, "random (seed s)", ...
+    weights_source: str  # provenance recorded in the row: file + sha256, "random init ...", ...
 
 
-# builder(weights: str, args: dict, cache_dir: Path) -> Built
-Builder = Callable[[str, dict, Path], Built]
+Builder = Callable[[Weights, dict, Path], Built]
 MODELS: Registry[Builder] = Registry("model")
 
 
-def build_model(name: str, weights: str, args: dict, cache_dir: Path) -> tuple[Built, ModelMeta]:
+def build_model(name: str, weights: Weights, args: dict, cache_dir: Path) -> tuple[Built, ModelMeta]:
     entry = MODELS.entry(name)
+    if isinstance(weights, Checkpoint) and weights.format not in entry.meta.formats:
+        raise ValueError(f"model {name!r} cannot load checkpoint format {weights.format!r}; "
+                         f"it loads: {', '.join(entry.meta.formats)}")
+    meta = entry.meta
+    if "input_size" in args:  # every model accepts a smaller canvas (CPU tests, small-input studies)
+        meta = dataclasses.replace(meta, input_size=int(args["input_size"]))
     built = entry.obj(weights, dict(args), Path(cache_dir))
     built.model.eval().requires_grad_(False)  # frozen: VP trains only the prompt
-    return built, entry.meta
+    return built, meta
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        model = getattr(model, part)
+    return model
+
+
+def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        model = getattr(model, part)
+    setattr(model, last, new)
 
 
 from workers.models import demo_cnn  # noqa: E402,F401  (registers)

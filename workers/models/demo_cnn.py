@@ -17,7 +17,7 @@ from torch import nn
 
 from workers.checkpoints import load_state_dict, load_strict, sha256_file
 from workers.data import DATASETS
-from workers.models import Built, ModelMeta, MODELS
+from workers.models import Built, Checkpoint, ModelMeta, MODELS
 
 SOURCE_CLASSES = DATASETS.meta("shapes").num_classes
 
@@ -44,7 +44,7 @@ class DemoCNN(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-DEFAULTS = {"width": 24, "pretrain_epochs": 6, "pretrain_images": 8000, "seed": 0}
+DEFAULTS = {"input_size": 32, "width": 24, "pretrain_epochs": 6, "pretrain_images": 8000, "seed": 0}
 
 
 def _pretrain(model: DemoCNN, args: dict) -> float:
@@ -77,7 +77,8 @@ def _pretrain(model: DemoCNN, args: dict) -> float:
 
 
 def _cached_pretrained(args: dict, cache_dir: Path) -> Built:
-    tag = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
+    trained_by = {k: v for k, v in args.items() if k != "input_size"}  # the canvas does not change training
+    tag = hashlib.sha256(json.dumps(trained_by, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir / f"demo_cnn-{tag}.pt"
     model = DemoCNN(width=args["width"])
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +95,8 @@ def _cached_pretrained(args: dict, cache_dir: Path) -> Built:
 
 
 @MODELS.register("demo_cnn", meta=ModelMeta(input_size=32, num_classes=SOURCE_CLASSES, source="procedural shape classes",
-                                            mean=SHAPES_MEAN, std=SHAPES_STD))
-def demo_cnn(weights: str, args: dict, cache_dir: Path) -> Built:
+                                            mean=SHAPES_MEAN, std=SHAPES_STD, head="fc"))
+def demo_cnn(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     unknown = set(args) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"demo_cnn: unknown args {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
@@ -106,5 +107,5 @@ def demo_cnn(weights: str, args: dict, cache_dir: Path) -> Built:
         torch.manual_seed(args["seed"])
         return Built(DemoCNN(width=args["width"]), f"random init (seed {args['seed']}); not pre-trained")
     model = DemoCNN(width=args["width"])
-    load_strict(model, load_state_dict(weights), weights)
-    return Built(model, f"{weights} sha256:{sha256_file(Path(weights))[:16]}")
+    load_strict(model, load_state_dict(weights.files["weights"]), str(weights.files["weights"]))
+    return Built(model, weights.source)

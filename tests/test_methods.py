@@ -1,0 +1,79 @@
+"""Every transfer method (VP label mappings, LP, FF) as a plain function."""
+import dataclasses
+
+import pytest
+import torch
+
+from orchestrator.grid import expand, parse_grid
+from tests.conftest import TINY
+from workers.methods import METHODS
+from workers.run import Context, run
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return expand(parse_grid(TINY))
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_every_method_runs_and_reports(method, runs, tmp_path):
+    spec = dataclasses.replace(next(r for r in runs if r.compression == "magnitude" and r.shots == 2), method=method)
+    row = run(spec, Context(tmp_path, torch.device("cpu")))
+    assert row.status == "ok", row.error
+    assert 0 <= row.accuracy <= 1 and row.n_train == 20 and len(row.per_class_accuracy) == 10
+    assert (row.label_mapping is None) == (METHODS.meta(method).kind != "vp")
+
+
+def test_linear_probe_trains_on_the_frozen_pre_logit_features(runs, tmp_path):
+    """LP's features are the classifier's input, recomputed here by hand from the demo CNN's layers."""
+    from workers.baselines import _canvas, _features
+    from workers.models import build_model
+
+    built, meta = build_model("demo_cnn", "random", {"width": 4}, tmp_path)
+    x = torch.rand(5, 3, 8, 8)
+    with torch.no_grad():
+        z = built.model.features(_canvas(x, meta))
+        expected = z.mean(dim=(2, 3))  # adaptive average pooling to 1x1, flattened
+    got = _features(built.model, meta, x, 2, torch.device("cpu"))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not built.model.fc._forward_hooks  # the hook is removed
+
+
+def test_full_finetuning_keeps_pruned_zeros_and_leaves_the_shared_model_alone(runs, tmp_path):
+    spec = next(r for r in runs if r.compression == "magnitude" and r.shots == 2)
+    spec = dataclasses.replace(spec, method="ff", train=dataclasses.replace(spec.train, epochs=3, lr=0.05))
+    ctx = Context(tmp_path, torch.device("cpu"))
+    variant = ctx.variant(spec)
+    before = {k: v.clone() for k, v in variant.model.state_dict().items()}
+    import workers.baselines as b
+
+    trained = {}
+    real = b._fit
+
+    def spy(loss_of, n, spec_, opt, after_step=lambda: None):
+        out = real(loss_of, n, spec_, opt, after_step)
+        trained["params"] = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+        return out
+
+    b._fit = spy
+    try:
+        row = run(spec, ctx)
+    finally:
+        b._fit = real
+    assert row.status == "ok", row.error
+    assert all(torch.equal(before[k], v) for k, v in variant.model.state_dict().items())  # a copy was trained
+    convs = [w for w in trained["params"] if w.dim() == 4]
+    zero_frac = sum(int((w == 0).sum()) for w in convs) / sum(w.numel() for w in convs)
+    assert zero_frac >= 0.5 - 0.02  # magnitude 0.5 pruned them; fine-tuning kept them at zero
+    orig = [v for k, v in before.items() if v.dim() == 4]
+    assert any(not torch.equal(a, b_) for a, b_ in zip(orig, convs))  # and it did train the rest
+
+
+def test_lp_needs_a_linear_head(runs, tmp_path, monkeypatch):
+    from workers.models import MODELS
+
+    entry = MODELS.entry("demo_cnn")
+    monkeypatch.setitem(MODELS._entries, "demo_cnn", dataclasses.replace(entry, meta=dataclasses.replace(entry.meta, head="features")))
+    spec = dataclasses.replace(runs[0], method="lp")
+    row = run(spec, Context(tmp_path, torch.device("cpu")))
+    assert row.status == "failed" and "classifier `features` to be nn.Linear" in row.error

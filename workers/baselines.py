@@ -1,0 +1,127 @@
+"""The classic transfers the paper sets VP against: linear probing (LP) and full fine-tuning (FF).
+
+Both see the target image resized to the model's canvas (no prompt) and replace the source classifier
+(`ModelMeta.head`) with a new K-way linear layer. Same optimiser schedule as VP: `train.lr`, multi-step
+decay at `train.milestones`; LP uses Adam on the head, FF uses SGD with momentum 0.9 on every weight.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.methods import METHODS, MethodMeta
+from workers.metrics import classification_metrics
+from workers.models import ModelMeta, get_module, set_module
+from workers.spec import RunSpec
+from workers.train import TrainOutput
+
+
+def _canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
+    """[0,1] target images -> normalised model inputs at the model's canvas size."""
+    if x.shape[-1] != meta.input_size:
+        x = F.interpolate(x, size=(meta.input_size, meta.input_size), mode="bilinear", align_corners=False)
+    mean = torch.tensor(meta.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _head(model: nn.Module, meta: ModelMeta) -> nn.Module:
+    head = get_module(model, meta.head)
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"LP/FF need the model's classifier `{meta.head}` to be nn.Linear, found {type(head).__name__}")
+    return head
+
+
+@torch.no_grad()
+def _features(model: nn.Module, meta: ModelMeta, x: torch.Tensor, bs: int, device) -> torch.Tensor:
+    """The head's input (pre-logits features), captured by a hook so any family works unchanged."""
+    out = []
+    hook = _head(model, meta).register_forward_hook(lambda m, args, y: out.append(args[0].float().cpu()))
+    try:
+        for i in range(0, len(x), bs):
+            model(_canvas(x[i:i + bs].to(device), meta))
+    finally:
+        hook.remove()
+    return torch.cat(out)
+
+
+def _schedule(opt, spec: RunSpec):
+    cfg = spec.train
+    return torch.optim.lr_scheduler.MultiStepLR(opt, [int(f * cfg.epochs) for f in cfg.milestones], cfg.gamma)
+
+
+def _fit(loss_of, n: int, spec: RunSpec, opt, after_step=lambda: None) -> float:
+    """The shared epoch loop: shuffled mini-batches, lr schedule, non-finite loss fails the run."""
+    sched = _schedule(opt, spec)
+    gen = torch.Generator().manual_seed(spec.seed)
+    loss_sum = 0.0
+    for epoch in range(spec.train.epochs):
+        perm = torch.randperm(n, generator=gen)
+        loss_sum = 0.0
+        for i in range(0, n, spec.train.batch_size):
+            idx = perm[i:i + spec.train.batch_size]
+            loss = loss_of(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            after_step()
+            loss_sum += loss.item() * len(idx)
+        sched.step()
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training loss is not finite at epoch {epoch + 1}/{spec.train.epochs}")
+    return loss_sum / max(n, 1)
+
+
+@METHODS.register("lp", meta=MethodMeta("lp", "linear probe: a new linear head on frozen features"))
+def linear_probe(model: nn.Module, meta: ModelMeta, train_x, train_y, test_x, test_y, num_target: int,
+                 spec: RunSpec, device: torch.device) -> TrainOutput:
+    torch.manual_seed(spec.seed)
+    t0 = time.perf_counter()
+    f_train = _features(model, meta, train_x, spec.train.eval_batch_size, device)
+    clf = nn.Linear(f_train.shape[1], num_target)
+    opt = torch.optim.Adam(clf.parameters(), lr=spec.train.lr)
+    loss = _fit(lambda idx: F.cross_entropy(clf(f_train[idx]), train_y[idx]), len(f_train), spec, opt)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = clf(_features(model, meta, test_x, spec.train.eval_batch_size, device))
+    return TrainOutput(classification_metrics(logits, test_y), None, loss, train_s, time.perf_counter() - t0)
+
+
+@METHODS.register("ff", meta=MethodMeta("ff", "full fine-tuning: every weight and a new head, pruned zeros kept"))
+def full_finetune(model: nn.Module, meta: ModelMeta, train_x, train_y, test_x, test_y, num_target: int,
+                  spec: RunSpec, device: torch.device) -> TrainOutput:
+    torch.manual_seed(spec.seed)
+    net = copy.deepcopy(model)  # the variant is shared by the pack: train a copy
+    set_module(net, meta.head, nn.Linear(_head(net, meta).in_features, num_target).to(device))
+    net.requires_grad_(True)
+    net.eval()  # BatchNorm keeps its statistics: few-shot batches are too small to estimate new ones
+    # A pruned model stays pruned: zeros of conv/linear weights are restored after every step.
+    masks = [(m.weight, m.weight != 0) for n, m in net.named_modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear)) and n != meta.head and bool((m.weight == 0).any())]
+    opt = torch.optim.SGD(net.parameters(), lr=spec.train.lr, momentum=0.9)
+    amp = device.type == "cuda"
+
+    def loss_of(idx):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = net(_canvas(train_x[idx].to(device), meta))
+        return F.cross_entropy(out.float(), train_y[idx].to(device))
+
+    @torch.no_grad()
+    def keep_pruned():
+        for w, keep in masks:
+            w.mul_(keep)
+
+    t0 = time.perf_counter()
+    loss = _fit(loss_of, len(train_x), spec, opt, keep_pruned)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = torch.cat([net(_canvas(test_x[i:i + spec.train.eval_batch_size].to(device), meta)).float().cpu()
+                            for i in range(0, len(test_x), spec.train.eval_batch_size)])
+    return TrainOutput(classification_metrics(logits, test_y), None, loss, train_s, time.perf_counter() - t0)

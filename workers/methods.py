@@ -1,0 +1,26 @@
+"""Transfer methods: the visual-prompting label mappings (rlm, flm, ilm, ...) and the classic baselines,
+linear probing (lp) and full fine-tuning (ff). Each is `(model, meta, data, num_target, spec, device) ->
+TrainOutput`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workers.mapping import LABEL_MAPPINGS
+from workers.registry import Registry
+from workers.train import train_prompt
+
+
+@dataclass(frozen=True)
+class MethodMeta:
+    kind: str  # "vp": prompt + label mapping, model frozen; "lp": linear head on frozen features; "ff": all weights
+    description: str
+
+
+METHODS = Registry("method")
+
+# Every label mapping is a VP method of the same name, trained by the one prompt loop.
+for _name in LABEL_MAPPINGS.names():
+    METHODS.register(_name, meta=MethodMeta("vp", f"pad prompt with {_name} label mapping"))(train_prompt)
+
+from workers import baselines  # noqa: E402,F401  (registers lp and ff)
