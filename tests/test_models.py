@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from workers.checkpoints import CheckpointError, load_state_dict
+from workers.checkpoints import CheckpointError, load_state_dict, resolve
 from workers.models import MODELS, build_model
 from workers.models.demo_cnn import DemoCNN
 
@@ -31,7 +31,7 @@ def test_pretrained_demo_model_is_trained_once_and_cached(tmp_path):
 def test_checkpoint_from_path_loads_strictly(tmp_path):
     good = DemoCNN(width=4)
     torch.save({"state_dict": good.state_dict()}, tmp_path / "ok.pt")
-    built, _ = build_model("demo_cnn", str(tmp_path / "ok.pt"), {"width": 4}, tmp_path)
+    built, _ = build_model("demo_cnn", resolve(str(tmp_path / "ok.pt"), {}, tmp_path), {"width": 4}, tmp_path)
     assert torch.equal(built.model.fc.weight, good.fc.weight)
     assert "sha256:" in built.weights_source
 
@@ -39,9 +39,9 @@ def test_checkpoint_from_path_loads_strictly(tmp_path):
     sd["extra.weight"] = sd.pop("fc.weight")
     torch.save(sd, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"missing: fc.weight; unexpected: extra.weight"):
-        build_model("demo_cnn", str(tmp_path / "bad.pt"), {"width": 4}, tmp_path)
+        build_model("demo_cnn", resolve(str(tmp_path / "bad.pt"), {}, tmp_path), {"width": 4}, tmp_path)
     with pytest.raises(CheckpointError, match=r"shape mismatch: fc.weight: file \(20, 16\) vs model \(20, 32\)"):
-        build_model("demo_cnn", str(tmp_path / "ok.pt"), {"width": 8}, tmp_path)
+        build_model("demo_cnn", resolve(str(tmp_path / "ok.pt"), {}, tmp_path), {"width": 8}, tmp_path)
 
 
 def test_unsafe_and_missing_checkpoints_are_refused(tmp_path):
@@ -65,3 +65,30 @@ def test_unknown_model_and_args():
         MODELS.entry("demo_cn")
     with pytest.raises(ValueError, match="unknown args \\['depth'\\]"):
         build_model("demo_cnn", "random", {"depth": 3}, ".")
+
+
+def test_checkpoint_urls_are_fetched_once_and_verified(tmp_path):
+    """A file:// URL takes the real download path: cached under downloads/, sha256-checked."""
+    from workers.checkpoints import sha256_file
+
+    src = tmp_path / "src.pt"
+    torch.save(DemoCNN(width=4).state_dict(), src)
+    digest = sha256_file(src)
+    ck = resolve({"url": src.as_uri(), "sha256": digest}, {}, tmp_path / "cache")
+    assert ck.files["weights"].parent == tmp_path / "cache" / "downloads" and digest[:16] in ck.source
+    src.unlink()  # now only the cached copy exists: a second resolve must not download again
+    assert resolve({"url": src.as_uri(), "sha256": digest[:8]}, {}, tmp_path / "cache").files == ck.files
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        resolve({"path": str(ck.files["weights"]), "sha256": "0" * 64}, {}, tmp_path)
+    with pytest.raises(CheckpointError, match="needs a sha256"):
+        resolve({"url": "https://example.org/x.pt"}, {}, tmp_path)
+    with pytest.raises(CheckpointError, match="unknown keys \\['sha'\\]"):
+        resolve({"path": "x", "sha": "1"}, {}, tmp_path)
+
+
+def test_a_bad_download_is_not_kept(tmp_path):
+    src = tmp_path / "src.pt"
+    src.write_bytes(b"not what was promised")
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        resolve({"url": src.as_uri(), "sha256": "ab" * 32}, {}, tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "downloads").iterdir())

@@ -89,7 +89,7 @@ def fetch(location: str, sha256: str | None, cache_dir: Path) -> tuple[Path, str
     if not sha256:
         raise CheckpointError(f"{location}: a URL needs a sha256 so the download can be verified")
     name = Path(urllib.parse.urlparse(location).path).name or "checkpoint"
-    dest = Path(cache_dir) / "downloads" / f"{sha256[:16]}-{name}"
+    dest = Path(cache_dir) / "downloads" / f"{hashlib.sha256(location.encode()).hexdigest()[:12]}-{name}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not dest.exists():
         _download(location, dest)
