@@ -72,6 +72,12 @@ def _download(url: str, dest: Path) -> None:
         raise
 
 
+def cache_path(url: str, cache_dir: Path) -> Path:
+    """Where a URL's file is kept: named by the URL, so a file is found whatever hash prefix is given."""
+    name = Path(urllib.parse.urlparse(url).path).name or "checkpoint"
+    return Path(cache_dir) / "downloads" / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+
+
 def fetch(location: str, sha256: str | None, cache_dir: Path) -> tuple[Path, str]:
     """A local path, or a URL fetched once into cache_dir/downloads; returns (path, its sha256).
 
@@ -88,8 +94,7 @@ def fetch(location: str, sha256: str | None, cache_dir: Path) -> tuple[Path, str
         raise CheckpointError(f"{location}: unsupported URL scheme {scheme!r} (use a path, http(s):// or file://)")
     if not sha256:
         raise CheckpointError(f"{location}: a URL needs a sha256 so the download can be verified")
-    name = Path(urllib.parse.urlparse(location).path).name or "checkpoint"
-    dest = Path(cache_dir) / "downloads" / f"{hashlib.sha256(location.encode()).hexdigest()[:12]}-{name}"
+    dest = cache_path(location, cache_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not dest.exists():
         _download(location, dest)
