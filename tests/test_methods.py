@@ -69,11 +69,11 @@ def test_full_finetuning_keeps_pruned_zeros_and_leaves_the_shared_model_alone(ru
     assert any(not torch.equal(a, b_) for a, b_ in zip(orig, convs))  # and it did train the rest
 
 
-def test_lp_needs_a_linear_head(runs, tmp_path, monkeypatch):
+def test_lp_names_a_missing_head(runs, tmp_path, monkeypatch):
     from workers.models import MODELS
 
     entry = MODELS.entry("demo_cnn")
-    monkeypatch.setitem(MODELS._entries, "demo_cnn", dataclasses.replace(entry, meta=dataclasses.replace(entry.meta, head="features")))
+    monkeypatch.setitem(MODELS._entries, "demo_cnn", dataclasses.replace(entry, meta=dataclasses.replace(entry.meta, head="classifier")))
     spec = dataclasses.replace(runs[0], method="lp")
     row = run(spec, Context(tmp_path, torch.device("cpu")))
-    assert row.status == "failed" and "classifier `features` to be nn.Linear" in row.error
+    assert row.status == "failed" and "no classifier module `classifier`" in row.error

@@ -31,10 +31,10 @@ def _canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
 
 
 def _head(model: nn.Module, meta: ModelMeta) -> nn.Module:
-    head = get_module(model, meta.head)
-    if not isinstance(head, nn.Linear):
-        raise TypeError(f"LP/FF need the model's classifier `{meta.head}` to be nn.Linear, found {type(head).__name__}")
-    return head
+    try:
+        return get_module(model, meta.head)
+    except AttributeError:
+        raise TypeError(f"the model has no classifier module `{meta.head}` (ModelMeta.head) for LP/FF to replace") from None
 
 
 @torch.no_grad()
@@ -98,7 +98,8 @@ def full_finetune(model: nn.Module, meta: ModelMeta, train_x, train_y, test_x, t
                   spec: RunSpec, device: torch.device) -> TrainOutput:
     torch.manual_seed(spec.seed)
     net = copy.deepcopy(model)  # the variant is shared by the pack: train a copy
-    set_module(net, meta.head, nn.Linear(_head(net, meta).in_features, num_target).to(device))
+    width = _features(net, meta, train_x[:1], 1, device).shape[1]
+    set_module(net, meta.head, nn.Linear(width, num_target).to(device))
     net.requires_grad_(True)
     net.eval()  # BatchNorm keeps its statistics: few-shot batches are too small to estimate new ones
     # A pruned model stays pruned: zeros of conv/linear weights are restored after every step.

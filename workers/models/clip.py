@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.checkpoints import CheckpointError, fetch, load_state_dict, load_strict
+from workers.checkpoints import cache_path, CheckpointError, fetch, load_state_dict, load_strict
 from workers.models import Built, Checkpoint, ModelMeta, MODELS
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -293,7 +293,7 @@ def _openai_weights(name: str, oc_name: str, cache_dir: Path) -> tuple[Path, str
         raise CheckpointError(
             f"{name} 'pretrained': could not get OpenAI's {file} ({e}). Without network, download {url} elsewhere "
             f"and give it as `weights: {{path: /path/to/{file}, sha256: {sha}}}`, or put it at "
-            f"{Path(cache_dir) / 'downloads' / f'{sha[:16]}-{file}'}") from None
+            f"{cache_path(url, cache_dir)}") from None
     return path, f"OpenAI CLIP {oc_name}: {url} sha256:{digest[:16]}"
 
 
