@@ -114,8 +114,11 @@ def test_sigkill_the_driver_then_resume_runs_each_run_exactly_once(tmp_path):
     for i, kill_at in enumerate([None, 3, 15]):
         args = ["launch", str(g), "--store", "s", "-q"] if i == 0 else ["resume", "s", "-q"]
         p = start(args, tmp_path)
-        if kill_at is None:
-            time.sleep(3.0)
+        if kill_at is None:  # the store exists and Ray is starting: launch.json is written just before ray.init
+            t0 = time.time()
+            while not (store / "_vpgrid" / "launch.json").exists():
+                assert p.poll() is None and time.time() - t0 < 120
+                time.sleep(0.05)
         else:
             wait_for_rows(store, len(finished) + kill_at, p)
         os.kill(p.pid, signal.SIGKILL)  # the driver only, as a preemption would

@@ -28,6 +28,11 @@ def checkpoints(tmp_path_factory):
     for block in (0, 7):
         upop_prune(sd, f"visual.transformer.resblocks.{block}.", 12, keep_dims=32, keep_hidden=1536, g=g)
     torch.save({"model": sd}, d / "upop_2x.pth")
+    # VVTQ DeiT-T at 4 bits, as train_VVTQ.py saves it
+    from tests.test_vit import _calibrate, _save_vvtq
+    from workers.models import vvtq
+
+    _save_vvtq(_calibrate(vvtq.create("deit_tiny", 4, 224), seed=0).state_dict(), d / "vvtq_4bit.pth")
     return d
 
 
@@ -44,6 +49,10 @@ def grid(d) -> str:
              "compressions": ["dense", {"method": "magnitude", "sparsity": 0.5}, {"method": "fakequant", "bits": 4},
                               {"method": "upop", "ratio": 2,
                                "checkpoint": {"format": "upop", "path": str(d / "upop_{ratio}x.pth")}}]},
+            {"name": "deit_tiny", "weights": "random", "args": {"input_size": 32},
+             "compressions": ["dense", {"method": "magnitude", "sparsity": 0.5}, {"method": "fakequant", "bits": 4},
+                              {"method": "vvtq", "bits": 4,
+                               "checkpoint": {"format": "vvtq", "path": str(d / "vvtq_{bits}bit.pth")}}]},
         ],
         "methods": ["ilm", "lp", "ff"], "datasets": ["digits"], "shots": [1], "seeds": [1],
         "train": {"epochs": 1, "batch_size": 8, "input_size": 16},
@@ -68,4 +77,7 @@ def test_a_mixed_grid_runs_end_to_end(tmp_path, checkpoints):
     clip = v.loc["clip_vit_b32"]
     assert clip.loc["upop", "params"] < clip.loc["dense", "params"] and "upop_2x.pth sha256:" in clip.loc["upop", "src"]
     assert abs(clip.loc["magnitude", "sparsity"] - 0.5) < 0.01 and clip.loc["fakequant", "bits"] == 4
-    assert set(df["method"]) == {"ilm", "lp", "ff"} and len(df) == (5 + 4) * 3
+    deit = v.loc["deit_tiny"]
+    assert deit.loc["vvtq", "bits"] == 4 and "vvtq_4bit.pth sha256:" in deit.loc["vvtq", "src"]
+    assert deit.loc["fakequant", "bits"] == 4 and abs(deit.loc["magnitude", "sparsity"] - 0.5) < 0.01
+    assert set(df["method"]) == {"ilm", "lp", "ff"} and len(df) == (5 + 4 + 4) * 3

@@ -75,3 +75,4 @@ def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
 from workers.models import demo_cnn  # noqa: E402,F401  (registers)
 from workers.models import resnet  # noqa: E402,F401  (registers)
 from workers.models import clip  # noqa: E402,F401  (registers)
+from workers.models import vit  # noqa: E402,F401  (registers)
