@@ -55,14 +55,20 @@ def plan(grid: Path, as_json: JsonOpt = False) -> None:
     except _known_errors() as e:
         _fail(e)
     trials = pack(g, runs)
+    resources = {}
+    for m in dict.fromkeys(r.model for r in runs):
+        res = g.resources_for(m)
+        resources[m] = res.model_dump() if res else "model default"
     out = {"grid": g.name, "runs": len(runs), "trials": len(trials), "by_axis": breakdown(runs),
-           "gpu_per_trial": sorted({t.gpu for t in trials}), "cpu_per_trial": sorted({t.cpu for t in trials})}
+           "resources_per_trial": resources}
     if as_json:
         typer.echo(json.dumps(out, indent=1))
         return
     typer.echo(f"grid {g.name}: {len(runs)} runs in {len(trials)} trials (pack size {g.pack_size})")
     for axis, counts in out["by_axis"].items():
         typer.echo(f"  {axis:<12} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    typer.echo("  per trial    " + ", ".join(
+        f"{m}: " + (f"cpu {r['cpu']:g}, gpu {r['gpu']:g}" if isinstance(r, dict) else r) for m, r in resources.items()))
 
 
 def _launch(grid_path: Path, grid_text: str, store: Path, address, num_cpus, num_gpus, retry_failed, quiet) -> None:

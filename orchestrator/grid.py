@@ -157,7 +157,7 @@ class Grid(_Strict):
     overrides: list[Override] = []
     include: list[Match] = []
     exclude: list[Match] = []
-    resources: Resources = Resources()
+    resources: Optional[Resources] = None  # for models without their own; else each model's registered default
     pack_size: PositiveInt = 32
 
     @field_validator("methods", "shots", "seeds")
@@ -171,11 +171,17 @@ class Grid(_Strict):
     def dataset_list(self) -> list[Dataset]:
         return [Dataset(name=d) if isinstance(d, str) else d for d in self.datasets]
 
-    def resources_for(self, model: str) -> Resources:
+    def resources_for(self, model: str, defaults: Optional[dict] = None) -> Optional[Resources]:
+        """The model's own entry, else the grid-level value, else the model's registered default (`defaults`,
+        resolved by the launcher, which imports the registries); None if still unknown (`vpgrid plan`)."""
         for m in self.models:
             if m.name == model and m.resources is not None:
                 return m.resources
-        return self.resources
+        if self.resources is not None:
+            return self.resources
+        if defaults is not None and model in defaults:
+            return Resources(**defaults[model])
+        return None
 
 
 def _format(e: ValidationError, source: str) -> str:

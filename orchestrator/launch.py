@@ -32,13 +32,16 @@ class LaunchSummary:
     errored_trials: int
 
 
-def check_names(runs: list[RunSpec], source: str) -> None:
-    """Every model, compression, dataset and method must be registered. Imports the workers (torch)."""
+def check_names(runs: list[RunSpec], source: str) -> dict[str, dict]:
+    """Every model, compression, dataset and method must be registered. Imports the workers (torch).
+
+    Returns the models' registered default resources."""
     from workers import catalog
 
     problems = catalog.check(runs)
     if problems:
         raise GridError(f"{source}: " + "; ".join(problems))
+    return catalog.default_resources({r.model for r in runs})
 
 
 def pending(runs: list[RunSpec], store: Store, retry_failed: bool) -> list[RunSpec]:
@@ -56,11 +59,11 @@ def launch(grid: Grid, grid_text: str, source: str, store_dir: Path, *, address:
            cache_dir: Optional[Path] = None, progress: bool = True) -> LaunchSummary:
     t_start = time.time()
     runs = expand(grid, source)
-    check_names(runs, source)  # before the store exists: a bad grid leaves nothing behind
+    defaults = check_names(runs, source)  # before the store exists: a bad grid leaves nothing behind
     store = Store(store_dir)
     store.create(grid_text)
     todo = pending(runs, store, retry_failed)
-    trials = pack(grid, todo)
+    trials = pack(grid, todo, defaults)
     cache = Path(cache_dir or os.environ.get("VPGRID_CACHE") or store.root.parent / ".cache").resolve()
     summary = LaunchSummary(store.root, len(runs), len(runs) - len(todo), len(todo), 0, 0, len(trials), 0.0, 0)
     if not trials:

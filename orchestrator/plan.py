@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import Optional
 
 from orchestrator.grid import MATCH_AXES, Grid
 from workers.spec import RunSpec
@@ -17,8 +18,8 @@ from workers.spec import RunSpec
 class Trial:
     trial_id: str
     runs: tuple[RunSpec, ...]
-    cpu: float
-    gpu: float
+    cpu: Optional[float]  # None: the model's registered default, not resolved (plan without the registries)
+    gpu: Optional[float]
 
 
 def _label(spec: RunSpec) -> str:
@@ -27,18 +28,21 @@ def _label(spec: RunSpec) -> str:
     return f"{spec.model}-{spec.compression}{level}-{spec.dataset}"
 
 
-def pack(grid: Grid, runs: list[RunSpec]) -> list[Trial]:
+def pack(grid: Grid, runs: list[RunSpec], defaults: Optional[dict] = None) -> list[Trial]:
+    """Group runs by model variant and dataset, deal each group round-robin into packs of <= pack_size.
+
+    `defaults`: model name -> registered default resources {cpu, gpu}, for models the grid gives none."""
     groups: dict[tuple, list[RunSpec]] = defaultdict(list)
     for r in runs:
         groups[(r.variant_key, r.dataset, str(sorted(r.dataset_args.items())), r.train.input_size)].append(r)
     trials = []
     for members in groups.values():
-        res = grid.resources_for(members[0].model)
+        res = grid.resources_for(members[0].model, defaults)
         n = -(-len(members) // grid.pack_size)
         for i in range(n):
             chunk = tuple(members[i::n])  # round-robin: each pack gets a like mix of shots, so packs take alike time
             digest = hashlib.sha256("".join(r.run_key for r in chunk).encode()).hexdigest()[:8]
-            trials.append(Trial(f"{_label(chunk[0])}-{digest}", chunk, res.cpu, res.gpu))
+            trials.append(Trial(f"{_label(chunk[0])}-{digest}", chunk, res and res.cpu, res and res.gpu))
     return trials
 
 

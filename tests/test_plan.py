@@ -33,3 +33,24 @@ def test_breakdown_counts():
     assert b["compression"] == {"dense": 12, "magnitude@0.5": 12}
     assert b["shots"] == {"1": 12, "2": 12}
     assert sum(b["seed"].values()) == len(runs) == sum(Counter(r.dataset for r in runs).values())
+
+
+def test_resources_precedence_model_then_grid_then_registry_default():
+    d = yaml.safe_load(TINY)
+    d["models"].append({"name": "resnet18", "weights": "random", "resources": {"cpu": 2, "gpu": 0.5}})
+    defaults = {"demo_cnn": {"cpu": 1, "gpu": 0.25}, "resnet18": {"cpu": 4, "gpu": 1}}
+    grid = parse_grid(yaml.safe_dump(d))
+    got = {(t.runs[0].model, t.cpu, t.gpu) for t in pack(grid, expand(grid), defaults)}
+    assert got == {("demo_cnn", 1, 0.25), ("resnet18", 2, 0.5)}  # registry default; the model's own entry
+    assert {(t.cpu, t.gpu) for t in pack(grid, expand(grid)) if t.runs[0].model == "demo_cnn"} == {(None, None)}
+    d["resources"] = {"cpu": 3, "gpu": 0}
+    grid = parse_grid(yaml.safe_dump(d))
+    got = {(t.runs[0].model, t.cpu, t.gpu) for t in pack(grid, expand(grid), defaults)}
+    assert got == {("demo_cnn", 3, 0), ("resnet18", 2, 0.5)}  # grid-level beats the default, not the model's own
+
+
+def test_launcher_reads_registered_defaults():
+    from workers.catalog import default_resources
+
+    assert default_resources({"resnet50", "clip_vit_l14", "nope"}) == {
+        "resnet50": {"cpu": 2, "gpu": 0.25}, "clip_vit_l14": {"cpu": 2, "gpu": 0.5}}

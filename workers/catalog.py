@@ -23,3 +23,8 @@ def check(runs: list[RunSpec]) -> list[str]:
                 except UnknownName as e:
                     problems[(field, name)] = f"{field}: {e}"
     return list(problems.values())
+
+
+def default_resources(models: set[str]) -> dict[str, dict]:
+    """Each registered model's default per-trial resources ({cpu, gpu})."""
+    return {m: dict(MODELS.meta(m).resources) for m in models if m in MODELS}
