@@ -23,6 +23,7 @@ CpusOpt = Annotated[Optional[float], typer.Option("--num-cpus", help="Local clus
 GpusOpt = Annotated[Optional[float], typer.Option("--num-gpus", help="Local cluster only: GPUs Ray may use (a logical GPU on a CPU machine).")]
 RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Run again the runs whose row says failed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+DataOpt = Annotated[Optional[str], typer.Option("--data-root", help="Dataset root on this cluster [default: $VPGRID_DATA, else the grid's data_root].")]
 
 
 def err(msg: str) -> None:
@@ -71,14 +72,15 @@ def plan(grid: Path, as_json: JsonOpt = False) -> None:
         f"{m}: " + (f"cpu {r['cpu']:g}, gpu {r['gpu']:g}" if isinstance(r, dict) else r) for m, r in resources.items()))
 
 
-def _launch(grid_path: Path, grid_text: str, store: Path, address, num_cpus, num_gpus, retry_failed, quiet) -> None:
+def _launch(grid_path: Path, grid_text: str, store: Path, address, num_cpus, num_gpus, retry_failed, quiet,
+            data_root) -> None:
     from orchestrator.grid import parse_grid
     from orchestrator.launch import launch
 
     try:
         g = parse_grid(grid_text, str(grid_path))
         s = launch(g, grid_text, str(grid_path), store, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                   retry_failed=retry_failed, progress=not quiet)
+                   retry_failed=retry_failed, data_root=data_root, progress=not quiet)
     except _known_errors() as e:
         _fail(e)
     if s.launched == 0:
@@ -94,7 +96,7 @@ def _launch(grid_path: Path, grid_text: str, store: Path, address, num_cpus, num
 @app.command()
 def launch(grid: Path, store: Annotated[Optional[Path], typer.Option(help="Store directory [default: results/<grid name>].")] = None,
            address: AddressOpt = None, num_cpus: CpusOpt = None, num_gpus: GpusOpt = None,
-           retry_failed: RetryOpt = False, quiet: QuietOpt = False) -> None:
+           retry_failed: RetryOpt = False, quiet: QuietOpt = False, data_root: DataOpt = None) -> None:
     """Run every run of GRID that the store does not have yet; print the store's path."""
     from orchestrator.grid import load_grid
 
@@ -102,12 +104,12 @@ def launch(grid: Path, store: Annotated[Optional[Path], typer.Option(help="Store
         g, text = load_grid(grid)
     except _known_errors() as e:
         _fail(e)
-    _launch(grid, text, store or Path("results") / g.name, address, num_cpus, num_gpus, retry_failed, quiet)
+    _launch(grid, text, store or Path("results") / g.name, address, num_cpus, num_gpus, retry_failed, quiet, data_root)
 
 
 @app.command()
 def resume(store: StoreArg, address: AddressOpt = None, num_cpus: CpusOpt = None, num_gpus: GpusOpt = None,
-           retry_failed: RetryOpt = False, quiet: QuietOpt = False) -> None:
+           retry_failed: RetryOpt = False, quiet: QuietOpt = False, data_root: DataOpt = None) -> None:
     """Finish the grid saved in STORE: run exactly what the store lacks."""
     from orchestrator.store import Store
 
@@ -116,7 +118,7 @@ def resume(store: StoreArg, address: AddressOpt = None, num_cpus: CpusOpt = None
         text = s.grid_text()
     except _known_errors() as e:
         _fail(e)
-    _launch(s.meta_dir / "grid.yaml", text, store, address, num_cpus, num_gpus, retry_failed, quiet)
+    _launch(s.meta_dir / "grid.yaml", text, store, address, num_cpus, num_gpus, retry_failed, quiet, data_root)
 
 
 def _fmt_eta(seconds: Optional[float]) -> str:

@@ -159,6 +159,7 @@ class Grid(_Strict):
     exclude: list[Match] = []
     resources: Optional[Resources] = None  # for models without their own; else each model's registered default
     pack_size: PositiveInt = 32
+    data_root: Optional[str] = None  # default dataset root; --data-root or $VPGRID_DATA win (not in run keys)
 
     @field_validator("methods", "shots", "seeds")
     @classmethod

@@ -49,14 +49,14 @@ def pending(runs: list[RunSpec], store: Store, retry_failed: bool) -> list[RunSp
     return [r for r in runs if status.get(r.run_key) != "ok" and (retry_failed or r.run_key not in status)]
 
 
-def _trial_config(t: Trial, store: Store, cache: Path, retry_failed: bool) -> dict:
+def _trial_config(t: Trial, store: Store, cache: Path, data_root: Optional[str], retry_failed: bool) -> dict:
     return {"trial_id": t.trial_id, "runs": [r.to_dict() for r in t.runs], "cpu": t.cpu, "gpu": t.gpu,
-            "store": str(store.root), "cache": str(cache), "retry_failed": retry_failed}
+            "store": str(store.root), "cache": str(cache), "data_root": data_root, "retry_failed": retry_failed}
 
 
 def launch(grid: Grid, grid_text: str, source: str, store_dir: Path, *, address: Optional[str] = None,
            num_cpus: Optional[float] = None, num_gpus: Optional[float] = None, retry_failed: bool = False,
-           cache_dir: Optional[Path] = None, progress: bool = True) -> LaunchSummary:
+           cache_dir: Optional[Path] = None, data_root: Optional[str] = None, progress: bool = True) -> LaunchSummary:
     t_start = time.time()
     runs = expand(grid, source)
     defaults = check_names(runs, source)  # before the store exists: a bad grid leaves nothing behind
@@ -65,6 +65,8 @@ def launch(grid: Grid, grid_text: str, source: str, store_dir: Path, *, address:
     todo = pending(runs, store, retry_failed)
     trials = pack(grid, todo, defaults)
     cache = Path(cache_dir or os.environ.get("VPGRID_CACHE") or store.root.parent / ".cache").resolve()
+    data_root = data_root or os.environ.get("VPGRID_DATA") or grid.data_root
+    data_root = str(Path(data_root).expanduser().resolve()) if data_root else None
     summary = LaunchSummary(store.root, len(runs), len(runs) - len(todo), len(todo), 0, 0, len(trials), 0.0, 0)
     if not trials:
         return summary
@@ -72,8 +74,8 @@ def launch(grid: Grid, grid_text: str, source: str, store_dir: Path, *, address:
     launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     store.write_launch({"launch_id": launch_id, "pid": os.getpid(), "host": socket.gethostname(),
                         "started": t_start, "runs": len(todo), "trials": len(trials)})
-    ok, failed, errored = _run_tune(trials, store, cache, launch_id, address, num_cpus, num_gpus, retry_failed,
-                                    progress)
+    configs = [_trial_config(t, store, cache, data_root, retry_failed) for t in trials]
+    ok, failed, errored = _run_tune(configs, launch_id, store, address, num_cpus, num_gpus, progress)
     summary.ok, summary.failed, summary.errored_trials = ok, failed, errored
     store.compact()
     store.write_launch({**store.launch_info(), "finished": time.time()})
@@ -81,8 +83,8 @@ def launch(grid: Grid, grid_text: str, source: str, store_dir: Path, *, address:
     return summary
 
 
-def _run_tune(trials: list[Trial], store: Store, cache: Path, launch_id: str, address, num_cpus, num_gpus,
-              retry_failed: bool, progress: bool) -> tuple[int, int, int]:
+def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cpus, num_gpus,
+              progress: bool) -> tuple[int, int, int]:
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
@@ -104,12 +106,12 @@ def _run_tune(trials: list[Trial], store: Store, cache: Path, launch_id: str, ad
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=runtime_env,
                  log_to_driver=False, configure_logging=False)
     try:
-        total_runs = sum(len(t.runs) for t in trials)
+        total_runs = sum(len(c["runs"]) for c in configs)
         bar = RunProgress(total_runs, enabled=progress)
         resources = tune.with_resources(trainable, lambda cfg: {"cpu": cfg["pack"]["cpu"], "gpu": cfg["pack"]["gpu"]})
         tuner = tune.Tuner(
             resources,
-            param_space={"pack": tune.grid_search([_trial_config(t, store, cache, retry_failed) for t in trials])},
+            param_space={"pack": tune.grid_search(configs)},
             tune_config=tune.TuneConfig(
                 reuse_actors=True,
                 trial_name_creator=lambda t: t.config["pack"]["trial_id"],

@@ -88,7 +88,7 @@ def test_training_reduces_the_loss(runs, tmp_path):
     from workers.data import load_dataset
     from workers.mapping import map_logits
     from workers.models import build_model
-    from workers.train import train_prompt
+    from workers.train import Task, train_prompt
 
     spec = next(r for r in runs if r.method == "rlm" and r.compression == "dense" and r.shots == 2)
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=30, lr=0.05))
@@ -97,7 +97,7 @@ def test_training_reduces_the_loss(runs, tmp_path):
     x, y = data.train_x[:20], data.train_y[:20]
     from workers.prompts import PadPrompter
 
-    out = train_prompt(built.model, meta, x, y, x, y, 10, spec, torch.device("cpu"))
+    out = train_prompt(built.model, meta, Task(x, y, x, y, [str(i) for i in range(10)]), spec, torch.device("cpu"))
     mapping = torch.tensor(out.mapping)
     with torch.no_grad():
         zero = torch.nn.functional.cross_entropy(map_logits(built.model(PadPrompter(32, 8, meta.mean, meta.std)(x)), mapping), y)

@@ -18,7 +18,7 @@ from workers.methods import METHODS, MethodMeta
 from workers.metrics import classification_metrics
 from workers.models import ModelMeta, get_module, set_module
 from workers.spec import RunSpec
-from workers.train import TrainOutput
+from workers.train import Task, TrainOutput
 
 
 def _canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
@@ -78,8 +78,8 @@ def _fit(loss_of, n: int, spec: RunSpec, opt, after_step=lambda: None) -> float:
 
 
 @METHODS.register("lp", meta=MethodMeta("lp", "linear probe: a new linear head on frozen features"))
-def linear_probe(model: nn.Module, meta: ModelMeta, train_x, train_y, test_x, test_y, num_target: int,
-                 spec: RunSpec, device: torch.device) -> TrainOutput:
+def linear_probe(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+    train_x, train_y, test_x, test_y, num_target = task.train_x, task.train_y, task.test_x, task.test_y, task.num_classes
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
     f_train = _features(model, meta, train_x, spec.train.eval_batch_size, device)
@@ -94,8 +94,8 @@ def linear_probe(model: nn.Module, meta: ModelMeta, train_x, train_y, test_x, te
 
 
 @METHODS.register("ff", meta=MethodMeta("ff", "full fine-tuning: every weight and a new head, pruned zeros kept"))
-def full_finetune(model: nn.Module, meta: ModelMeta, train_x, train_y, test_x, test_y, num_target: int,
-                  spec: RunSpec, device: torch.device) -> TrainOutput:
+def full_finetune(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+    train_x, train_y, test_x, test_y, num_target = task.train_x, task.train_y, task.test_x, task.test_y, task.num_classes
     torch.manual_seed(spec.seed)
     net = copy.deepcopy(model)  # the variant is shared by the pack: train a copy
     width = _features(net, meta, train_x[:1], 1, device).shape[1]

@@ -1,6 +1,6 @@
 """Transfer methods: the visual-prompting label mappings (rlm, flm, ilm, ...) and the classic baselines,
-linear probing (lp) and full fine-tuning (ff). Each is `(model, meta, data, num_target, spec, device) ->
-TrainOutput`.
+linear probing (lp) and full fine-tuning (ff). Each is `(model, meta, task, spec, device) -> TrainOutput`
+(`workers.train.Task`: the run's training subset, test split and class names).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def trainable(config: dict) -> None:
     specs = [s for s in map(RunSpec.from_dict, config["runs"]) if s.run_key not in done]  # a retried trial skips finished runs
     store.heartbeat(trial, {"runs_total": len(specs), "runs_done": 0, "current": None})
     try:
-        for i, result in enumerate(run_pack(specs, config["cache"], trial=trial), 1):
+        for i, result in enumerate(run_pack(specs, config["cache"], trial=trial, data_root=config.get("data_root")), 1):
             store.publish(result)
             store.heartbeat(trial, {"runs_total": len(specs), "runs_done": i, "current": result.run_key})
             tune.report({"run_key": result.run_key, "ok": int(result.status == "ok"), "runs_done": i})

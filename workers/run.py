@@ -18,11 +18,12 @@ import torch
 
 from workers.checkpoints import resolve
 from workers.compression import compress
-from workers.data import Splits, load_dataset
+from workers.data import Splits, cached_dataset
 from workers.data.fewshot import few_shot_indices
 from workers.models import ModelMeta, build_model
 from workers.spec import RunResult, RunSpec
 from workers.methods import METHODS
+from workers.train import Task
 
 _PACKAGES = ("vpgrid", "torch", "torchvision", "timm", "open_clip_torch", "ray", "numpy")
 
@@ -57,14 +58,16 @@ class Context:
     cache_dir: Path
     device: torch.device
     trial: str = ""
+    data_root: str | None = None  # where datasets live on this cluster; not part of any run key
     variants: dict = field(default_factory=dict)
     datasets: dict = field(default_factory=dict)
 
     def dataset(self, spec: RunSpec, size: int) -> Splits:
-        key = (spec.dataset, size, json.dumps(spec.dataset_args, sort_keys=True))
+        key = (spec.dataset, size, json.dumps(spec.dataset_args, sort_keys=True), self.data_root)
         if key not in self.datasets:
             self.datasets.clear()  # packs are grouped by dataset: keep one in memory
-            self.datasets[key] = load_dataset(spec.dataset, size=size, **spec.dataset_args)
+            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, dict(spec.dataset_args),
+                                                self.cache_dir)
         return self.datasets[key]
 
     def variant(self, spec: RunSpec) -> Variant:
@@ -128,9 +131,8 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
         variant = ctx.variant(spec)
         data = ctx.dataset(spec, spec.train.input_size or _default_size(spec))
         idx = few_shot_indices(data.train_y, spec.shots, spec.seed)
-        train = METHODS.get(spec.method)
-        out = train(variant.model, variant.meta, data.train_x[idx], data.train_y[idx], data.test_x, data.test_y,
-                    len(data.classes), spec, ctx.device)
+        task = Task(data.train_x[idx], data.train_y[idx], data.test_x, data.test_y, list(data.classes))
+        out = METHODS.get(spec.method)(variant.model, variant.meta, task, spec, ctx.device)
         m = out.metrics
         return RunResult.for_spec(
             spec, "ok", accuracy=m["accuracy"], ece=m["ece"], conf_correct=m["conf_correct"],
@@ -161,11 +163,11 @@ def default_device() -> torch.device:
 _LAST: Context | None = None  # Ray reuses actors: the next pack often wants the same variant and dataset
 
 
-def run_pack(specs: Iterable[RunSpec], cache_dir: Path, trial: str = "",
-             device: torch.device | None = None) -> Iterator[RunResult]:
+def run_pack(specs: Iterable[RunSpec], cache_dir: Path, trial: str = "", device: torch.device | None = None,
+             data_root: str | None = None) -> Iterator[RunResult]:
     global _LAST
-    ctx = Context(Path(cache_dir), device or default_device(), trial)
-    if _LAST is not None and (_LAST.cache_dir, _LAST.device) == (ctx.cache_dir, ctx.device):
+    ctx = Context(Path(cache_dir), device or default_device(), trial, data_root)
+    if _LAST is not None and (_LAST.cache_dir, _LAST.device, _LAST.data_root) == (ctx.cache_dir, ctx.device, data_root):
         ctx.variants, ctx.datasets = _LAST.variants, _LAST.datasets
     _LAST = ctx
     for spec in specs:

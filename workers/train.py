@@ -17,6 +17,21 @@ from workers.spec import RunSpec
 
 
 @dataclass
+class Task:
+    """One run's data: the few-shot training subset and the whole test split, with the target class names."""
+
+    train_x: torch.Tensor  # images (N, 3, s, s) in [0, 1], or token ids (N, L) for cross-modal tasks
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
 class TrainOutput:
     metrics: dict
     mapping: list[int] | None  # VP: label_mapping[target] = source; None for LP/FF
@@ -31,10 +46,9 @@ def _source_logits(model: nn.Module, prompter: PadPrompter, x: torch.Tensor, bs:
     return torch.cat(out)
 
 
-def train_prompt(model: nn.Module, meta: ModelMeta, train_x: torch.Tensor, train_y: torch.Tensor,
-                 test_x: torch.Tensor, test_y: torch.Tensor, num_target: int, spec: RunSpec,
-                 device: torch.device) -> TrainOutput:
+def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     cfg = spec.train
+    train_x, train_y, num_target = task.train_x, task.train_y, task.num_classes
     torch.manual_seed(spec.seed)
     prompter = PadPrompter(meta.input_size, train_x.shape[-1], meta.mean, meta.std).to(device)
     opt = torch.optim.Adam(prompter.parameters(), lr=cfg.lr)
@@ -76,7 +90,7 @@ def train_prompt(model: nn.Module, meta: ModelMeta, train_x: torch.Tensor, train
     train_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    logits = map_logits(_source_logits(model, prompter, test_x, cfg.eval_batch_size, device), mapping.cpu())
-    metrics = classification_metrics(logits, test_y)
+    logits = map_logits(_source_logits(model, prompter, task.test_x, cfg.eval_batch_size, device), mapping.cpu())
+    metrics = classification_metrics(logits, task.test_y)
     return TrainOutput(metrics, mapping.cpu().tolist(), loss_sum / max(n_seen, 1), train_seconds,
                        time.perf_counter() - t0)

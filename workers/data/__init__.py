@@ -2,8 +2,8 @@
 
 Importing digits and shapes here is what registers them.
 """
-from workers.data.base import DATASETS, DatasetMeta, Splits, load_dataset
+from workers.data.base import DATASETS, DatasetMeta, Splits, cached_dataset, load_dataset
 from workers.data.fewshot import few_shot_indices
 from workers.data import digits, shapes  # noqa: F401  (registration side effects)
 
-__all__ = ["DATASETS", "DatasetMeta", "Splits", "load_dataset", "few_shot_indices"]
+__all__ = ["DATASETS", "DatasetMeta", "Splits", "cached_dataset", "load_dataset", "few_shot_indices"]

@@ -5,9 +5,11 @@ Kept apart from __init__ so the dataset modules can import it without a cycle.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -53,3 +55,26 @@ def load_dataset(name: str, size: int | None = None, root: str | None = None, **
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"dataset {name!r}: size must be a positive int, got {size!r}")
     return fn(size, root, **args)
+
+
+def cached_dataset(name: str, size: int, root: str | None, args: dict, cache_dir: Path) -> Splits:
+    """load_dataset, decoded and resized once: later calls (other trials, other nodes sharing the cache)
+    read the tensors back instead of decoding images again."""
+    import fcntl
+    import hashlib
+    import json
+    import os
+
+    key = json.dumps({"name": name, "size": size, "root": str(root), "args": args}, sort_keys=True, default=str)
+    path = Path(cache_dir) / "datasets" / f"{name}-{size}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process decodes; trials starting together wait and read
+        if not path.exists():
+            d = load_dataset(name, size, root, **args)
+            tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+            torch.save({"train_x": d.train_x, "train_y": d.train_y, "test_x": d.test_x, "test_y": d.test_y,
+                        "classes": list(d.classes)}, tmp)
+            os.replace(tmp, path)
+    t = torch.load(path, weights_only=True)
+    return Splits(t["train_x"], t["train_y"], t["test_x"], t["test_y"], list(t["classes"]))
