@@ -103,3 +103,11 @@ def test_training_reduces_the_loss(runs, tmp_path):
         zero = torch.nn.functional.cross_entropy(map_logits(built.model(PadPrompter(32, 8, meta.mean, meta.std)(x)), mapping), y)
     assert out.metrics["nll"] < zero.item()
     assert math.isfinite(out.final_train_loss)
+
+
+def test_more_shots_than_a_class_has_fails_unless_capped(runs, tmp_path):
+    spec = dataclasses.replace(runs[0], shots=200)  # digits has ~125 training images per class
+    row = run(spec, Context(tmp_path, torch.device("cpu")))
+    assert row.status == "failed" and "shots" in row.error and "cap_shots: true" in row.error
+    capped = run(dataclasses.replace(spec, dataset_args={"cap_shots": True}), Context(tmp_path, torch.device("cpu")))
+    assert capped.status == "ok" and capped.n_train == 1257  # every training image of every class

@@ -63,11 +63,11 @@ class Context:
     datasets: dict = field(default_factory=dict)
 
     def dataset(self, spec: RunSpec, size: int) -> Splits:
-        key = (spec.dataset, size, json.dumps(spec.dataset_args, sort_keys=True), self.data_root)
+        args = {k: v for k, v in spec.dataset_args.items() if k != "cap_shots"}  # a sampling option, not the loader's
+        key = (spec.dataset, size, json.dumps(args, sort_keys=True), self.data_root)
         if key not in self.datasets:
             self.datasets.clear()  # packs are grouped by dataset: keep one in memory
-            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, dict(spec.dataset_args),
-                                                self.cache_dir)
+            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, args, self.cache_dir)
         return self.datasets[key]
 
     def variant(self, spec: RunSpec) -> Variant:
@@ -130,7 +130,12 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
     try:
         variant = ctx.variant(spec)
         data = ctx.dataset(spec, spec.train.input_size or _default_size(spec))
-        idx = few_shot_indices(data.train_y, spec.shots, spec.seed)
+        # cap_shots: take every image of a class that has fewer than `shots` (n_train records what was used)
+        try:
+            idx = few_shot_indices(data.train_y, spec.shots, spec.seed, cap=bool(spec.dataset_args.get("cap_shots")))
+        except ValueError as e:
+            raise ValueError(f"dataset {spec.dataset!r}: {e}; in the grid, `{{name: {spec.dataset}, args: "
+                             f"{{cap_shots: true}}}}` takes all images of such classes instead") from None
         task = Task(data.train_x[idx], data.train_y[idx], data.test_x, data.test_y, list(data.classes))
         out = METHODS.get(spec.method)(variant.model, variant.meta, task, spec, ctx.device)
         m = out.metrics
