@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from workers.spec import RunSpec, TrainConfig
 
@@ -145,14 +146,47 @@ class Override(_Strict):
         return v
 
 
-class Grid(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
+def _unique(v: Optional[list]) -> Optional[list]:
+    dup = [x for i, x in enumerate(v or []) if x in v[:i]]
+    if dup:
+        raise ValueError(f"duplicate value {dup[0]!r}")
+    return v
+
+
+class Study(_Strict):
+    """A sub-grid: its own axes; shots, seeds, train, resources default to the grid's."""
+
+    name: str
     models: list[Model] = Field(min_length=1)
     methods: list[str] = Field(min_length=1)
     datasets: list[Union[str, Dataset]] = Field(min_length=1)
-    shots: list[Shots] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
+    shots: Optional[list[Shots]] = Field(None, min_length=1)
+    seeds: Optional[list[int]] = Field(None, min_length=1)
+    train: dict[str, Any] = {}  # merged over the grid's train
+    overrides: list[Override] = []  # applied after the grid's
+    include: list[Match] = []
+    exclude: list[Match] = []  # with the grid's
+    resources: Optional[Resources] = None
+
+    _unique_axes = field_validator("methods", "shots", "seeds")(classmethod(lambda cls, v: _unique(v)))
+
+    @field_validator("train")
+    @classmethod
+    def _known(cls, v: dict) -> dict:
+        unknown = set(v) - set(Train.model_fields)
+        if unknown:
+            raise ValueError(f"unknown training field(s) {sorted(unknown)}; valid: {sorted(Train.model_fields)}")
+        return v
+
+
+class Grid(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    models: list[Model] = []
+    methods: list[str] = []
+    datasets: list[Union[str, Dataset]] = []
+    shots: list[Shots] = []
+    seeds: list[int] = []
     train: Train = Train()
     overrides: list[Override] = []
     include: list[Match] = []
@@ -160,14 +194,42 @@ class Grid(_Strict):
     resources: Optional[Resources] = None  # for models without their own; else each model's registered default
     pack_size: PositiveInt = 32
     data_root: Optional[str] = None  # default dataset root; --data-root or $VPGRID_DATA win (not in run keys)
+    studies: list[Study] = []  # sub-grids; the grid is then the union of its studies
 
-    @field_validator("methods", "shots", "seeds")
-    @classmethod
-    def _unique(cls, v: list) -> list:
-        dup = [x for i, x in enumerate(v) if x in v[:i]]
-        if dup:
-            raise ValueError(f"duplicate value {dup[0]!r}")
-        return v
+    _unique_axes = field_validator("methods", "shots", "seeds")(classmethod(lambda cls, v: _unique(v)))
+
+    @model_validator(mode="after")
+    def _axes_present(self) -> "Grid":
+        if self.studies:
+            if self.models or self.methods or self.datasets:
+                raise ValueError("give models, methods and datasets either at the top level or in `studies`, not both")
+            for i, st in enumerate(self.studies):
+                for axis in ("shots", "seeds"):
+                    if getattr(st, axis) is None and not getattr(self, axis):
+                        raise ValueError(f"studies.{i} ({st.name}): no {axis}, and the grid gives none to inherit")
+            names = [st.name for st in self.studies]
+            if len(set(names)) != len(names):
+                raise ValueError(f"studies: duplicate study name in {names}")
+            return self
+        missing = [a for a in ("models", "methods", "datasets", "shots", "seeds") if not getattr(self, a)]
+        if missing:
+            raise ValueError(f"missing or empty: {', '.join(missing)} (each needs at least one entry, "
+                             "or give them per study under `studies`)")
+        return self
+
+    def parts(self) -> list["Grid"]:
+        """The grid as plain grids: itself, or one per study with the shared settings filled in."""
+        if not self.studies:
+            return [self]
+        out = []
+        for st in self.studies:
+            out.append(self.model_copy(update={
+                "models": st.models, "methods": st.methods, "datasets": st.datasets,
+                "shots": st.shots or self.shots, "seeds": st.seeds or self.seeds,
+                "train": Train.model_validate({**self.train.model_dump(), **st.train}),
+                "overrides": self.overrides + st.overrides, "include": st.include,
+                "exclude": self.exclude + st.exclude, "resources": st.resources or self.resources, "studies": []}))
+        return out
 
     def dataset_list(self) -> list[Dataset]:
         return [Dataset(name=d) if isinstance(d, str) else d for d in self.datasets]
@@ -175,9 +237,10 @@ class Grid(_Strict):
     def resources_for(self, model: str, defaults: Optional[dict] = None) -> Optional[Resources]:
         """The model's own entry, else the grid-level value, else the model's registered default (`defaults`,
         resolved by the launcher, which imports the registries); None if still unknown (`vpgrid plan`)."""
-        for m in self.models:
-            if m.name == model and m.resources is not None:
-                return m.resources
+        for part in self.parts():
+            for m in part.models:
+                if m.name == model and m.resources is not None:
+                    return m.resources
         if self.resources is not None:
             return self.resources
         if defaults is not None and model in defaults:
@@ -236,7 +299,21 @@ def _train_for(grid: Grid, spec: RunSpec, source: str) -> TrainConfig:
 
 
 def expand(grid: Grid, source: str = "<grid>") -> list[RunSpec]:
-    """Every run of the grid, in a stable order, after include/exclude. Duplicates are an error."""
+    """Every run of the grid (of each study, in order), after include/exclude. Duplicates are an error."""
+    runs: list[RunSpec] = []
+    for part in grid.parts():
+        runs += _expand_one(part, source)
+    seen: dict[str, RunSpec] = {}
+    for r in runs:
+        if r.run_key in seen:
+            raise GridError(f"{source}: the same run appears twice (model {r.model}, compression {r.compression} "
+                            f"{r.compression_args}, method {r.method}, dataset {r.dataset}, shots {r.shots}, "
+                            f"seed {r.seed}); remove the repeated model, compression, dataset or study entry")
+        seen[r.run_key] = r
+    return runs
+
+
+def _expand_one(grid: Grid, source: str) -> list[RunSpec]:
     runs: list[RunSpec] = []
     for i, m in enumerate(grid.models):
         try:
@@ -253,11 +330,4 @@ def expand(grid: Grid, source: str = "<grid>") -> list[RunSpec]:
             if any(r.matches(spec) for r in grid.exclude):
                 continue
             runs.append(dataclasses.replace(spec, train=_train_for(grid, spec, source)))
-    seen: dict[str, RunSpec] = {}
-    for r in runs:
-        if r.run_key in seen:
-            raise GridError(f"{source}: the same run appears twice (model {r.model}, compression {r.compression} "
-                            f"{r.compression_args}, method {r.method}, dataset {r.dataset}, shots {r.shots}, "
-                            f"seed {r.seed}); remove the repeated model, compression or dataset entry")
-        seen[r.run_key] = r
     return runs

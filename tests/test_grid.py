@@ -76,7 +76,7 @@ def test_include_and_exclude():
     ({"shots": [0]}, "shots.0"),
     ({"shots": ["all"]}, "shots.0"),
     ({"seeds": [1, 1]}, "seeds: Value error, duplicate value 1"),
-    ({"methods": []}, "methods: List should have at least 1 item"),
+    ({"methods": []}, "missing or empty: methods"),
     ({"modles": []}, "modles: Extra inputs are not permitted"),
     ({"name": "has space"}, "name: String should match pattern"),
     ({"train": {"epochs": -1}}, "train.epochs"),
@@ -115,3 +115,55 @@ def test_shipped_grids_parse():
     for p in Path(__file__).parents[1].glob("grids/*.yaml"):
         g, _ = load_grid(p)
         assert expand(g, str(p))
+
+
+def test_studies_expand_to_the_union_and_inherit_shared_settings():
+    import yaml
+
+    text = yaml.safe_dump({
+        "name": "two", "shots": [1, "full"], "seeds": [1, 2], "train": {"epochs": 7, "batch_size": 8},
+        "exclude": [{"seed": 2, "shots": "full"}],
+        "studies": [
+            {"name": "a", "models": [{"name": "demo_cnn"}], "methods": ["ilm"], "datasets": ["digits"]},
+            {"name": "b", "models": [{"name": "resnet18"}], "methods": ["lp", "ff"], "datasets": ["digits"],
+             "shots": ["full"], "seeds": [3], "train": {"lr": 0.001}},
+        ]})
+    runs = expand(parse_grid(text))
+    a = [r for r in runs if r.model == "demo_cnn"]
+    b = [r for r in runs if r.model == "resnet18"]
+    assert len(a) == 3 and {(r.shots, r.seed) for r in a} == {(1, 1), (1, 2), (None, 1)}  # the grid's exclude
+    assert len(b) == 2 and all(r.shots is None and r.seed == 3 for r in b)
+    assert all(r.train.epochs == 7 for r in runs) and {r.train.lr for r in b} == {0.001} and a[0].train.lr == 0.01
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"studies": [{"name": "a", "models": [{"name": "m"}], "methods": ["ilm"], "datasets": ["d"]}]},
+     "either at the top level or in `studies`"),
+    ({"models": [], "methods": [], "datasets": [], "shots": [], "studies": [
+        {"name": "a", "models": [{"name": "m"}], "methods": ["ilm"], "datasets": ["d"]}]}, "no shots"),
+    ({"models": [], "methods": [], "datasets": [], "studies": [
+        {"name": "a", "models": [{"name": "m"}], "methods": ["ilm"], "datasets": ["d"], "train": {"epoch": 1}}]},
+     "studies.0.train: Value error, unknown training field(s) ['epoch']"),
+])
+def test_study_errors(change, needle):
+    with pytest.raises(GridError) as e:
+        parse_grid(grid_with(**change), "g.yaml")
+    assert needle in str(e.value), str(e.value)
+
+
+def test_the_paper_grid():
+    from collections import Counter
+    from pathlib import Path
+
+    g, _ = load_grid(Path(__file__).parents[1] / "grids" / "paper.yaml")
+    runs = expand(g)
+    assert 12_000 <= len(runs) <= 20_000
+    methods = Counter(r.method for r in runs)
+    # vision: 33 variants x 8 datasets x 5 budgets x 3 seeds per method; CLIP: 3 x 7 x 5 x 3; cross-modal: 8 x 5 x 3
+    assert methods == {"rlm": 3960, "flm": 3960, "ilm": 3960, "clip_vp": 315, "clip_ilm": 315, "reprogram": 120}
+    clip = [r for r in runs if r.method.startswith("clip")]
+    assert {(r.train.epochs, r.train.lr, r.train.batch_size) for r in clip} == {(10, 40, 16)}
+    lth = sorted({r.compression_args["round"] for r in runs if r.compression == "lth"})
+    assert lth == list(range(1, 13))
+    one = next(r for r in runs if r.compression == "lth" and r.compression_args["round"] == 3)
+    assert one.compression_args["checkpoint"]["mask"] == "$VPGRID_CKPT/lth/resnet50_dyn4_3_mask.pth"

@@ -101,3 +101,12 @@ def test_a_bad_download_is_not_kept(tmp_path):
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
         resolve({"url": src.as_uri(), "sha256": "ab" * 32}, {}, tmp_path / "cache")
     assert not list((tmp_path / "cache" / "downloads").iterdir())
+
+
+def test_checkpoint_paths_expand_environment_variables(tmp_path, monkeypatch):
+    torch.save(DemoCNN(width=4).state_dict(), tmp_path / "w.pt")
+    monkeypatch.setenv("VPGRID_CKPT", str(tmp_path))
+    assert resolve("$VPGRID_CKPT/w.pt", {}, tmp_path).files["weights"] == tmp_path / "w.pt"
+    monkeypatch.delenv("VPGRID_CKPT")
+    with pytest.raises(CheckpointError, match="an environment variable in it is not set"):
+        resolve("$VPGRID_CKPT/w.pt", {}, tmp_path)

@@ -86,9 +86,11 @@ def fetch(location: str, sha256: str | None, cache_dir: Path) -> tuple[Path, str
     """
     scheme = urllib.parse.urlparse(location).scheme
     if scheme in ("", "file") and not location.startswith("file:"):
-        path = Path(location).expanduser()
+        # $VARS let one grid name files on any cluster (e.g. $VPGRID_CKPT/lth/...); the run key keeps the text
+        path = Path(os.path.expandvars(location)).expanduser()
         if not path.is_file():
-            raise CheckpointError(f"checkpoint file not found: {path}")
+            unset = " (an environment variable in it is not set)" if "$" in str(path) else ""
+            raise CheckpointError(f"checkpoint file not found: {path}{unset}")
         return path, _verify(path, sha256, str(path))
     if scheme not in ("http", "https", "file"):
         raise CheckpointError(f"{location}: unsupported URL scheme {scheme!r} (use a path, http(s):// or file://)")
