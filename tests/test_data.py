@@ -25,7 +25,19 @@ def digits() -> Splits:
 
 # ---- every registered dataset ----
 
-@pytest.mark.parametrize("name", DATASETS.names())
+BUNDLED = [n for n in DATASETS.names() if DATASETS.meta(n).bundled]
+
+
+@pytest.mark.parametrize("name", [n for n in DATASETS.names() if not DATASETS.meta(n).bundled])
+def test_every_file_backed_dataset_says_what_is_missing(name, tmp_path):
+    """Without its files, every dataset fails with an error naming itself (its own tests load real layouts)."""
+    for root in (None, str(tmp_path)):
+        with pytest.raises((FileNotFoundError, ValueError)) as e:
+            load_dataset(name, root=root)
+        assert name in str(e.value)
+
+
+@pytest.mark.parametrize("name", BUNDLED)
 @pytest.mark.parametrize("size", [None, 12])
 def test_load_every_dataset(name, size):
     meta = DATASETS.meta(name)

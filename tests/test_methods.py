@@ -15,8 +15,9 @@ def runs():
     return expand(parse_grid(TINY))
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("method", [m for m in METHODS.names() if METHODS.meta(m).kind in ("vp", "lp", "ff")])
 def test_every_method_runs_and_reports(method, runs, tmp_path):
+    """Image methods on a CNN; CLIP and cross-modal methods have their own end-to-end tests."""
     spec = dataclasses.replace(next(r for r in runs if r.compression == "magnitude" and r.shots == 2), method=method)
     row = run(spec, Context(tmp_path, torch.device("cpu")))
     assert row.status == "ok", row.error
@@ -77,3 +78,21 @@ def test_lp_names_a_missing_head(runs, tmp_path, monkeypatch):
     spec = dataclasses.replace(runs[0], method="lp")
     row = run(spec, Context(tmp_path, torch.device("cpu")))
     assert row.status == "failed" and "no classifier module `classifier`" in row.error
+
+
+def test_every_method_kind_is_covered():
+    """A new kind of method needs an end-to-end test somewhere: fail here until it has one."""
+    assert {METHODS.meta(m).kind for m in METHODS.names()} <= {"vp", "lp", "ff", "crossmodal", "clip_vp", "clip_ilm"}
+
+
+@pytest.mark.parametrize("method", ["ilm", "lp", "ff"])
+def test_image_methods_refuse_token_data(method, runs, tmp_path):
+    from workers.train import Task
+
+    tokens = torch.randint(0, 9, (4, 16))
+    task = Task(tokens, torch.tensor([0, 1, 0, 1]), tokens, torch.tensor([0, 1, 0, 1]), ["a", "b"])
+    from workers.models import build_model
+
+    built, meta = build_model("demo_cnn", "random", {"width": 4}, tmp_path)
+    with pytest.raises(TypeError, match="needs images .* use method 'reprogram'"):
+        METHODS.get(method)(built.model, meta, task, dataclasses.replace(runs[0], method=method), torch.device("cpu"))

@@ -18,7 +18,7 @@ from workers.methods import METHODS, MethodMeta
 from workers.metrics import classification_metrics
 from workers.models import ModelMeta, get_module, set_module
 from workers.spec import RunSpec
-from workers.train import Task, TrainOutput
+from workers.train import Task, TrainOutput, require_images
 
 
 def _canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
@@ -79,6 +79,7 @@ def _fit(loss_of, n: int, spec: RunSpec, opt, after_step=lambda: None) -> float:
 
 @METHODS.register("lp", meta=MethodMeta("lp", "linear probe: a new linear head on frozen features"))
 def linear_probe(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+    require_images(task, spec.method)
     train_x, train_y, test_x, test_y, num_target = task.train_x, task.train_y, task.test_x, task.test_y, task.num_classes
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
@@ -95,6 +96,7 @@ def linear_probe(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
 
 @METHODS.register("ff", meta=MethodMeta("ff", "full fine-tuning: every weight and a new head, pruned zeros kept"))
 def full_finetune(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+    require_images(task, spec.method)
     train_x, train_y, test_x, test_y, num_target = task.train_x, task.train_y, task.test_x, task.test_y, task.num_classes
     torch.manual_seed(spec.seed)
     net = copy.deepcopy(model)  # the variant is shared by the pack: train a copy

@@ -97,6 +97,10 @@ class Context:
 
         data = self.dataset(spec, spec.train.input_size or _default_size(spec))
         x = data.train_x[torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:64]]
+        if not x.is_floating_point():  # token ids: the canvases reprogramming starts from
+            from workers.crossmodal import calibration_inputs
+
+            return calibration_inputs(x, meta)
         with torch.no_grad():
             return PadPrompter(meta.input_size, x.shape[-1], meta.mean, meta.std)(x)
 

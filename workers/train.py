@@ -46,7 +46,15 @@ def _source_logits(model: nn.Module, prompter: PadPrompter, x: torch.Tensor, bs:
     return torch.cat(out)
 
 
+def require_images(task: Task, method: str) -> None:
+    """Image methods on token data would fail deep inside with a shape error; say what is wrong instead."""
+    if task.train_x.ndim != 4 or not task.train_x.is_floating_point():
+        raise TypeError(f"method {method!r} needs images (N, 3, H, W); this dataset gives token ids "
+                        f"{tuple(task.train_x.shape)}: use method 'reprogram' for text and DNA tasks")
+
+
 def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+    require_images(task, spec.method)
     cfg = spec.train
     train_x, train_y, num_target = task.train_x, task.train_y, task.num_classes
     torch.manual_seed(spec.seed)

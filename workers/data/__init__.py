@@ -1,9 +1,9 @@
 """Target and source datasets behind one registry, plus few-shot subsampling.
 
-Importing digits and shapes here is what registers them.
+Importing the dataset modules here is what registers them.
 """
 from workers.data.base import DATASETS, DatasetMeta, Splits, cached_dataset, load_dataset
 from workers.data.fewshot import few_shot_indices
-from workers.data import digits, shapes  # noqa: F401  (registration side effects)
+from workers.data import digits, shapes, text  # noqa: F401  (registration side effects)
 
 __all__ = ["DATASETS", "DatasetMeta", "Splits", "cached_dataset", "load_dataset", "few_shot_indices"]

@@ -18,14 +18,16 @@ from workers.registry import Registry
 
 @dataclass(frozen=True)
 class DatasetMeta:
-    input_size: int  # default side the target images are resized to inside the prompt canvas
+    input_size: int  # default side the target images are resized to inside the canvas; tokens per text
     num_classes: int
     description: str
+    modality: str = "image"  # "image": float (N,3,s,s) in [0,1]; "text" / "dna": int64 token ids (N, L)
+    bundled: bool = False  # needs no files (generated or shipped with a package)
 
 
 @dataclass
 class Splits:
-    train_x: Tensor  # float32 (N,3,H,W) in [0,1], already resized to the requested size
+    train_x: Tensor  # images: float32 (N,3,H,W) in [0,1] at the requested size; text: int64 token ids (N, L)
     train_y: Tensor  # int64 (N,)
     test_x: Tensor
     test_y: Tensor

@@ -14,7 +14,7 @@ SPLIT_SEED = 0
 
 @DATASETS.register(
     "digits",
-    meta=DatasetMeta(16, 10, "scikit-learn handwritten digits (1797 8x8 grayscale, 10 classes)"),
+    meta=DatasetMeta(16, 10, "scikit-learn handwritten digits (1797 8x8 grayscale, 10 classes)", bundled=True),
 )
 def digits(size: int, root: str | None, test_fraction: float = 0.3) -> Splits:
     if not 0 < test_fraction < 1:

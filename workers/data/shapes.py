@@ -83,7 +83,7 @@ def _split(n: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
 
 @DATASETS.register(
     "shapes",
-    meta=DatasetMeta(32, len(CLASSES), "procedural shapes: 10 shapes x warm/cool colours, noisy background"),
+    meta=DatasetMeta(32, len(CLASSES), "procedural shapes: 10 shapes x warm/cool colours, noisy background", bundled=True),
 )
 def shapes(size: int, root: str | None, n_train: int = 8000, n_test: int = 2000, seed: int = 0) -> Splits:
     if n_train < 1 or n_test < 1:
