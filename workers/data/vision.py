@@ -1,0 +1,217 @@
+"""The paper's eight image target tasks, read from disk through torchvision.datasets.
+
+Every dataset lives under one data root in torchvision's own folder layout (see NEEDS). Nothing is downloaded
+unless a grid asks for it (`download: true` in the dataset's args); a missing dataset is an error, never
+replaced by other data. Images are decoded once: PIL → RGB → bilinear resize to (size, size) (what
+transforms.Resize + ToTensor does in the reference recipe) → float32 in [0,1].
+
+Splits: the standard train/test of each dataset. DTD uses partition 1 train/test and Flowers102 train/test;
+their val splits are left unused (Flowers102 train has 10 images per class, so more than 10 shots fails in
+few_shot_indices). OxfordIIITPet uses trainval/test with the 37 breed labels. EuroSAT and Caltech101 have one
+split in torchvision: we cut a stratified test split with a fixed seed, so train and test never share an
+image (the paper's code trained and tested on the same EuroSAT images).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.datasets as tv
+from PIL import Image
+from torch import Tensor
+
+from workers.data.base import DATASETS, DatasetMeta, Splits
+
+# Fixed, independent of the run seed: every run of a grid must see the same EuroSAT/Caltech101 test set.
+SPLIT_SEED = 0
+
+# The 43 GTSRB sign names (the benchmark's signnames list), lower case for CLIP prompts; torchvision has none.
+GTSRB_CLASSES = [
+    "speed limit (20km/h)", "speed limit (30km/h)", "speed limit (50km/h)", "speed limit (60km/h)",
+    "speed limit (70km/h)", "speed limit (80km/h)", "end of speed limit (80km/h)", "speed limit (100km/h)",
+    "speed limit (120km/h)", "no passing", "no passing for vehicles over 3.5 metric tons",
+    "right-of-way at the next intersection", "priority road", "yield", "stop", "no vehicles",
+    "vehicles over 3.5 metric tons prohibited", "no entry", "general caution", "dangerous curve to the left",
+    "dangerous curve to the right", "double curve", "bumpy road", "slippery road", "road narrows on the right",
+    "road work", "traffic signals", "pedestrians", "children crossing", "bicycles crossing",
+    "beware of ice/snow", "wild animals crossing", "end of all speed and passing limits", "turn right ahead",
+    "turn left ahead", "ahead only", "go straight or right", "go straight or left", "keep right", "keep left",
+    "roundabout mandatory", "end of no passing", "end of no passing by vehicles over 3.5 metric tons",
+]
+SVHN_CLASSES = [str(d) for d in range(10)]  # label d is digit d (torchvision maps the file's 10 to 0)
+# EuroSAT folder names → the readable names CoOp uses for CLIP prompts (lower case).
+EUROSAT_NAMES = {
+    "AnnualCrop": "annual crop land", "Forest": "forest", "HerbaceousVegetation": "herbaceous vegetation land",
+    "Highway": "highway or road", "Industrial": "industrial buildings", "Pasture": "pasture land",
+    "PermanentCrop": "permanent crop land", "Residential": "residential buildings", "River": "river",
+    "SeaLake": "sea or lake",
+}
+# Caltech101 folder names are plural or odd for a few classes (CoOp's renames); the rest: "_" → " ", lower.
+CALTECH_NAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
+
+# What torchvision looks for under the root, checked before it is called (Caltech101 would otherwise create
+# folders under a wrong root, and torchvision's own message does not say where it looked).
+NEEDS = {
+    "cifar10": [f"cifar-10-batches-py/{f}" for f in
+                ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta")],
+    "svhn": ["train_32x32.mat", "test_32x32.mat"],
+    "gtsrb": ["gtsrb/GTSRB/Training", "gtsrb/GTSRB/Final_Test/Images", "gtsrb/GT-final_test.csv"],
+    "dtd": ["dtd/dtd/images", "dtd/dtd/labels/train{partition}.txt", "dtd/dtd/labels/test{partition}.txt"],
+    "flowers102": ["flowers-102/jpg", "flowers-102/imagelabels.mat", "flowers-102/setid.mat"],
+    "oxford_pets": ["oxford-iiit-pet/images", "oxford-iiit-pet/annotations/trainval.txt",
+                    "oxford-iiit-pet/annotations/test.txt"],
+    "eurosat": ["eurosat/2750"],
+    # torchvision drops BACKGROUND_Google from the classes, but fails if the folder is absent.
+    "caltech101": ["caltech101/101_ObjectCategories", "caltech101/101_ObjectCategories/BACKGROUND_Google"],
+}
+
+
+def open_dataset(name: str, root: str | None, download: bool, cls, fmt: dict | None = None, **kw):
+    """torchvision's `cls` under `root`, or an error naming the dataset, the root and the missing paths."""
+    needs = [p.format(**(fmt or {})) for p in NEEDS[name]]
+    how = ("Set the data root with --data-root, $VPGRID_DATA or the grid's data_root; "
+           "`download: true` in the dataset's args fetches it there where network is available.")
+    if root is None:
+        raise FileNotFoundError(f"dataset {name!r}: no data root is set; it expects torchvision's layout "
+                                f"<root>/{', <root>/'.join(needs)}. {how}")
+    root = os.path.expanduser(str(root))
+    missing = [str(Path(root) / p) for p in needs if not (Path(root) / p).exists()]
+    if missing and not download:
+        raise FileNotFoundError(f"dataset {name!r} not found under data root {root!r}: missing "
+                                f"{', '.join(missing)} (torchvision's layout). {how}")
+    try:
+        return cls(root, download=download, **kw)
+    except (RuntimeError, FileNotFoundError) as e:  # md5 mismatch, empty class folders, failed download
+        raise FileNotFoundError(f"dataset {name!r} under data root {root!r}: torchvision could not read it "
+                                f"({e}); it expects {', '.join(needs)}. {how}") from e
+
+
+def decode(ds, size: int) -> tuple[Tensor, Tensor]:
+    """Every (image, label) of a torchvision dataset: uint8 (N,size,size,3) and int64 (N,).
+
+    Labels come from __getitem__ rather than an attribute, whose name differs by dataset (targets, labels,
+    _labels, y: the paper's Caltech101 few-shot crash). uint8 keeps the peak memory of big sets low.
+    """
+    x = torch.empty((len(ds), size, size, 3), dtype=torch.uint8)
+    y = torch.empty(len(ds), dtype=torch.int64)
+    for i in range(len(ds)):
+        img, label = ds[i]
+        img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        x[i] = torch.from_numpy(np.array(img, dtype=np.uint8))
+        y[i] = int(label)
+    return x, y
+
+
+def to_float(x: Tensor) -> Tensor:
+    return x.permute(0, 3, 1, 2).contiguous().float().div_(255)
+
+
+def check_labels(name: str, classes: list[str], *ys: Tensor) -> None:
+    for y in ys:
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(classes):
+            raise ValueError(f"dataset {name!r}: labels {int(y.min())}..{int(y.max())} do not fit its "
+                             f"{len(classes)} classes; the files do not match torchvision's layout")
+
+
+def two_splits(name: str, train, test, size: int, classes: list[str]) -> Splits:
+    (trx, tr_y), (tex, te_y) = decode(train, size), decode(test, size)
+    check_labels(name, classes, tr_y, te_y)
+    return Splits(to_float(trx), tr_y, to_float(tex), te_y, list(classes))
+
+
+def stratified_split(y: Tensor, test_fraction: float) -> tuple[Tensor, Tensor]:
+    """Disjoint sorted (train, test) indices: round(test_fraction * n) of each class's n images to test
+    (at least 1 and at most n - 1 when n >= 2), drawn with SPLIT_SEED."""
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    train, test = [], []
+    for c in torch.unique(y).tolist():  # sorted, so the draws are reproducible
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = min(max(round(test_fraction * len(idx)), 1), len(idx) - 1)
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def one_split(name: str, ds, size: int, classes: list[str], test_fraction: float) -> Splits:
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"dataset {name!r}: test_fraction must be in (0, 1), got {test_fraction!r}")
+    x, y = decode(ds, size)
+    check_labels(name, classes, y)
+    tr, te = stratified_split(y, test_fraction)
+    return Splits(to_float(x[tr]), y[tr], to_float(x[te]), y[te], list(classes))
+
+
+def same_classes(name: str, train, test) -> list[str]:
+    # DTD and OxfordIIITPet derive classes from each split's file; differing lists would mean differing labels.
+    if list(train.classes) != list(test.classes):
+        raise ValueError(f"dataset {name!r}: train and test splits list different classes")
+    return list(train.classes)
+
+
+@DATASETS.register("cifar10", meta=DatasetMeta(32, 10, "CIFAR-10 (50k train / 10k test, 32x32, 10 classes)"))
+def cifar10(size: int, root: str | None, download: bool = False) -> Splits:
+    train = open_dataset("cifar10", root, download, tv.CIFAR10, train=True)
+    test = open_dataset("cifar10", root, download, tv.CIFAR10, train=False)
+    return two_splits("cifar10", train, test, size, train.classes)
+
+
+@DATASETS.register("svhn", meta=DatasetMeta(32, 10, "SVHN digits (73k train / 26k test, 32x32, 10 classes)"))
+def svhn(size: int, root: str | None, download: bool = False) -> Splits:
+    train = open_dataset("svhn", root, download, tv.SVHN, split="train")
+    test = open_dataset("svhn", root, download, tv.SVHN, split="test")
+    return two_splits("svhn", train, test, size, SVHN_CLASSES)
+
+
+@DATASETS.register("gtsrb", meta=DatasetMeta(32, 43, "GTSRB traffic signs (26.6k train / 12.6k test, 43 classes)"))
+def gtsrb(size: int, root: str | None, download: bool = False) -> Splits:
+    # Train labels are the sorted index of the class folders, so all 43 (00000..00042) must be present.
+    train = open_dataset("gtsrb", root, download, tv.GTSRB, split="train")
+    test = open_dataset("gtsrb", root, download, tv.GTSRB, split="test")
+    return two_splits("gtsrb", train, test, size, GTSRB_CLASSES)
+
+
+@DATASETS.register("dtd", meta=DatasetMeta(128, 47, "Describable Textures, partition train/test (1880/1880, 47)"))
+def dtd(size: int, root: str | None, download: bool = False, partition: int = 1) -> Splits:
+    if not isinstance(partition, int) or not 1 <= partition <= 10:
+        raise ValueError(f"dataset 'dtd': partition must be an int in 1..10, got {partition!r}")
+    fmt = {"partition": partition}
+    train = open_dataset("dtd", root, download, tv.DTD, fmt, split="train", partition=partition)
+    test = open_dataset("dtd", root, download, tv.DTD, fmt, split="test", partition=partition)
+    return two_splits("dtd", train, test, size, same_classes("dtd", train, test))
+
+
+@DATASETS.register("flowers102", meta=DatasetMeta(128, 102, "Oxford Flowers-102 train/test (10/class train, 6149 test)"))
+def flowers102(size: int, root: str | None, download: bool = False) -> Splits:
+    train = open_dataset("flowers102", root, download, tv.Flowers102, split="train")
+    test = open_dataset("flowers102", root, download, tv.Flowers102, split="test")
+    return two_splits("flowers102", train, test, size, tv.Flowers102.classes)
+
+
+@DATASETS.register("oxford_pets", meta=DatasetMeta(128, 37, "Oxford-IIIT Pet breeds, trainval/test (3680/3669, 37)"))
+def oxford_pets(size: int, root: str | None, download: bool = False) -> Splits:
+    kw = {"target_types": "category"}
+    train = open_dataset("oxford_pets", root, download, tv.OxfordIIITPet, split="trainval", **kw)
+    test = open_dataset("oxford_pets", root, download, tv.OxfordIIITPet, split="test", **kw)
+    return two_splits("oxford_pets", train, test, size, same_classes("oxford_pets", train, test))
+
+
+@DATASETS.register("eurosat", meta=DatasetMeta(128, 10, "EuroSAT RGB (27k 64x64, 10 classes), seeded stratified split"))
+def eurosat(size: int, root: str | None, download: bool = False, test_fraction: float = 0.2) -> Splits:
+    ds = open_dataset("eurosat", root, download, tv.EuroSAT)
+    # Unknown folder names (not the real ten) fall back to splitting CamelCase.
+    classes = [EUROSAT_NAMES.get(c) or re.sub(r"(?<!^)(?=[A-Z])", " ", c).lower() for c in ds.classes]
+    return one_split("eurosat", ds, size, classes, test_fraction)
+
+
+@DATASETS.register("caltech101", meta=DatasetMeta(128, 101, "Caltech-101 (8677 images, 101 classes without "
+                                                            "BACKGROUND_Google), seeded stratified split"))
+def caltech101(size: int, root: str | None, download: bool = False, test_fraction: float = 0.2) -> Splits:
+    # torchvision drops the BACKGROUND_Google clutter folder: 101 object classes, Faces and Faces_easy both kept.
+    ds = open_dataset("caltech101", root, download, tv.Caltech101, target_type="category")
+    classes = [CALTECH_NAMES.get(c, c.replace("_", " ").lower()) for c in ds.categories]
+    return one_split("caltech101", ds, size, classes, test_fraction)
