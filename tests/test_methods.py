@@ -27,13 +27,14 @@ def test_every_method_runs_and_reports(method, runs, tmp_path):
 
 def test_linear_probe_trains_on_the_frozen_pre_logit_features(runs, tmp_path):
     """LP's features are the classifier's input, recomputed here by hand from the demo CNN's layers."""
-    from workers.baselines import _canvas, _features
+    from workers.baselines import _features
+    from workers.train import to_canvas
     from workers.models import build_model
 
     built, meta = build_model("demo_cnn", "random", {"width": 4}, tmp_path)
     x = torch.rand(5, 3, 8, 8)
     with torch.no_grad():
-        z = built.model.features(_canvas(x, meta))
+        z = built.model.features(to_canvas(x, meta))
         expected = z.mean(dim=(2, 3))  # adaptive average pooling to 1x1, flattened
     got = _features(built.model, meta, x, 2, torch.device("cpu"))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
@@ -49,18 +50,18 @@ def test_full_finetuning_keeps_pruned_zeros_and_leaves_the_shared_model_alone(ru
     import workers.baselines as b
 
     trained = {}
-    real = b._fit
+    real = b.fit
 
     def spy(loss_of, n, spec_, opt, after_step=lambda: None):
         out = real(loss_of, n, spec_, opt, after_step)
         trained["params"] = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
         return out
 
-    b._fit = spy
+    b.fit = spy
     try:
         row = run(spec, ctx)
     finally:
-        b._fit = real
+        b.fit = real
     assert row.status == "ok", row.error
     assert all(torch.equal(before[k], v) for k, v in variant.model.state_dict().items())  # a copy was trained
     convs = [w for w in trained["params"] if w.dim() == 4]

@@ -18,16 +18,7 @@ from workers.methods import METHODS, MethodMeta
 from workers.metrics import classification_metrics
 from workers.models import ModelMeta, get_module, set_module
 from workers.spec import RunSpec
-from workers.train import Task, TrainOutput, require_images
-
-
-def _canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
-    """[0,1] target images -> normalised model inputs at the model's canvas size."""
-    if x.shape[-1] != meta.input_size:
-        x = F.interpolate(x, size=(meta.input_size, meta.input_size), mode="bilinear", align_corners=False)
-    mean = torch.tensor(meta.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(meta.std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+from workers.train import Task, TrainOutput, fit, require_images, to_canvas
 
 
 def _head(model: nn.Module, meta: ModelMeta) -> nn.Module:
@@ -44,37 +35,10 @@ def _features(model: nn.Module, meta: ModelMeta, x: torch.Tensor, bs: int, devic
     hook = _head(model, meta).register_forward_hook(lambda m, args, y: out.append(args[0].float().cpu()))
     try:
         for i in range(0, len(x), bs):
-            model(_canvas(x[i:i + bs].to(device), meta))
+            model(to_canvas(x[i:i + bs].to(device), meta))
     finally:
         hook.remove()
     return torch.cat(out)
-
-
-def _schedule(opt, spec: RunSpec):
-    cfg = spec.train
-    return torch.optim.lr_scheduler.MultiStepLR(opt, [int(f * cfg.epochs) for f in cfg.milestones], cfg.gamma)
-
-
-def _fit(loss_of, n: int, spec: RunSpec, opt, after_step=lambda: None) -> float:
-    """The shared epoch loop: shuffled mini-batches, lr schedule, non-finite loss fails the run."""
-    sched = _schedule(opt, spec)
-    gen = torch.Generator().manual_seed(spec.seed)
-    loss_sum = 0.0
-    for epoch in range(spec.train.epochs):
-        perm = torch.randperm(n, generator=gen)
-        loss_sum = 0.0
-        for i in range(0, n, spec.train.batch_size):
-            idx = perm[i:i + spec.train.batch_size]
-            loss = loss_of(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            after_step()
-            loss_sum += loss.item() * len(idx)
-        sched.step()
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss is not finite at epoch {epoch + 1}/{spec.train.epochs}")
-    return loss_sum / max(n, 1)
 
 
 @METHODS.register("lp", meta=MethodMeta("lp", "linear probe: a new linear head on frozen features"))
@@ -86,7 +50,7 @@ def linear_probe(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
     f_train = _features(model, meta, train_x, spec.train.eval_batch_size, device)
     clf = nn.Linear(f_train.shape[1], num_target)
     opt = torch.optim.Adam(clf.parameters(), lr=spec.train.lr)
-    loss = _fit(lambda idx: F.cross_entropy(clf(f_train[idx]), train_y[idx]), len(f_train), spec, opt)
+    loss = fit(lambda idx: F.cross_entropy(clf(f_train[idx]), train_y[idx]), len(f_train), spec, opt)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -112,7 +76,7 @@ def full_finetune(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, 
 
     def loss_of(idx):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = net(_canvas(train_x[idx].to(device), meta))
+            out = net(to_canvas(train_x[idx].to(device), meta))
         return F.cross_entropy(out.float(), train_y[idx].to(device))
 
     @torch.no_grad()
@@ -121,10 +85,10 @@ def full_finetune(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, 
             w.mul_(keep)
 
     t0 = time.perf_counter()
-    loss = _fit(loss_of, len(train_x), spec, opt, keep_pruned)
+    loss = fit(loss_of, len(train_x), spec, opt, keep_pruned)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
-        logits = torch.cat([net(_canvas(test_x[i:i + spec.train.eval_batch_size].to(device), meta)).float().cpu()
+        logits = torch.cat([net(to_canvas(test_x[i:i + spec.train.eval_batch_size].to(device), meta)).float().cpu()
                             for i in range(0, len(test_x), spec.train.eval_batch_size)])
     return TrainOutput(classification_metrics(logits, test_y), None, loss, train_s, time.perf_counter() - t0)

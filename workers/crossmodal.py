@@ -34,12 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.baselines import _fit
 from workers.methods import METHODS, MethodMeta
 from workers.metrics import classification_metrics
 from workers.models import ModelMeta
 from workers.spec import RunSpec
-from workers.train import Task, TrainOutput
+from workers.train import Task, TrainOutput, fit
 
 PATCH = 16
 SOURCES_PER_CLASS = 10
@@ -137,7 +136,7 @@ def reprogram(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, devi
         return F.cross_entropy(max_mapped_logits(out.float(), sources), y)
 
     t0 = time.perf_counter()
-    loss = _fit(loss_of, len(task.train_x), spec, opt)
+    loss = fit(loss_of, len(task.train_x), spec, opt)
     train_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -23,4 +23,4 @@ METHODS = Registry("method")
 for _name in LABEL_MAPPINGS.names():
     METHODS.register(_name, meta=MethodMeta("vp", f"pad prompt with {_name} label mapping"))(train_prompt)
 
-from workers import baselines, crossmodal  # noqa: E402,F401  (registers lp, ff, reprogram)
+from workers import baselines, clip_prompting, crossmodal  # noqa: E402,F401  (registers lp, ff, clip_*, reprogram)

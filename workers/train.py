@@ -16,6 +16,15 @@ from workers.prompts import PadPrompter
 from workers.spec import RunSpec
 
 
+def to_canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
+    """[0,1] target images -> normalised model inputs at the model's canvas size."""
+    if x.shape[-1] != meta.input_size:
+        x = F.interpolate(x, size=(meta.input_size, meta.input_size), mode="bilinear", align_corners=False)
+    mean = torch.tensor(meta.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 @dataclass
 class Task:
     """One run's data: the few-shot training subset and the whole test split, with the target class names."""
@@ -102,3 +111,31 @@ def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
     metrics = classification_metrics(logits, task.test_y)
     return TrainOutput(metrics, mapping.cpu().tolist(), loss_sum / max(n_seen, 1), train_seconds,
                        time.perf_counter() - t0)
+
+
+def multistep(opt, spec: RunSpec):
+    cfg = spec.train
+    return torch.optim.lr_scheduler.MultiStepLR(opt, [int(f * cfg.epochs) for f in cfg.milestones], cfg.gamma)
+
+
+def fit(loss_of, n: int, spec: RunSpec, opt, after_step=lambda: None) -> float:
+    """The epoch loop LP, FF and reprogramming share: shuffled mini-batches, the multi-step schedule, and a
+    non-finite loss fails the run. Returns the last epoch's mean loss."""
+    sched = multistep(opt, spec)
+    gen = torch.Generator().manual_seed(spec.seed)
+    loss_sum = 0.0
+    for epoch in range(spec.train.epochs):
+        perm = torch.randperm(n, generator=gen)
+        loss_sum = 0.0
+        for i in range(0, n, spec.train.batch_size):
+            idx = perm[i:i + spec.train.batch_size]
+            loss = loss_of(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            after_step()
+            loss_sum += loss.item() * len(idx)
+        sched.step()
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training loss is not finite at epoch {epoch + 1}/{spec.train.epochs}")
+    return loss_sum / max(n, 1)
