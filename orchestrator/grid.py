@@ -133,17 +133,18 @@ class Match(_Strict):
         return True
 
 
+def _training_fields(v: dict) -> dict:
+    unknown = set(v) - set(Train.model_fields)
+    if unknown:
+        raise ValueError(f"unknown training field(s) {sorted(unknown)}; valid: {sorted(Train.model_fields)}")
+    return v
+
+
 class Override(_Strict):
     match: Match = Match()
     set: dict[str, Any]
 
-    @field_validator("set")
-    @classmethod
-    def _known(cls, v: dict) -> dict:
-        unknown = set(v) - set(Train.model_fields)
-        if unknown:
-            raise ValueError(f"unknown training field(s) {sorted(unknown)}; valid: {sorted(Train.model_fields)}")
-        return v
+    _known = field_validator("set")(classmethod(lambda cls, v: _training_fields(v)))
 
 
 def _unique(v: Optional[list]) -> Optional[list]:
@@ -170,13 +171,7 @@ class Study(_Strict):
 
     _unique_axes = field_validator("methods", "shots", "seeds")(classmethod(lambda cls, v: _unique(v)))
 
-    @field_validator("train")
-    @classmethod
-    def _known(cls, v: dict) -> dict:
-        unknown = set(v) - set(Train.model_fields)
-        if unknown:
-            raise ValueError(f"unknown training field(s) {sorted(unknown)}; valid: {sorted(Train.model_fields)}")
-        return v
+    _known = field_validator("train")(classmethod(lambda cls, v: _training_fields(v)))
 
 
 class Grid(_Strict):

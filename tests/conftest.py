@@ -33,3 +33,15 @@ def write_grid(dir: Path, text: str = TINY, name: str = "grid.yaml") -> Path:
 @pytest.fixture
 def tiny_grid(tmp_path: Path) -> Path:
     return write_grid(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run many small ops: on 2 shared cores one torch thread was several times faster than two
+    contending ones (measured: test_vit 18 s against 44-140 s). Restored for the other files."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,13 +20,7 @@ from workers.spec import RunSpec, TrainConfig
 from workers.train import Task
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: on a shared 2-core box one thread is ~5x faster than two contending ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write(path: Path, content: str) -> Path:

@@ -17,14 +17,7 @@ from workers.models import vvtq
 SMALL = {"deit_tiny": 64, "swin_tiny": 224}  # smallest sizes each accepts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The quantised models run thousands of small elementwise ops; on the 2 shared cores two intra-op threads made
-    # this file take 44-140 s against ~18 s with one (measured). Restored for the other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- float models
