@@ -110,3 +110,14 @@ def test_checkpoint_paths_expand_environment_variables(tmp_path, monkeypatch):
     monkeypatch.delenv("VPGRID_CKPT")
     with pytest.raises(CheckpointError, match="an environment variable in it is not set"):
         resolve("$VPGRID_CKPT/w.pt", {}, tmp_path)
+
+
+def test_demo_pretraining_is_reproducible_whatever_ran_before(tmp_path):
+    """Two fresh caches, with the global RNG in different states, give bit-identical pretrained weights."""
+    args = {"width": 4, "pretrain_epochs": 1, "pretrain_images": 200}
+    torch.manual_seed(123)
+    a, _ = build_model("demo_cnn", "pretrained", args, tmp_path / "a")
+    torch.rand(1000)  # move the global stream
+    b, _ = build_model("demo_cnn", "pretrained", args, tmp_path / "b")
+    for (k, v), (_, w) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(v, w), k

@@ -47,6 +47,13 @@ class DemoCNN(nn.Module):
 DEFAULTS = {"input_size": 32, "width": 24, "pretrain_epochs": 6, "pretrain_images": 8000, "seed": 0}
 
 
+def _seeded(args: dict) -> DemoCNN:
+    """The initial weights depend on the seed alone, not on what ran before in this process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args["seed"])
+        return DemoCNN(width=args["width"])
+
+
 def _pretrain(model: DemoCNN, args: dict) -> float:
     """Train on `shapes` with SGD; returns test accuracy on the source task."""
     from workers.data import load_dataset
@@ -80,7 +87,7 @@ def _cached_pretrained(args: dict, cache_dir: Path) -> Built:
     trained_by = {k: v for k, v in args.items() if k != "input_size"}  # the canvas does not change training
     tag = hashlib.sha256(json.dumps(trained_by, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir / f"demo_cnn-{tag}.pt"
-    model = DemoCNN(width=args["width"])
+    model = _seeded(args)
     cache_dir.mkdir(parents=True, exist_ok=True)
     # One process trains; trials that start at the same time wait on the lock, then load the file.
     with open(cache_dir / f".demo_cnn-{tag}.lock", "w") as lock:
@@ -104,8 +111,7 @@ def demo_cnn(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     if weights == "pretrained":
         return _cached_pretrained(args, cache_dir)
     if weights == "random":
-        torch.manual_seed(args["seed"])
-        return Built(DemoCNN(width=args["width"]), f"random init (seed {args['seed']}); not pre-trained")
+        return Built(_seeded(args), f"random init (seed {args['seed']}); not pre-trained")
     model = DemoCNN(width=args["width"])
     load_strict(model, load_state_dict(weights.files["weights"]), str(weights.files["weights"]))
     return Built(model, weights.source)
