@@ -107,3 +107,19 @@ def test_grid_change_counts_against_the_new_grid(half_done):
     st.create(yaml.safe_dump(d))
     out = json.loads(cli.invoke(app, ["status", str(st.root), "--json"]).stdout)
     assert out["total"] == 12 and out["done"] + out["failed"] + out["pending"] == 12 and out["not_in_grid"] > 0
+
+
+def test_plan_and_status_import_neither_torch_nor_ray(half_done):
+    """The control plane starts fast: checked in a fresh interpreter, since this one has torch loaded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    st, _ = half_done
+    paper = Path(__file__).parents[1] / "grids" / "paper.yaml"
+    code = ("import sys; from typer.testing import CliRunner; from orchestrator.cli import app; "
+            f"assert CliRunner().invoke(app, ['plan', {str(paper)!r}, '--json']).exit_code == 0; "
+            f"assert CliRunner().invoke(app, ['status', {str(st.root)!r}, '--json']).exit_code == 0; "
+            "print(sorted(m for m in ('torch', 'ray', 'torchvision', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
