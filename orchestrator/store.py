@@ -143,6 +143,13 @@ class Store:
                 out[key] = status
         return out
 
+    def status_of(self, run_key: str) -> Optional[str]:
+        """The status in the run's own one-row file, if it has one (compacted rows are not looked at): O(1)."""
+        path = self.runs_dir / f"{run_key}.parquet"
+        if not path.exists():
+            return None
+        return pq.read_table(path, columns=["status"]).column("status")[0].as_py()
+
     def finished_times(self) -> list[float]:
         t = self._read(self._files(), ["finished_at"])
         return [x for x in t.column("finished_at").to_pylist() if x is not None]

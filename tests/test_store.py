@@ -112,3 +112,14 @@ def test_statuses_ok_wins(st):
 def test_not_a_store(tmp_path):
     with pytest.raises(StoreError, match="not a vpgrid store"):
         Store(tmp_path).grid_text()
+
+
+def test_status_of_reads_only_the_runs_own_file(st):
+    assert st.status_of(result(1).run_key) is None
+    st.publish(result(1, "failed"))
+    assert st.status_of(result(1).run_key) == "failed"
+    st.publish(result(1, "ok"))
+    assert st.status_of(result(1).run_key) == "ok"
+    st.publish(result(2))
+    assert st.compact() == (2, 1)  # now only in a part file: the driver's pending list already accounts for it
+    assert st.status_of(result(1).run_key) is None

@@ -1,4 +1,3 @@
-import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm must never reach the hub

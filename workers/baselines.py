@@ -7,7 +7,6 @@ decay at `train.milestones`; LP uses Adam on the head, FF uses SGD with momentum
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import torch

@@ -19,8 +19,14 @@ def trainable(config: dict) -> None:
     torch.set_num_threads(max(1, int(config["cpu"])))
     store = Store(config["store"])
     trial = config["trial_id"]
-    done = {k for k, s in store.statuses().items() if s == "ok" or not config.get("retry_failed")}
-    specs = [s for s in map(RunSpec.from_dict, config["runs"]) if s.run_key not in done]  # a retried trial skips finished runs
+    # Every run here was pending when the driver launched, so a run with its own file now was published by an
+    # earlier attempt of this trial (Tune retries failed trials): skip it. With --retry-failed an old failed
+    # row may be that file, so only an ok one counts. One file check per run, not a read of the whole store.
+    def done(key: str) -> bool:
+        status = store.status_of(key)
+        return status == "ok" or (status is not None and not config.get("retry_failed"))
+
+    specs = [s for s in map(RunSpec.from_dict, config["runs"]) if not done(s.run_key)]
     store.heartbeat(trial, {"runs_total": len(specs), "runs_done": 0, "current": None})
     try:
         for i, result in enumerate(run_pack(specs, config["cache"], trial=trial, data_root=config.get("data_root")), 1):
