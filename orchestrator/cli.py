@@ -16,8 +16,10 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Visual prompting on compressed models, as a grid.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
-StoreArg = Annotated[Path, typer.Argument(help="A store directory made by `vpgrid launch`.")]
-AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (else $RAY_ADDRESS, else a local cluster).")]
+StoreArg = Annotated[str, typer.Argument(help="A store made by `vpgrid launch`: a path, file://, s3:// or gs:// URI.")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray to run on: 'auto' or HOST:PORT joins a running cluster from one of its nodes; http://HEAD:8265 submits a Ray Job; else $RAY_ADDRESS, else a local Ray.")]
+MaxFailuresOpt = Annotated[Optional[int], typer.Option("--max-failures", min=-1, help="Retries of a trial whose worker or node died (-1: no limit) [default: the grid's max_failures, 3].")]
+CallbackOpt = Annotated[list[str], typer.Option("--callback", help="Tune logger callback: csv, json, tensorboard, wandb, mlflow or package.module:Class (repeatable).")]
 CpusOpt = Annotated[Optional[float], typer.Option("--num-cpus", help="Local cluster only: CPUs Ray may use.")]
 GpusOpt = Annotated[Optional[float], typer.Option("--num-gpus", help="Local cluster only: GPUs Ray may use (a logical GPU on a CPU machine).")]
 RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Run again the runs whose row says failed.")]
@@ -36,11 +38,17 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(1)
 
 
+# Exit codes of launch, resume and submit (README, "CLI").
+EXIT_ERROR, EXIT_USAGE, EXIT_RUNS_FAILED, EXIT_RUNS_PENDING = 1, 2, 3, 4
+
+
 def _known_errors() -> tuple[type[Exception], ...]:
     from orchestrator.grid import GridError
+    from orchestrator.launch import LaunchError
     from orchestrator.store import StoreError
+    from workers.uri import URIError
 
-    return GridError, StoreError, FileNotFoundError, PermissionError
+    return GridError, StoreError, LaunchError, URIError, FileNotFoundError, PermissionError
 
 
 @app.command()
@@ -71,15 +79,14 @@ def plan(grid: Path, as_json: JsonOpt = False) -> None:
         f"{m}: " + (f"cpu {r['cpu']:g}, gpu {r['gpu']:g}" if isinstance(r, dict) else r) for m, r in resources.items()))
 
 
-def _launch(grid_path: Path, grid_text: str, store: Path, address, num_cpus, num_gpus, retry_failed, quiet,
-            data_root) -> None:
+def _launch(source: str, grid_text: str, store: str, opts: dict) -> None:
+    """Run a grid here (this process drives Ray) and exit with a code that says how it went."""
     from orchestrator.grid import parse_grid
     from orchestrator.launch import launch
 
     try:
-        g = parse_grid(grid_text, str(grid_path))
-        s = launch(g, grid_text, str(grid_path), store, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                   retry_failed=retry_failed, data_root=data_root, progress=not quiet)
+        g = parse_grid(grid_text, source)
+        s = launch(g, grid_text, source, store, **opts)
     except _known_errors() as e:
         _fail(e)
     if s.launched == 0:
@@ -87,37 +94,102 @@ def _launch(grid_path: Path, grid_text: str, store: Path, address, num_cpus, num
     else:
         err(f"{s.ok} ok, {s.failed} failed of {s.launched} runs launched ({s.skipped} already done) "
             f"in {s.seconds:.0f} s" + (f"; {s.errored_trials} trials errored" if s.errored_trials else ""))
-    typer.echo(str(s.store))
+    typer.echo(s.store)
+    for e in dict.fromkeys(s.trial_errors):
+        err(f"trial error: {e}")
+    if s.pending:
+        err(f"{s.pending} runs are still pending (their trials ran out of retries); finish with: vpgrid resume {s.store}")
+        raise typer.Exit(EXIT_RUNS_PENDING)
     if s.failed:
         err(f"see the errors: vpgrid status {s.store} --failed")
+        raise typer.Exit(EXIT_RUNS_FAILED)
+
+
+def _submit(address: str, grid_text: str, args: list[str], store: str, data_root: Optional[str]) -> None:
+    from orchestrator.submit import submit_job
+
+    try:
+        job = submit_job(address, grid_text, args, store, data_root)
+    except _known_errors() as e:
+        _fail(e)
+    typer.echo(job)
+    err(f"submitted Ray Job {job}; follow it with: ray job logs --address {address} --follow {job}\n"
+        f"  or: vpgrid status {store} --watch")
+
+
+def _run_options(address, num_cpus, num_gpus, retry_failed, quiet, data_root, max_failures, callback) -> dict:
+    return dict(address=address, num_cpus=num_cpus, num_gpus=num_gpus, retry_failed=retry_failed,
+                progress=not quiet, data_root=data_root, max_failures=max_failures, callbacks=tuple(callback))
+
+
+def _job_args(retry_failed, max_failures, callback) -> list[str]:
+    """The options a Ray Job's `vpgrid launch` gets: what means the same on the cluster (no local Ray sizes)."""
+    out = ["-q"] + (["--retry-failed"] if retry_failed else [])
+    out += ["--max-failures", str(max_failures)] if max_failures is not None else []
+    for c in callback:
+        out += ["--callback", c]
+    return out
+
+
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Where results go: a path, file://, s3:// or gs:// URI [default: results/<grid name>].")]
 
 
 @app.command()
-def launch(grid: Path, store: Annotated[Optional[Path], typer.Option(help="Store directory [default: results/<grid name>].")] = None,
-           address: AddressOpt = None, num_cpus: CpusOpt = None, num_gpus: GpusOpt = None,
-           retry_failed: RetryOpt = False, quiet: QuietOpt = False, data_root: DataOpt = None) -> None:
-    """Run every run of GRID that the store does not have yet; print the store's path."""
+def launch(grid: Path, store: StoreOpt = None, address: AddressOpt = None, num_cpus: CpusOpt = None,
+           num_gpus: GpusOpt = None, retry_failed: RetryOpt = False, quiet: QuietOpt = False,
+           data_root: DataOpt = None, max_failures: MaxFailuresOpt = None, callback: CallbackOpt = []) -> None:
+    """Run every run of GRID that the store does not have yet; print the store. Exit codes: 0 all ok,
+    1 error, 2 usage, 3 some runs failed, 4 some runs still pending (trials out of retries, cluster gone)."""
     from orchestrator.grid import load_grid
 
     try:
         g, text = load_grid(grid)
     except _known_errors() as e:
         _fail(e)
-    _launch(grid, text, store or Path("results") / g.name, address, num_cpus, num_gpus, retry_failed, quiet, data_root)
+    store = store or str(Path("results") / g.name)
+    if address and address.startswith(("http://", "https://")):
+        _submit(address, text, _job_args(retry_failed, max_failures, callback), store, data_root)
+        return
+    _launch(str(grid), text, store,
+            _run_options(address, num_cpus, num_gpus, retry_failed, quiet, data_root, max_failures, callback))
+
+
+@app.command()
+def submit(grid: Path, address: Annotated[str, typer.Option("--address", help="The cluster's Ray Jobs address, http://HEAD:8265.")],
+           store: Annotated[str, typer.Option("--store", help="Where results go, as the cluster sees it: s3://, gs:// or a path mounted on every node.")],
+           retry_failed: RetryOpt = False, data_root: DataOpt = None, max_failures: MaxFailuresOpt = None,
+           callback: CallbackOpt = []) -> None:
+    """Submit GRID as a Ray Job that runs `vpgrid launch` on the cluster; print the job id and return."""
+    from orchestrator.grid import expand, load_grid
+
+    try:
+        g, text = load_grid(grid)
+        if not expand(g, str(grid)):
+            from orchestrator.grid import GridError
+
+            raise GridError(f"{grid}: no runs: the include/exclude rules exclude every run")
+    except _known_errors() as e:
+        _fail(e)
+    _submit(address, text, _job_args(retry_failed, max_failures, callback), store, data_root)
 
 
 @app.command()
 def resume(store: StoreArg, address: AddressOpt = None, num_cpus: CpusOpt = None, num_gpus: GpusOpt = None,
-           retry_failed: RetryOpt = False, quiet: QuietOpt = False, data_root: DataOpt = None) -> None:
-    """Finish the grid saved in STORE: run exactly what the store lacks."""
+           retry_failed: RetryOpt = False, quiet: QuietOpt = False, data_root: DataOpt = None,
+           max_failures: MaxFailuresOpt = None, callback: CallbackOpt = []) -> None:
+    """Finish the grid saved in STORE: run exactly what the store lacks (same exit codes as launch)."""
     from orchestrator.store import Store
 
-    s = Store(store)
     try:
+        s = Store(store)
         text = s.grid_text()
     except _known_errors() as e:
         _fail(e)
-    _launch(s.meta_dir / "grid.yaml", text, store, address, num_cpus, num_gpus, retry_failed, quiet, data_root)
+    if address and address.startswith(("http://", "https://")):
+        _submit(address, text, _job_args(retry_failed, max_failures, callback), s.root, data_root)
+        return
+    _launch(f"{s.root}/_vpgrid/grid.yaml", text, s.root,
+            _run_options(address, num_cpus, num_gpus, retry_failed, quiet, data_root, max_failures, callback))
 
 
 def _fmt_eta(seconds: Optional[float]) -> str:
@@ -171,6 +243,8 @@ def status(store: StoreArg, as_json: JsonOpt = False,
         rep = compute(Store(store))
     except _known_errors() as e:
         _fail(e)
+    except OSError as e:  # an unreachable store: one line, not a traceback
+        _fail(RuntimeError(f"store {store}: {str(e).splitlines()[0]}"))
     if as_json:
         typer.echo(json.dumps(rep.to_dict(), indent=1))
         return
@@ -194,12 +268,12 @@ def compact(store: StoreArg) -> None:
     """Merge the store's one-row files into one file (readers see the same rows)."""
     from orchestrator.store import Store
 
-    s = Store(store)
     try:
+        s = Store(store)
         s.grid_text()
+        before, after = s.compact()
     except _known_errors() as e:
         _fail(e)
-    before, after = s.compact()
     err(f"{before} files -> {after}")
 
 
@@ -210,12 +284,12 @@ def report(store: StoreArg, as_json: JsonOpt = False,
     from orchestrator.report import markdown, summary
     from orchestrator.store import Store
 
-    s = Store(store)
     try:
+        s = Store(store)
         s.grid_text()
+        table = summary(s.frame())
     except _known_errors() as e:
         _fail(e)
-    table = summary(s.frame())
     if as_json:
         typer.echo(table.to_json(orient="records", indent=1))
     else:
@@ -246,7 +320,13 @@ def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, l
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except _known_errors() as e:  # anything a command did not catch itself still ends in one line
+        if os.environ.get("VPGRID_DEBUG") == "1":
+            raise
+        err(f"error: {e}")
+        raise SystemExit(EXIT_ERROR)
 
 
 if __name__ == "__main__":

@@ -188,6 +188,8 @@ class Grid(_Strict):
     exclude: list[Match] = []
     resources: Optional[Resources] = None  # for models without their own; else each model's registered default
     pack_size: PositiveInt = 32
+    max_failures: int = Field(3, ge=-1)  # retries of a trial whose worker or node died (-1: without end)
+    callbacks: list[str] = []  # Tune logger callbacks: csv, json, tensorboard, wandb, mlflow or module:Class
     data_root: Optional[str] = None  # default dataset root; --data-root or $VPGRID_DATA win (not in run keys)
     studies: list[Study] = []  # sub-grids; the grid is then the union of its studies
 

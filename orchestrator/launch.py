@@ -1,35 +1,48 @@
 """Launch a grid on Ray Tune: validate, plan, skip what the store has, run the rest.
 
 The store decides what is done; Ray Tune's experiment state is never read back. Resume is a launch of
-the grid saved in the store.
+the grid saved in the store. The driver runs where the cluster is (a local Ray, or the head node of a
+cluster, often as a Ray Job from `vpgrid submit`); it only needs to reach the store.
 """
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from orchestrator.grid import Grid, GridError, expand
 from orchestrator.plan import Trial, pack
+from orchestrator.status import HEARTBEAT_S
 from orchestrator.store import Store
 from workers.spec import RunSpec
+
+COMPACT_EVERY_S = 300.0  # merge one-row files during a long launch, so status and resume stay fast
+COMPACT_MIN_FILES = 200
+CLUSTER_GONE_S = float(os.environ.get("VPGRID_CLUSTER_GONE_S", 60))  # no resources this long: give up
+
+
+class LaunchError(RuntimeError):
+    """The cluster could not be reached or went away; the message says what to do."""
 
 
 @dataclass
 class LaunchSummary:
-    store: Path
+    store: str
     total: int
     skipped: int
     launched: int
-    ok: int
-    failed: int
-    trials: int
-    seconds: float
-    errored_trials: int
+    ok: int = 0
+    failed: int = 0
+    trials: int = 0
+    seconds: float = 0.0
+    errored_trials: int = 0
+    pending: int = 0  # launched runs with no row at the end: their trial ran out of retries
+    trial_errors: list = field(default_factory=list)  # first line of each errored trial's error
 
 
 def check_names(runs: list[RunSpec], source: str) -> dict[str, dict]:
@@ -44,71 +57,188 @@ def check_names(runs: list[RunSpec], source: str) -> dict[str, dict]:
     return catalog.default_resources({r.model for r in runs})
 
 
-def pending(runs: list[RunSpec], store: Store, retry_failed: bool) -> list[RunSpec]:
-    status = store.statuses()
-    return [r for r in runs if status.get(r.run_key) != "ok" and (retry_failed or r.run_key not in status)]
+def pending(runs: list[RunSpec], statuses: dict[str, str], retry_failed: bool) -> list[RunSpec]:
+    return [r for r in runs if statuses.get(r.run_key) != "ok" and (retry_failed or r.run_key not in statuses)]
 
 
-def _trial_config(t: Trial, store: Store, cache: Path, data_root: Optional[str], retry_failed: bool) -> dict:
-    return {"trial_id": t.trial_id, "runs": [r.to_dict() for r in t.runs], "cpu": t.cpu, "gpu": t.gpu,
-            "store": str(store.root), "cache": str(cache), "data_root": data_root, "retry_failed": retry_failed}
+def check_address(address: Optional[str]) -> None:
+    if address and address.startswith("ray://"):
+        raise LaunchError(
+            f"--address {address}: Ray Client (ray://) cannot drive a launch: Tune would run its controller on "
+            "the head node, away from this process. Submit a Ray Job instead (vpgrid submit GRID --address "
+            "http://HEAD:8265 --store URI), or run vpgrid launch on the head node (--address auto)")
 
 
-def launch(grid: Grid, grid_text: str, source: str, store_dir: Path, *, address: Optional[str] = None,
+def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optional[str] = None,
            num_cpus: Optional[float] = None, num_gpus: Optional[float] = None, retry_failed: bool = False,
-           cache_dir: Optional[Path] = None, data_root: Optional[str] = None, progress: bool = True) -> LaunchSummary:
+           cache_dir: Optional[Path] = None, data_root: Optional[str] = None, progress: bool = True,
+           max_failures: Optional[int] = None, callbacks: tuple[str, ...] = ()) -> LaunchSummary:
     t_start = time.time()
+    check_address(address)
     runs = expand(grid, source)
+    if not runs:
+        raise GridError(f"{source}: no runs: the include/exclude rules exclude every run")
     defaults = check_names(runs, source)  # before the store exists: a bad grid leaves nothing behind
-    store = Store(store_dir)
+    store = Store(store_uri)
     store.create(grid_text)
-    todo = pending(runs, store, retry_failed)
+    todo = pending(runs, store.statuses(), retry_failed)
     trials = pack(grid, todo, defaults)
-    cache = Path(cache_dir or os.environ.get("VPGRID_CACHE") or store.root.parent / ".cache").resolve()
     data_root = data_root or os.environ.get("VPGRID_DATA") or grid.data_root
     data_root = str(Path(data_root).expanduser().resolve()) if data_root else None
-    summary = LaunchSummary(store.root, len(runs), len(runs) - len(todo), len(todo), 0, 0, len(trials), 0.0, 0)
+    summary = LaunchSummary(store.root, len(runs), len(runs) - len(todo), len(todo), trials=len(trials))
     if not trials:
         return summary
     store.clear_heartbeats()  # a killed earlier launch leaves stale ones
     launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    store.write_launch({"launch_id": launch_id, "pid": os.getpid(), "host": socket.gethostname(),
-                        "started": t_start, "runs": len(todo), "trials": len(trials)})
-    configs = [_trial_config(t, store, cache, data_root, retry_failed) for t in trials]
-    ok, failed, errored = _run_tune(configs, launch_id, store, address, num_cpus, num_gpus, progress)
-    summary.ok, summary.failed, summary.errored_trials = ok, failed, errored
+    info = {"launch_id": launch_id, "pid": os.getpid(), "host": socket.gethostname(), "started": t_start,
+            "heartbeat": time.time(), "runs": len(todo), "trials": len(trials)}
+    store.write_launch(info)
+    configs = [{"trial_id": t.trial_id, "runs": [r.to_dict() for r in t.runs], "cpu": t.cpu, "gpu": t.gpu,
+                "store": store.root, "cache": str(Path(cache_dir).resolve()) if cache_dir else None,
+                "data_root": data_root, "retry_failed": retry_failed,
+                # --num-gpus on a local Ray declares logical GPUs (tests, CPU machines): no CUDA is expected
+                "logical_gpus": num_gpus is not None and not (address or os.environ.get("RAY_ADDRESS"))}
+               for t in trials]
+    keeper = _Housekeeper(store, info)
+    keeper.start()
+    try:
+        errors = _run_tune(configs, launch_id, store, address, num_cpus, num_gpus, progress,
+                                       max_failures if max_failures is not None else grid.max_failures,
+                                       callbacks + tuple(grid.callbacks))
+    finally:
+        keeper.stop()
+    summary.errored_trials, summary.trial_errors = len(errors), errors
     store.compact()
-    store.write_launch({**store.launch_info(), "finished": time.time()})
+    have = store.statuses()  # the store, not Tune's callbacks, says what this launch achieved
+    summary.ok = sum(1 for r in todo if have.get(r.run_key) == "ok")
+    summary.failed = sum(1 for r in todo if have.get(r.run_key) == "failed")
+    summary.pending = summary.launched - summary.ok - summary.failed
+    store.write_launch({**info, "heartbeat": time.time(), "finished": time.time()})
     summary.seconds = time.time() - t_start
     return summary
 
 
-def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cpus, num_gpus,
-              progress: bool) -> tuple[int, int, int]:
+class _Housekeeper(threading.Thread):
+    """The driver's heartbeat in the store (so `status` anywhere can tell a live launch from a dead one) and
+    periodic compaction (so status and resume read a few files, not thousands)."""
+
+    def __init__(self, store: Store, info: dict) -> None:
+        super().__init__(daemon=True, name="vpgrid-housekeeper")
+        self.store, self.info = store, info
+        self._stop_event = threading.Event()
+        self._last_compact = time.time()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(HEARTBEAT_S):
+            try:
+                self.store.write_launch({**self.info, "heartbeat": time.time()})
+                if time.time() - self._last_compact > COMPACT_EVERY_S:
+                    self._last_compact = time.time()
+                    if sum(1 for i in self.store._files() if not i.base_name.startswith("part-")) >= COMPACT_MIN_FILES:
+                        self.store.compact()
+            except Exception as e:  # the store being briefly unreachable must not end the launch
+                import sys
+
+                print(f"warning: store housekeeping failed: {str(e).splitlines()[0]}", file=sys.stderr)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=30)
+
+
+def _connect(address: Optional[str], num_cpus, num_gpus, runtime_env: dict) -> None:
+    """Start or join Ray, ending any failure in one line. A local start is tried twice: an agent dying at
+    start-up happens and is transient."""
+    import ray
+
+    tries = 1 if address else 2
+    for attempt in range(1, tries + 1):
+        try:
+            if address:
+                ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            else:
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=runtime_env,
+                         log_to_driver=False, configure_logging=False)
+            return
+        except Exception as e:  # ConnectionError, RuntimeError, TimeoutError, ValueError: all end the same way
+            ray.shutdown()
+            if attempt == tries:
+                where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise LaunchError(f"could not start or reach {where}: {first}"
+                                  + ("" if address else "; run the command again")) from None
+
+
+class _ClusterWatch:
+    """A Tune callback's worth of checks: the driver's own node alive, and some CPUs somewhere. Without it
+    Tune loops forever on "Cluster resources not detected or are 0" once the driver's raylet is gone."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._last = 0.0
+        self._zero_since: Optional[float] = None
+
+    def check(self) -> None:
+        import ray
+
+        now = time.time()
+        if now - self._last < 2.0:
+            return
+        self._last = now
+        me = ray.get_runtime_context().get_node_id()
+        if not any(n["NodeID"] == me and n["Alive"] for n in ray.nodes()):
+            raise LaunchError(self._gone("this driver's Ray node died"))
+        if not ray.cluster_resources().get("CPU"):
+            self._zero_since = self._zero_since or now
+            if now - self._zero_since > CLUSTER_GONE_S:
+                raise LaunchError(self._gone(f"the cluster has had no CPUs for {CLUSTER_GONE_S:.0f} s"))
+        else:
+            self._zero_since = None
+
+    def _gone(self, why: str) -> str:
+        return f"the Ray cluster is gone ({why}); finished runs are in the store: vpgrid resume {self.store.root}"
+
+
+def _callback(name: str):
+    """A Tune logger callback by short name, or any `package.module:Class` taking no arguments."""
+    from importlib import import_module
+
+    known = {"csv": "ray.tune.logger:CSVLoggerCallback", "json": "ray.tune.logger:JsonLoggerCallback",
+             "tensorboard": "ray.tune.logger:TBXLoggerCallback",
+             "wandb": "ray.air.integrations.wandb:WandbLoggerCallback",
+             "mlflow": "ray.air.integrations.mlflow:MLflowLoggerCallback"}
+    target = known.get(name, name)
+    if ":" not in target:
+        raise GridError(f"callback {name!r}: use one of {', '.join(known)} or package.module:Class")
+    module, attr = target.split(":", 1)
+    try:
+        return getattr(import_module(module), attr)()
+    except (ImportError, AttributeError, TypeError) as e:
+        raise GridError(f"callback {name!r}: cannot create {target}: {e}") from None
+
+
+def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cpus, num_gpus, progress: bool,
+              max_failures: int, callbacks: tuple[str, ...]) -> list[str]:
+    """Runs the trials; returns the last line of each errored trial's error."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from files; never wait on the hub
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's new console output ignores verbose=0 and uses stdout
-    import ray
+    extra = [_callback(c) for c in dict.fromkeys(callbacks)]  # before Ray starts: a bad name costs nothing
     from ray import tune
 
     from orchestrator.progress import RunProgress
     from workers.ray_adapter import trainable
 
-    # Trials import the project from the driver's tree, wherever their working directory is.
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                              os.environ.get("PYTHONPATH")])),
-                                "HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]}}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=False, configure_logging=False)
+    _connect(address, num_cpus, num_gpus, _runtime_env())
+    import ray
+
     try:
         total_runs = sum(len(c["runs"]) for c in configs)
-        bar = RunProgress(total_runs, enabled=progress)
+        bar = RunProgress(total_runs, _ClusterWatch(store), enabled=progress)
         resources = tune.with_resources(trainable, lambda cfg: {"cpu": cfg["pack"]["cpu"], "gpu": cfg["pack"]["gpu"]})
+        storage = f"{store.meta_dir}/tune" if store.local else str(_tune_dir())
         tuner = tune.Tuner(
             resources,
             param_space={"pack": tune.grid_search(configs)},
@@ -117,13 +247,27 @@ def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cp
                 trial_name_creator=lambda t: t.config["pack"]["trial_id"],
                 trial_dirname_creator=lambda t: t.config["pack"]["trial_id"]),
             run_config=tune.RunConfig(
-                name=launch_id, storage_path=str(store.meta_dir / "tune"), verbose=0, callbacks=[bar],
-                failure_config=tune.FailureConfig(max_failures=1),
+                name=launch_id, storage_path=storage, verbose=0, callbacks=[bar, *extra],
+                failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),
         )
         with bar:
             grid = tuner.fit()
-        errored = sum(1 for r in grid if r.error is not None)
-        return bar.ok, bar.failed, errored
+        return [(str(r.error).strip().splitlines() or ["error"])[-1][:300] for r in grid if r.error is not None]
     finally:
         ray.shutdown()
+
+
+def _tune_dir() -> Path:
+    """Tune's own files (a convenience, never read back) stay on the driver's disk when the store is remote."""
+    return Path(os.environ.get("VPGRID_CACHE") or Path.home() / ".cache" / "vpgrid") / "tune"
+
+
+def _runtime_env() -> dict:
+    """Ship this tree's code to every worker, whatever is installed on the nodes. Inside a Ray Job the job's
+    runtime_env (set by `vpgrid submit`) already ships it, and Ray ignores a driver's own."""
+    env = {"env_vars": {"HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]}}
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return env
+    root = Path(__file__).resolve().parents[1]
+    return {**env, "py_modules": [str(root / "orchestrator"), str(root / "workers")]}

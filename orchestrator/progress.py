@@ -7,8 +7,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class RunProgress(Callback):
-    def __init__(self, total: int, enabled: bool = True) -> None:
+    """Counts runs as trials report them, and asks `watch` each step whether the cluster is still there."""
+
+    def __init__(self, total: int, watch=None, enabled: bool = True) -> None:
         self.ok = self.failed = 0
+        self._watch = watch
         self._progress = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
                                   disable=not enabled)
@@ -19,6 +22,7 @@ class RunProgress(Callback):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self._watch = None
         self._progress = Progress(disable=True)
         self._task = self._progress.add_task("runs", total=0, info="")
 
@@ -28,6 +32,10 @@ class RunProgress(Callback):
 
     def __exit__(self, *exc) -> None:
         self._progress.stop()
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self._watch is not None:
+            self._watch.check()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "run_key" not in result:

@@ -32,22 +32,33 @@ class StatusReport:
         return asdict(self)
 
 
-def _alive(info: dict) -> bool:
+DRIVER_STALE_S = 60.0  # the driver rewrites launch.json every HEARTBEAT_S; six missed beats mean it is gone
+HEARTBEAT_S = 10.0
+
+
+def driver_alive(info: dict, now: Optional[float] = None) -> bool:
+    """A launch is running while its driver's heartbeat in the store is fresh. The store is all a reader on
+    another host can see; on the driver's own host a dead pid says it sooner."""
     if not info or "finished" in info:
         return False
-    if info.get("host") != socket.gethostname():
-        return True  # cannot check another host's process; trust the heartbeats
-    try:
-        os.kill(int(info["pid"]), 0)
-        return True
-    except (ProcessLookupError, PermissionError, ValueError):
+    beat = info.get("heartbeat", info.get("started"))
+    if beat is None or (now or time.time()) - float(beat) > DRIVER_STALE_S:
         return False
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(int(info["pid"]), 0)
+        except (ProcessLookupError, ValueError, KeyError):
+            return False
+        except PermissionError:
+            pass  # another user's live process
+    return True
 
 
 def status(store: Store) -> StatusReport:
     grid = parse_grid(store.grid_text(), str(store.meta_dir / "grid.yaml"))
     runs = expand(grid)
-    states = store.statuses()
+    scanned = store.scan()
+    states = {k: s for k, (s, _) in scanned.items()}
     rep = StatusReport(str(store.root), grid.name, len(runs), 0, 0, 0)
     by_axis: dict = {a: defaultdict(lambda: {"done": 0, "failed": 0, "pending": 0}) for a in BREAKDOWN_AXES}
     for r in runs:
@@ -58,11 +69,11 @@ def status(store: Store) -> StatusReport:
     rep.by_axis = {a: dict(v) for a, v in by_axis.items()}
     rep.not_in_grid = len(set(states) - {r.run_key for r in runs})
     info = store.launch_info()
-    rep.driver_alive = _alive(info)
+    rep.driver_alive = driver_alive(info)
     if rep.driver_alive:
         rep.running = store.heartbeats()
         started = info.get("started", time.time())
-        recent = [t for t in store.finished_times() if t >= started]
+        recent = [t for _, t in scanned.values() if t is not None and t >= started]
         elapsed = time.time() - started
         if recent and elapsed > 0:
             rep.runs_per_minute = 60 * len(recent) / elapsed

@@ -1,10 +1,12 @@
-"""The Parquet store: one file per finished run, published atomically; the only record of what is done.
+"""The Parquet store: one file per finished run, published whole; the only record of what is done.
 
-Layout of a store DIR:
-    DIR/runs/<run_key>.parquet    one row, written to a hidden temporary then renamed
-    DIR/runs/part-<id>.parquet    many rows, written by `compact`
-    DIR/_vpgrid/                  grid.yaml, launch.json, running/ heartbeats, Ray Tune's files
-pyarrow (and so pandas and DuckDB) skip names starting with '.' or '_', so `pandas.read_parquet(DIR)`
+A store is a local path or a URI (file://, s3://, gs://), all through one pyarrow filesystem code path.
+Layout of a store ROOT:
+    ROOT/runs/<run_key>.<ok|failed>.parquet   one row, published whole (see `_put`)
+    ROOT/runs/part-<id>.parquet               many rows, written by `compact`
+    ROOT/_vpgrid/                             grid.yaml, launch.json, running/ heartbeats
+A one-row file's name carries its run's status, so `statuses` lists the folder instead of opening every
+file. pyarrow (and so pandas and DuckDB) skip names starting with '.' or '_', so `pandas.read_parquet(ROOT)`
 reads exactly the rows. Readers deduplicate by run_key (see `dedup`).
 """
 from __future__ import annotations
@@ -12,17 +14,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 import typing
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, TypeVar, Union
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from workers.spec import RunResult
+from workers.uri import URIError, bucket_missing, open_uri
 
 
 def _arrow_type(tp) -> pa.DataType:
@@ -39,6 +45,8 @@ def _schema() -> pa.Schema:
 
 
 SCHEMA = _schema()
+ONE_ROW = re.compile(r"^([0-9a-f]{16})\.(ok|failed)\.parquet$")
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
@@ -56,128 +64,238 @@ def dedup(table: pa.Table) -> pa.Table:
     return pa.Table.from_pandas(df.reset_index(drop=True), schema=SCHEMA, preserve_index=False)
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.stem}-{uuid.uuid4().hex[:8]}.parquet")
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())  # the rename must not publish a file whose bytes are not on disk
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+def _is_part(info: pafs.FileInfo) -> bool:
+    return info.base_name.startswith("part-")
 
 
 class Store:
-    def __init__(self, root: Union[str, Path]) -> None:
-        self.root = Path(root).resolve()
-        self.runs_dir = self.root / "runs"
-        self.meta_dir = self.root / "_vpgrid"
+    def __init__(self, location: Union[str, Path]) -> None:
+        try:
+            self.fs, self._base, self.root = open_uri(location)
+        except (URIError, OSError) as e:
+            raise StoreError(f"store {location}: {e}") from None
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.runs_dir = f"{self._base}/runs"
+        self.meta_dir = f"{self._base}/_vpgrid"
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    # -- low-level I/O -----------------------------------------------------------------------------
+    def _put(self, path: str, data: bytes) -> None:
+        """Publish `data` at `path` whole or not at all: an object PUT is atomic; on POSIX write a hidden
+        temporary, fsync it, then rename."""
+        if not self.local:
+            with self.fs.open_output_stream(path) as f:  # an aborted upload leaves no object
+                f.write(data)
+            return
+        tmp = f"{os.path.dirname(path)}/.tmp-{os.path.basename(path)}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not publish a file whose bytes are not on disk
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _get(self, path: str) -> Optional[bytes]:
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _list(self, folder: str) -> list[pafs.FileInfo]:
+        sel = pafs.FileSelector(folder, allow_not_found=True)
+        return [i for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
+
+    def _delete(self, paths: list[str]) -> None:
+        def rm(p: str) -> None:
+            try:
+                self.fs.delete_file(p)
+            except FileNotFoundError:
+                pass  # a concurrent compaction took it
+
+        with ThreadPoolExecutor(1 if self.local else 16) as pool:  # object stores delete one key per request
+            list(pool.map(rm, paths))
+
+    def _check_writable(self, what: str, fn: Callable[[], T]) -> T:
+        if bucket_missing(self.fs, self._base):
+            raise StoreError(f"store {self.root}: bucket {self._base.split('/', 1)[0]!r} does not exist "
+                             "(or these credentials cannot see it); create it first or fix the URI")
+        try:
+            return fn()
+        except OSError as e:
+            raise StoreError(f"store {self.root}: cannot {what}: {str(e).splitlines()[0]}") from None
 
     # -- writing ---------------------------------------------------------------------------------
     def create(self, grid_text: str) -> None:
-        for d in (self.runs_dir, self.meta_dir / "running"):
-            d.mkdir(parents=True, exist_ok=True)
-        tmp = self.meta_dir / f".tmp-grid-{uuid.uuid4().hex[:8]}.yaml"
-        tmp.write_text(grid_text)
-        os.replace(tmp, self.meta_dir / "grid.yaml")
+        def make() -> None:
+            if self.local:
+                for d in (self.runs_dir, f"{self.meta_dir}/running"):
+                    self.fs.create_dir(d, recursive=True)
+            self._put(f"{self.meta_dir}/grid.yaml", grid_text.encode())
 
-    def publish(self, result: Union[RunResult, dict]) -> Path:
+        self._check_writable("write grid.yaml", make)
+
+    def publish(self, result: Union[RunResult, dict]) -> str:
         row = result.to_row() if isinstance(result, RunResult) else dict(result)
         if set(row) != set(SCHEMA.names):
             raise StoreError(f"row columns differ from the schema: {sorted(set(row) ^ set(SCHEMA.names))}")
-        path = self.runs_dir / f"{row['run_key']}.parquet"
-        _write_atomic(pa.Table.from_pylist([row], schema=SCHEMA), path)
+        if row["status"] not in ("ok", "failed"):
+            raise StoreError(f"row status must be 'ok' or 'failed', got {row['status']!r}")
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), buf)
+        path = f"{self.runs_dir}/{row['run_key']}.{row['status']}.parquet"
+        self._put(path, buf.getvalue().to_pybytes())
         return path
 
     def compact(self) -> tuple[int, int]:
-        """Merge all run files into one deduplicated file with large row groups. Returns (before, after)."""
-        files = self._files()
+        """Merge all run files into one deduplicated file with large row groups. Returns (before, after).
+
+        Safe while trials publish: only the files read are deleted, after the merged file is in place."""
+        files = self._consistent(lambda infos: infos)
         if len(files) <= 1:
             return len(files), len(files)
+        files = [i.path for i in files]
         table = dedup(self._read(files).combine_chunks())
-        _write_atomic(table, self.runs_dir / f"part-{uuid.uuid4().hex[:12]}.parquet")
-        for f in files:  # only what was read: runs published meanwhile stay
-            f.unlink(missing_ok=True)
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, row_group_size=max(1, table.num_rows))
+        self._put(f"{self.runs_dir}/part-{uuid.uuid4().hex[:12]}.parquet", buf.getvalue().to_pybytes())
+        self._delete(files)
         return len(files), len(self._files())
 
     # -- reading ---------------------------------------------------------------------------------
     def exists(self) -> bool:
-        return (self.meta_dir / "grid.yaml").is_file()
+        return self.fs.get_file_info(f"{self.meta_dir}/grid.yaml").type == pafs.FileType.File
 
     def grid_text(self) -> str:
-        if not self.exists():
+        try:
+            data = self._get(f"{self.meta_dir}/grid.yaml")
+        except OSError as e:
+            raise StoreError(f"store {self.root}: cannot read it: {str(e).splitlines()[0]}") from None
+        if data is None:
             raise StoreError(f"{self.root} is not a vpgrid store (no _vpgrid/grid.yaml); "
-                             "create one with `vpgrid launch GRID --store DIR`")
-        return (self.meta_dir / "grid.yaml").read_text()
+                             "create one with `vpgrid launch GRID --store URI`")
+        return data.decode()
 
-    def _files(self) -> list[Path]:
-        if not self.runs_dir.is_dir():
-            return []
-        return sorted(p for p in self.runs_dir.glob("*.parquet") if not p.name.startswith((".", "_")))
+    def _files(self) -> list[pafs.FileInfo]:
+        return sorted((i for i in self._list(self.runs_dir)
+                       if i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))),
+                      key=lambda i: i.path)
 
-    def _read(self, files: list[Path], columns: Optional[list[str]] = None) -> pa.Table:
+    def _read(self, files: list[str], columns: Optional[list[str]] = None) -> pa.Table:
         if not files:
             return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
-        return ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table(columns=columns)
+        try:
+            return ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=self.fs).to_table(columns=columns)
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowInvalid, OSError):
+            self._name_unreadable(files)
+            raise
+
+    def _name_unreadable(self, files: list[str]) -> None:
+        """Slow path after a failed read: find the file to blame and say what to do with it."""
+        for f in files:
+            try:
+                pq.read_schema(f, filesystem=self.fs)
+            except FileNotFoundError:
+                continue
+            except (pa.ArrowInvalid, OSError) as e:
+                raise StoreError(f"{self._uri_of(f)} is not a readable Parquet file ({str(e).splitlines()[0]}); "
+                                 f"move it out of the store and run `vpgrid resume {self.root}` to redo its run") from None
+
+    def _uri_of(self, path: str) -> str:
+        return path if self.local else f"{self.root.split('://')[0]}://{path}"
+
+    def _consistent(self, read: Callable[[list[pafs.FileInfo]], T]) -> T:
+        """`read` over a listing of the run files that no concurrent compaction has torn.
+
+        A listing is not a snapshot: one taken while `compact` adds its merged file and deletes the files it
+        merged can miss both. The merged file exists before any deletion starts, so a second listing shows it;
+        if the second listing has no merged file the first lacked, the first was whole. A listed file deleted
+        before it is read raises FileNotFoundError: list again."""
+        files = self._files()
+        for _ in range(20):
+            try:
+                out = read(files)
+            except FileNotFoundError:
+                files = self._files()
+                continue
+            again = self._files()
+            if {i.path for i in again if _is_part(i)} <= {i.path for i in files if _is_part(i)}:
+                return out
+            files = again
+        raise StoreError(f"store {self.root}: its files kept changing while being read; try again")
 
     def table(self) -> pa.Table:
         """All runs, one row per run_key."""
-        return dedup(self._read(self._files()))
+        return dedup(self._consistent(lambda files: self._read([i.path for i in files])))
 
     def frame(self):
         return self.table().to_pandas()
 
-    def statuses(self) -> dict[str, str]:
-        """run_key -> 'ok' | 'failed' (ok wins when both exist), reading three columns only."""
-        t = self._read(self._files(), ["run_key", "status", "finished_at"])
-        out: dict[str, str] = {}
-        for key, status in zip(t.column("run_key").to_pylist(), t.column("status").to_pylist()):
-            if out.get(key) != "ok":
-                out[key] = status
-        return out
+    def scan(self) -> dict[str, tuple[str, Optional[float]]]:
+        """run_key -> (status, finished_at), ok winning over failed. One-row files are known by their names
+        (finished_at: the file's modification time); only merged files are opened, for three columns."""
+        def once(files: list[pafs.FileInfo]) -> dict[str, tuple[str, Optional[float]]]:
+            out: dict[str, tuple[str, Optional[float]]] = {}
+            merged = []
+            for info in files:
+                m = ONE_ROW.match(info.base_name)
+                if m is None:
+                    merged.append(info.path)
+                elif out.get(m.group(1), ("",))[0] != "ok":
+                    out[m.group(1)] = (m.group(2), info.mtime.timestamp() if info.mtime else None)
+            t = self._read(merged, ["run_key", "status", "finished_at"])
+            for key, status, at in zip(*(t.column(c).to_pylist() for c in ("run_key", "status", "finished_at"))):
+                if out.get(key, ("",))[0] != "ok":
+                    out[key] = (status, at)
+            return out
 
-    def status_of(self, run_key: str) -> Optional[str]:
-        """The status in the run's own one-row file, if it has one (compacted rows are not looked at): O(1)."""
-        path = self.runs_dir / f"{run_key}.parquet"
-        if not path.exists():
-            return None
-        return pq.read_table(path, columns=["status"]).column("status")[0].as_py()
+        return self._consistent(once)
+
+    def statuses(self) -> dict[str, str]:
+        """run_key -> 'ok' | 'failed' (ok wins when both exist)."""
+        return {k: s for k, (s, _) in self.scan().items()}
 
     def finished_times(self) -> list[float]:
-        t = self._read(self._files(), ["finished_at"])
-        return [x for x in t.column("finished_at").to_pylist() if x is not None]
+        return [t for _, t in self.scan().values() if t is not None]
 
     # -- launch bookkeeping ----------------------------------------------------------------------
+    def _put_json(self, obj: dict, path: str) -> None:
+        self._put(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    def _get_json(self, path: str) -> Optional[dict]:
+        data = self._get(path)
+        try:
+            return None if data is None else json.loads(data)
+        except json.JSONDecodeError:
+            return None  # a torn write of an older version; the next heartbeat rewrites it
+
     def write_launch(self, info: dict) -> None:
-        _write_json_atomic(info, self.meta_dir / "launch.json")
+        self._put_json(info, f"{self.meta_dir}/launch.json")
 
     def launch_info(self) -> dict:
-        p = self.meta_dir / "launch.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
+        return self._get_json(f"{self.meta_dir}/launch.json") or {}
 
     def heartbeat(self, trial: str, info: dict) -> None:
-        _write_json_atomic({**info, "trial": trial, "updated": time.time()}, self.meta_dir / "running" / f"{trial}.json")
+        self._put_json({**info, "trial": trial, "updated": time.time()}, f"{self.meta_dir}/running/{trial}.json")
 
     def end_heartbeat(self, trial: str) -> None:
-        (self.meta_dir / "running" / f"{trial}.json").unlink(missing_ok=True)
+        self._delete([f"{self.meta_dir}/running/{trial}.json"])
 
     def heartbeats(self) -> list[dict]:
         out = []
-        for p in sorted((self.meta_dir / "running").glob("*.json")):
-            try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, json.JSONDecodeError):
-                pass  # removed between listing and reading
+        for info in sorted(self._list(f"{self.meta_dir}/running"), key=lambda i: i.path):
+            if info.base_name.endswith(".json") and not info.base_name.startswith("."):
+                hb = self._get_json(info.path)  # None: removed between listing and reading
+                if hb is not None:
+                    out.append(hb)
         return out
 
     def clear_heartbeats(self) -> None:
-        for p in (self.meta_dir / "running").glob("*.json"):
-            p.unlink(missing_ok=True)
-
+        self._delete([i.path for i in self._list(f"{self.meta_dir}/running")])

@@ -1,11 +1,21 @@
 import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import textwrap
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Node caches (weights, decoded datasets) of every test and every Ray worker it starts: one per session,
+# never the user's ~/.cache/vpgrid.
+os.environ.setdefault("VPGRID_CACHE", tempfile.mkdtemp(prefix="vpgrid-test-cache-"))
 
 # A tiny grid that runs in a few seconds: random-weight demo CNN (recorded as such in each row).
 TINY = """
@@ -45,3 +55,55 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    t0 = time.time()
+    while True:
+        assert proc.poll() is None, f"server on port {port} exited with {proc.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.time() - t0 < timeout, f"nothing listens on port {port} after {timeout} s"
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server (moto's server mode) on the loopback, and the standard AWS variables pointing
+    at it for this process and the processes it starts."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        wait_for_port(port, proc)
+        os.environ.update(env)
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on the S3 server: its s3:// URI."""
+    import boto3
+
+    name = f"vpgrid-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
+    return f"s3://{name}"

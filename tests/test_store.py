@@ -1,9 +1,12 @@
 import dataclasses
 import os
+import threading
 import typing
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from orchestrator import store as store_mod
@@ -17,11 +20,24 @@ def result(seed=1, status="ok", finished=100.0, acc=0.5) -> RunResult:
                               finished_at=finished, label_mapping=[3, 1, 2], per_class_accuracy=[0.5, None, 1.0])
 
 
+@pytest.fixture(params=["local", "s3"])
+def st(request, tmp_path) -> Store:
+    """The same store code on a local folder and on a real S3 API server."""
+    root = tmp_path / "store" if request.param == "local" else request.getfixturevalue("s3_bucket") + "/pre/store"
+    s = Store(root)
+    s.create("name: x\n")
+    return s
+
+
 @pytest.fixture
-def st(tmp_path) -> Store:
+def local(tmp_path) -> Store:
     s = Store(tmp_path / "store")
     s.create("name: x\n")
     return s
+
+
+def names(st: Store) -> list[str]:
+    return sorted(i.base_name for i in st._files())
 
 
 def test_schema_follows_run_result():
@@ -32,19 +48,39 @@ def test_schema_follows_run_result():
     assert hints["label_mapping"] == typing.Optional[list[int]]
 
 
-def test_publish_roundtrip_with_pandas_and_duckdb(st):
+def test_publish_roundtrip_with_pandas_and_duckdb(local):
     for seed in range(1, 5):
-        st.publish(result(seed))
-    df = pd.read_parquet(st.root)  # the metadata folder and temporaries are invisible to readers
+        local.publish(result(seed))
+    df = pd.read_parquet(local.root)  # the metadata folder and temporaries are invisible to readers
     assert len(df) == 4 and set(df["seed"]) == {1, 2, 3, 4}
     assert df.loc[df["seed"] == 2, "shots"].iloc[0] == 10 and pd.isna(df.loc[df["seed"] == 1, "shots"].iloc[0])
     assert list(df["label_mapping"].iloc[0]) == [3, 1, 2]
     duckdb = pytest.importorskip("duckdb")
-    n = duckdb.sql(f"select count(*) from read_parquet('{st.runs_dir}/*.parquet')").fetchall()[0][0]
+    n = duckdb.sql(f"select count(*) from read_parquet('{local.runs_dir}/*.parquet')").fetchall()[0][0]
     assert n == 4
 
 
-def test_publish_is_atomic(st, monkeypatch):
+def test_roundtrip_on_either_filesystem(st):
+    for seed in range(1, 5):
+        st.publish(result(seed, "failed" if seed == 4 else "ok"))
+    assert names(st) == sorted(f"{result(s).run_key}.{'failed' if s == 4 else 'ok'}.parquet" for s in range(1, 5))
+    df = st.frame()
+    assert sorted(df["seed"]) == [1, 2, 3, 4] and list(df["label_mapping"].iloc[0]) == [3, 1, 2]
+    assert st.statuses() == {result(s).run_key: "failed" if s == 4 else "ok" for s in range(1, 5)}
+    assert st.grid_text() == "name: x\n"
+
+
+def test_s3_store_is_read_by_pandas(s3_bucket):
+    st = Store(s3_bucket + "/p")
+    st.create("name: x\n")
+    st.publish(result(1))
+    st.publish(result(2))
+    st.compact()
+    df = pd.read_parquet(st._base, filesystem=st.fs)  # the bucket's folder, as any pyarrow reader sees it
+    assert sorted(df["seed"]) == [1, 2]
+
+
+def test_publish_is_atomic(local, monkeypatch):
     seen = {}
     real_replace = os.replace
 
@@ -55,27 +91,26 @@ def test_publish_is_atomic(st, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(store_mod.os, "replace", spy)
-    path = st.publish(result())
+    path = local.publish(result())
     assert seen == {"final_absent_before": True, "tmp_is_hidden": True, "tmp_complete": True}
-    assert path.name == f"{result().run_key}.parquet"
+    assert Path(path).name == f"{result().run_key}.ok.parquet"
 
 
-def test_failed_write_leaves_nothing(st, monkeypatch):
-    def broken(table, where, **kw):
-        open(where, "wb").write(b"PAR1 torn")
+def test_failed_write_leaves_nothing(local, monkeypatch):
+    def broken(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_mod.pq, "write_table", broken)
+    monkeypatch.setattr(store_mod.os, "fsync", broken)
     with pytest.raises(OSError, match="disk full"):
-        st.publish(result())
-    assert list(st.runs_dir.iterdir()) == []
+        local.publish(result())
+    assert os.listdir(local.runs_dir) == []
 
 
-def test_publish_rejects_wrong_columns(st):
+def test_publish_rejects_wrong_columns(local):
     row = result().to_row()
     row["extra"] = 1
     with pytest.raises(StoreError, match="extra"):
-        st.publish(row)
+        local.publish(row)
 
 
 def test_dedup_prefers_ok_then_latest():
@@ -91,15 +126,16 @@ def test_dedup_prefers_ok_then_latest():
 def test_compact_keeps_rows_and_merges_files(st):
     for seed in range(1, 21):
         st.publish(result(seed))
-    st.publish(result(3, "failed", 1.0))  # same key as an ok row: overwrites that file (same name)
+    st.publish(result(3, "failed", 1.0))  # a failed row beside an ok one for the same run: ok wins
     before = st.frame()
-    assert st.compact() == (20, 1)
+    assert st.compact() == (21, 1)
     after = st.frame()
     pd.testing.assert_frame_equal(before.sort_values("run_key").reset_index(drop=True),
                                   after.sort_values("run_key").reset_index(drop=True))
+    assert len(pq.read_metadata(st._files()[0].path, filesystem=st.fs).to_dict()["row_groups"]) == 1
     st.publish(result(21))  # publishing after compaction adds a file; readers see both
     assert len(st.frame()) == 21 and len(st._files()) == 2
-    assert st.statuses()[result(3).run_key] == "failed"
+    assert st.statuses()[result(3).run_key] == "ok"
 
 
 def test_statuses_ok_wins(st):
@@ -107,6 +143,57 @@ def test_statuses_ok_wins(st):
     st.compact()
     st.publish(result(1, "ok", 2.0))
     assert st.statuses() == {result(1).run_key: "ok"}
+    st.compact()
+    st.publish(result(1, "failed", 3.0))
+    assert st.statuses() == {result(1).run_key: "ok"}
+
+
+def test_one_row_files_are_known_by_name_without_being_opened(local):
+    """Status at scale lists the folder: a one-row file is never opened for its status, but a reader of rows
+    that meets a torn file is told which file and what to do."""
+    local.publish(result(1))
+    path = local.publish(result(2, "failed"))
+    Path(path).write_bytes(b"PAR1 torn")
+    assert local.statuses() == {result(1).run_key: "ok", result(2).run_key: "failed"}
+    with pytest.raises(StoreError, match=rf"{Path(path).name} is not a readable Parquet file.*vpgrid resume"):
+        local.frame()
+
+
+def test_files_of_older_stores_are_read(local):
+    """Stores written before status-in-the-name kept one row per `<run_key>.parquet`: still counted."""
+    pq.write_table(pa.Table.from_pylist([result(1, "failed").to_row()], schema=SCHEMA),
+                   f"{local.runs_dir}/{result(1).run_key}.parquet")
+    assert local.statuses() == {result(1).run_key: "failed"}
+    local.publish(result(1, "ok"))
+    assert local.statuses() == {result(1).run_key: "ok"}
+    assert local.compact() == (2, 1) and local.frame()["status"].tolist() == ["ok"]
+
+
+def test_readers_meanwhile_compaction_see_every_row(local):
+    """A reader lists, then reads; compaction may delete what it listed in between: no row is ever missing."""
+    for seed in range(1, 41):
+        local.publish(result(seed))
+    errors, stop = [], threading.Event()
+
+    def compact_often():
+        while not stop.is_set():
+            try:
+                local.compact()
+                local.publish(result(41 + len(errors)))  # keep something to merge
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+    t = threading.Thread(target=compact_often)
+    t.start()
+    try:
+        for _ in range(30):
+            keys = set(local.statuses())
+            assert {result(s).run_key for s in range(1, 41)} <= keys
+            assert len(local.frame()) >= 40
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
 
 
 def test_not_a_store(tmp_path):
@@ -114,12 +201,29 @@ def test_not_a_store(tmp_path):
         Store(tmp_path).grid_text()
 
 
-def test_status_of_reads_only_the_runs_own_file(st):
-    assert st.status_of(result(1).run_key) is None
-    st.publish(result(1, "failed"))
-    assert st.status_of(result(1).run_key) == "failed"
-    st.publish(result(1, "ok"))
-    assert st.status_of(result(1).run_key) == "ok"
-    st.publish(result(2))
-    assert st.compact() == (2, 1)  # now only in a part file: the driver's pending list already accounts for it
-    assert st.status_of(result(1).run_key) is None
+@pytest.mark.parametrize("uri, match", [
+    ("s4://bucket/x", r"unknown scheme 's4://'; use a local path, file://, s3:// or gs://"),
+    ("s3://", r"no bucket"),
+])
+def test_malformed_uri(uri, match):
+    with pytest.raises(StoreError, match=match):
+        Store(uri)
+
+
+def test_missing_bucket_is_one_clear_error_and_writes_nothing(s3_server):
+    st = Store("s3://no-such-bucket-here/x")
+    with pytest.raises(StoreError, match="bucket 'no-such-bucket-here' does not exist"):
+        st.create("name: x\n")
+
+
+def test_heartbeats_and_launch_info(st):
+    assert st.launch_info() == {} and st.heartbeats() == []
+    st.write_launch({"launch_id": "a", "started": 1.0})
+    st.heartbeat("t1", {"runs_done": 1})
+    st.heartbeat("t2", {"runs_done": 2})
+    assert st.launch_info() == {"launch_id": "a", "started": 1.0}
+    assert [h["runs_done"] for h in st.heartbeats()] == [1, 2]
+    st.end_heartbeat("t1")
+    assert [h["trial"] for h in st.heartbeats()] == ["t2"]
+    st.clear_heartbeats()
+    assert st.heartbeats() == []

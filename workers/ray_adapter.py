@@ -5,7 +5,13 @@ ends, whatever happens to the driver afterwards.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray import tune
+
+# What each finished run tells Tune (and so Ray's dashboard and logger callbacks); the store stays the record.
+REPORTED = ("accuracy", "ece", "conf_correct", "kl_incorrect", "nll", "final_train_loss", "sparsity",
+            "train_seconds", "eval_seconds")
 
 
 def trainable(config: dict) -> None:
@@ -13,25 +19,31 @@ def trainable(config: dict) -> None:
     import torch
 
     from orchestrator.store import Store
-    from workers.run import run_pack
+    from workers.run import node_cache_dir, run_pack
     from workers.spec import RunSpec
 
+    if config["gpu"] and not config.get("logical_gpus") and not torch.cuda.is_available():
+        raise RuntimeError(f"trial {config['trial_id']} was given {config['gpu']:g} GPU but this worker cannot use "
+                           "CUDA (driver, CUDA_VISIBLE_DEVICES or a CPU-only torch); refusing to train on the CPU")
     torch.set_num_threads(max(1, int(config["cpu"])))
     store = Store(config["store"])
     trial = config["trial_id"]
-    # Every run here was pending when the driver launched, so a run with its own file now was published by an
-    # earlier attempt of this trial (Tune retries failed trials): skip it. With --retry-failed an old failed
-    # row may be that file, so only an ok one counts. One file check per run, not a read of the whole store.
-    def done(key: str) -> bool:
-        status = store.status_of(key)
-        return status == "ok" or (status is not None and not config.get("retry_failed"))
-
-    specs = [s for s in map(RunSpec.from_dict, config["runs"]) if not done(s.run_key)]
+    # Every run here was pending when the driver launched, so a run the store has now was published by an
+    # earlier attempt of this trial (Tune retries trials whose worker or node died): skip it. With
+    # --retry-failed an old failed row may be that row, so only an ok one counts.
+    have = store.statuses()
+    retry = config.get("retry_failed")
+    specs = [s for s in map(RunSpec.from_dict, config["runs"])
+             if not (have.get(s.run_key) == "ok" or (s.run_key in have and not retry))]
+    cache = Path(config["cache"]) if config.get("cache") else node_cache_dir()
     store.heartbeat(trial, {"runs_total": len(specs), "runs_done": 0, "current": None})
     try:
-        for i, result in enumerate(run_pack(specs, config["cache"], trial=trial, data_root=config.get("data_root")), 1):
+        for i, result in enumerate(run_pack(specs, cache, trial=trial, data_root=config.get("data_root")), 1):
             store.publish(result)
             store.heartbeat(trial, {"runs_total": len(specs), "runs_done": i, "current": result.run_key})
-            tune.report({"run_key": result.run_key, "ok": int(result.status == "ok"), "runs_done": i})
+            metrics = {k: getattr(result, k) for k in REPORTED if getattr(result, k) is not None}
+            tune.report({"run_key": result.run_key, "ok": int(result.status == "ok"), "runs_done": i,
+                         "model": result.model, "compression": result.compression, "method": result.method,
+                         "dataset": result.dataset, "shots": "full" if result.shots is None else result.shots, "seed": result.seed, **metrics})
     finally:
         store.end_heartbeat(trial)
