@@ -35,7 +35,9 @@ def _fail(e: Exception) -> None:
     if os.environ.get("VPGRID_DEBUG") == "1":
         raise e
     err(f"error: {e}")
-    raise typer.Exit(1)
+    from orchestrator.launch import ClusterGone
+
+    raise typer.Exit(EXIT_RUNS_PENDING if isinstance(e, ClusterGone) else EXIT_ERROR)
 
 
 # Exit codes of launch, resume and submit (README, "CLI").

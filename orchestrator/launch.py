@@ -30,6 +30,10 @@ class LaunchError(RuntimeError):
     """The cluster could not be reached or went away; the message says what to do."""
 
 
+class ClusterGone(LaunchError):
+    """The cluster went away mid-launch: what finished is in the store, the rest is pending."""
+
+
 @dataclass
 class LaunchSummary:
     store: str
@@ -103,8 +107,12 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
     keeper.start()
     try:
         errors = _run_tune(configs, launch_id, store, address, num_cpus, num_gpus, progress,
-                                       max_failures if max_failures is not None else grid.max_failures,
-                                       callbacks + tuple(grid.callbacks))
+                           max_failures if max_failures is not None else grid.max_failures,
+                           callbacks + tuple(grid.callbacks))
+    except LaunchError as e:
+        keeper.stop()
+        store.write_launch({**info, "heartbeat": time.time(), "finished": time.time(), "ended": str(e)})
+        raise
     finally:
         keeper.stop()
     summary.errored_trials, summary.trial_errors = len(errors), errors
@@ -151,14 +159,22 @@ def _connect(address: Optional[str], num_cpus, num_gpus, runtime_env: dict) -> N
     start-up happens and is transient."""
     import ray
 
+    if address and address != "auto":
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:  # ray.init would retry for minutes
+            raise LaunchError(f"--address {address}: no Ray head answers there ({e}); give the head's HOST:PORT "
+                              "(`ray start --head` prints it), 'auto' on a cluster node, or nothing for a local Ray") from None
     tries = 1 if address else 2
     for attempt in range(1, tries + 1):
         try:
             if address:
                 ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
             else:
-                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=runtime_env,
-                         log_to_driver=False, configure_logging=False)
+                # "local": a private Ray, even when `ray start` left a cluster running on this machine
+                ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                         runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
             return
         except Exception as e:  # ConnectionError, RuntimeError, TimeoutError, ValueError: all end the same way
             ray.shutdown()
@@ -187,11 +203,11 @@ class _ClusterWatch:
         self._last = now
         me = ray.get_runtime_context().get_node_id()
         if not any(n["NodeID"] == me and n["Alive"] for n in ray.nodes()):
-            raise LaunchError(self._gone("this driver's Ray node died"))
+            raise ClusterGone(self._gone("this driver's Ray node died"))
         if not ray.cluster_resources().get("CPU"):
             self._zero_since = self._zero_since or now
             if now - self._zero_since > CLUSTER_GONE_S:
-                raise LaunchError(self._gone(f"the cluster has had no CPUs for {CLUSTER_GONE_S:.0f} s"))
+                raise ClusterGone(self._gone(f"the cluster has had no CPUs for {CLUSTER_GONE_S:.0f} s"))
         else:
             self._zero_since = None
 
@@ -234,6 +250,12 @@ def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cp
     _connect(address, num_cpus, num_gpus, _runtime_env())
     import ray
 
+    if os.environ.get("VPGRID_DEBUG") != "1":  # trial tracebacks stay in Tune's error.txt files; we print a line each
+        import logging
+
+        for name in ("ray.tune", "ray.air", "ray.train"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
     try:
         total_runs = sum(len(c["runs"]) for c in configs)
         bar = RunProgress(total_runs, _ClusterWatch(store), enabled=progress)
@@ -265,9 +287,9 @@ def _tune_dir() -> Path:
 
 def _runtime_env() -> dict:
     """Ship this tree's code to every worker, whatever is installed on the nodes. Inside a Ray Job the job's
-    runtime_env (set by `vpgrid submit`) already ships it, and Ray ignores a driver's own."""
-    env = {"env_vars": {"HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]}}
+    runtime_env (set by `vpgrid submit`) already ships it."""
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        return env
+        return {}  # Ray refuses a driver runtime_env that repeats any key of the job's
+    env = {"env_vars": {"HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]}}
     root = Path(__file__).resolve().parents[1]
     return {**env, "py_modules": [str(root / "orchestrator"), str(root / "workers")]}

@@ -55,7 +55,7 @@ def driver_alive(info: dict, now: Optional[float] = None) -> bool:
 
 
 def status(store: Store) -> StatusReport:
-    grid = parse_grid(store.grid_text(), str(store.meta_dir / "grid.yaml"))
+    grid = parse_grid(store.grid_text(), f"{store.root}/_vpgrid/grid.yaml")
     runs = expand(grid)
     scanned = store.scan()
     states = {k: s for k, (s, _) in scanned.items()}

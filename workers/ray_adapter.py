@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ray
 from ray import tune
 
 # What each finished run tells Tune (and so Ray's dashboard and logger callbacks); the store stays the record.
@@ -28,6 +29,7 @@ def trainable(config: dict) -> None:
     torch.set_num_threads(max(1, int(config["cpu"])))
     store = Store(config["store"])
     trial = config["trial_id"]
+    node = ray.get_runtime_context().get_node_id()
     # Every run here was pending when the driver launched, so a run the store has now was published by an
     # earlier attempt of this trial (Tune retries trials whose worker or node died): skip it. With
     # --retry-failed an old failed row may be that row, so only an ok one counts.
@@ -39,6 +41,7 @@ def trainable(config: dict) -> None:
     store.heartbeat(trial, {"runs_total": len(specs), "runs_done": 0, "current": None})
     try:
         for i, result in enumerate(run_pack(specs, cache, trial=trial, data_root=config.get("data_root")), 1):
+            result.node = node
             store.publish(result)
             store.heartbeat(trial, {"runs_total": len(specs), "runs_done": i, "current": result.run_key})
             metrics = {k: getattr(result, k) for k in REPORTED if getattr(result, k) is not None}

@@ -131,6 +131,7 @@ class RunResult:
     finished_at: Optional[float] = None
     trial: Optional[str] = None
     host: Optional[str] = None
+    node: Optional[str] = None  # the Ray node that ran it
     pid: Optional[int] = None
     device: Optional[str] = None
     versions: Optional[str] = None  # JSON {package: version}
