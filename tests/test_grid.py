@@ -167,3 +167,46 @@ def test_the_paper_grid():
     assert lth == list(range(1, 13))
     one = next(r for r in runs if r.compression == "lth" and r.compression_args["round"] == 3)
     assert one.compression_args["checkpoint"]["mask"] == "$VPGRID_CKPT/lth/resnet50_dyn4_3_mask.pth"
+
+
+# Computed by the code before run keys were cached (commit 1145a8c). Every store ever written keys its rows
+# this way, so a faster key must give these very values.
+PAPER_RUN_KEYS = "8c95c82e118367fd4206bec746aa8d7e96a616d9ab0091b48f7a23297c81f07c"
+PAPER_VARIANT_KEYS = "9ba3f2385e71dae316323ef6b9a42adbbc4d018d5d7af655d20290136c03c11c"
+PAPER_SPECS = "24eb99b8d9eba00ddeba42428a75a97c9cd4100a8029d3d7c64326e179df60ee"
+PAPER_TRIAL_IDS = "6c470c1898d8da288af5da9167b09c5cf0c176a19a17901f46b7dcd7c119ca57"
+
+
+def _digest(lines) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def test_paper_grid_expands_to_the_pinned_runs():
+    import json
+
+    from orchestrator.plan import pack
+
+    g, _ = load_grid("grids/paper.yaml")
+    runs = expand(g, "grids/paper.yaml")
+    assert len(runs) == 12630
+    assert _digest(r.run_key for r in runs) == PAPER_RUN_KEYS
+    assert _digest(r.variant_key for r in runs) == PAPER_VARIANT_KEYS
+    # every field, types included (lr 40 and 40.0 hash differently), in order
+    assert _digest(json.dumps(r.to_dict(), sort_keys=True, default=list) for r in runs) == PAPER_SPECS
+    trials = pack(g, runs)
+    assert len(trials) == 874 and _digest(t.trial_id for t in trials) == PAPER_TRIAL_IDS
+    pinned = {0: ("a463e94d95cea73a", "facc538f85897c75"), 1234: ("93633495bcf11a49", "54e9c7d6fafc20a0"),
+              9000: ("c07d7a791e385a41", "c896ededa68f0be8"), 12000: ("aecac988b71ffefa", "2f98b2ff2db0af11"),
+              12629: ("8f27d31ac455a716", "5a07b168a0896cab")}
+    assert {i: (runs[i].run_key, runs[i].variant_key) for i in pinned} == pinned
+
+
+def test_run_key_of_a_spec_with_nested_args_is_pinned():
+    s = RunSpec(model="resnet50", method="ilm", dataset="dtd", shots=None, seed=3,
+                weights={"url": "https://x/y.pth", "sha256": "ab"}, model_args={"input_size": 384},
+                compression="lth", compression_args={"round": 3, "checkpoint": {"format": "lth", "path": "/c/{round}"}},
+                dataset_args={"cap_shots": True},
+                train=TrainConfig(epochs=10, lr=40.0, batch_size=16, milestones=(0.3,), input_size=576))
+    assert (s.run_key, s.variant_key) == ("1f129d7067b46d9e", "a65d8b6d100d6a6c")
+    assert RunSpec.from_dict(s.to_dict()).run_key == s.run_key
+    assert dataclasses.replace(s, grid="x").run_key == s.run_key
