@@ -273,18 +273,18 @@ def load_grid(path: str | Path) -> tuple[Grid, str]:
     return parse_grid(text, str(path)), text
 
 
-def _train_for(grid: Grid, spec: RunSpec, source: str) -> TrainConfig:
+def _train_for(grid: Grid, overrides: tuple[int, ...], shots: Optional[int], source: str) -> TrainConfig:
+    """The training config after the overrides at these indices of `grid.overrides`, for these shots."""
     fields = grid.train.model_dump()
-    for o in grid.overrides:
-        if o.match.matches(spec):
-            fields.update(o.set)
+    for i in overrides:
+        fields.update(grid.overrides[i].set)
     try:
         t = Train.model_validate(fields)
     except ValidationError as e:
         raise GridError(_format(e, f"{source} (after overrides)")) from None
     bs = t.batch_size
     if isinstance(bs, dict):
-        key = "full" if spec.shots is None else spec.shots
+        key = "full" if shots is None else shots
         if key not in bs:
             raise GridError(f"{source}: train.batch_size has no entry for shots {key!r} "
                             f"(entries: {sorted(map(str, bs))})")
@@ -310,6 +310,9 @@ def expand(grid: Grid, source: str = "<grid>") -> list[RunSpec]:
 
 def _expand_one(grid: Grid, source: str) -> list[RunSpec]:
     runs: list[RunSpec] = []
+    # A run's training config depends only on which overrides match it and on its shots: validate each such
+    # combination once, not once per run (thousands of runs share a handful of them).
+    trains: dict[tuple, TrainConfig] = {}
     for i, m in enumerate(grid.models):
         try:
             variants = m.variants()
@@ -324,5 +327,8 @@ def _expand_one(grid: Grid, source: str) -> list[RunSpec]:
                 continue
             if any(r.matches(spec) for r in grid.exclude):
                 continue
-            runs.append(dataclasses.replace(spec, train=_train_for(grid, spec, source)))
+            key = (tuple(i for i, o in enumerate(grid.overrides) if o.match.matches(spec)), spec.shots)
+            if key not in trains:
+                trains[key] = _train_for(grid, *key, source)
+            runs.append(dataclasses.replace(spec, train=trains[key]))
     return runs

@@ -210,3 +210,37 @@ def test_run_key_of_a_spec_with_nested_args_is_pinned():
     assert (s.run_key, s.variant_key) == ("1f129d7067b46d9e", "a65d8b6d100d6a6c")
     assert RunSpec.from_dict(s.to_dict()).run_key == s.run_key
     assert dataclasses.replace(s, grid="x").run_key == s.run_key
+
+
+@pytest.mark.parametrize("args", [{}, {"a": 1}, {"a": 1.0}, {"a": True}, {"a": "1"}, {"a": None}, {"a": [1, 2]},
+                                  {"a": (1, 2)}, {"b": {"y": 2, "x": [0.5, "é"]}, "a": 'q"u\\ote'},
+                                  {"a": {"x": 1}, "b": 2}, {"b": 2, "a": {"x": 1}}, {"a": float("inf")}])
+def test_canonical_is_the_json_of_semantic_fields(args):
+    """The cached canonical JSON is assembled from remembered pieces; it must equal the plain json.dumps of
+    `semantic()` (the scheme every store's keys were made with) for any value a grid can hold."""
+    from workers.spec import _canonical
+
+    specs = [RunSpec(model="m", method="ilm", dataset="d", shots=s, seed=1, weights=w, model_args=args,
+                     compression="c", compression_args=dict(args), dataset_args=args)
+             for s in (None, 1) for w in ("pretrained", {"url": "u", "sha256": "s"}, dict(args))]
+    for spec in specs:
+        assert spec.canonical == _canonical(spec.semantic())
+        assert spec.run_key == hashlib.sha256(_canonical(spec.semantic()).encode()).hexdigest()[:16]
+        variant = {k: getattr(spec, k) for k in ("model", "weights", "model_args", "compression", "compression_args")}
+        assert spec.variant_key == hashlib.sha256(_canonical(variant).encode()).hexdigest()[:16]
+
+
+def test_equal_but_differently_typed_values_key_apart():
+    """1, 1.0 and True are equal in Python but not in JSON, so their runs differ (remembered pieces too)."""
+    keys = {RunSpec(model="m", method="ilm", dataset="d", shots=1, seed=1, model_args={"w": v}).run_key
+            for v in (1, 1.0, True)}
+    seeds = {RunSpec(model="m", method="ilm", dataset="d", shots=1, seed=v).run_key for v in (1, 1.0, True)}
+    assert len(keys) == 3 and len(seeds) == 3
+
+
+def test_paper_specs_canonical_matches_json_of_semantic():
+    from workers.spec import _canonical
+
+    runs = expand(load_grid("grids/paper.yaml")[0])
+    for r in runs[::7]:  # a sample (asdict is slow); the pinned digest above covers every run's key
+        assert r.canonical == _canonical(r.semantic())
