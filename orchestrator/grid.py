@@ -5,7 +5,6 @@ worker registries by `orchestrator.launch` before anything is written.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -313,6 +312,7 @@ def _expand_one(grid: Grid, source: str) -> list[RunSpec]:
     # A run's training config depends only on which overrides match it and on its shots: validate each such
     # combination once, not once per run (thousands of runs share a handful of them).
     trains: dict[tuple, TrainConfig] = {}
+    matching = bool(grid.include or grid.exclude or grid.overrides)  # else no run needs a spec to match on
     for i, m in enumerate(grid.models):
         try:
             variants = m.variants()
@@ -320,15 +320,19 @@ def _expand_one(grid: Grid, source: str) -> list[RunSpec]:
             raise GridError(f"{source}: models.{i}: {e}") from None
         for (comp, comp_args), d, method, shots, seed in itertools.product(
                 variants, grid.dataset_list(), grid.methods, grid.shots, grid.seeds):
-            spec = RunSpec(model=m.name, weights=m.weights, model_args=dict(m.args), compression=comp,
-                           compression_args=comp_args, method=method, dataset=d.name, dataset_args=dict(d.args),
-                           shots=None if shots == "full" else shots, seed=seed, grid=grid.name)
-            if grid.include and not any(r.matches(spec) for r in grid.include):
-                continue
-            if any(r.matches(spec) for r in grid.exclude):
-                continue
-            key = (tuple(i for i, o in enumerate(grid.overrides) if o.match.matches(spec)), spec.shots)
+            fields = dict(model=m.name, weights=m.weights, model_args=dict(m.args), compression=comp,
+                          compression_args=comp_args, method=method, dataset=d.name, dataset_args=dict(d.args),
+                          shots=None if shots == "full" else shots, seed=seed, grid=grid.name)
+            overrides: tuple[int, ...] = ()
+            if matching:
+                spec = RunSpec(**fields)  # matched on its axes; its training config comes after
+                if grid.include and not any(r.matches(spec) for r in grid.include):
+                    continue
+                if any(r.matches(spec) for r in grid.exclude):
+                    continue
+                overrides = tuple(i for i, o in enumerate(grid.overrides) if o.match.matches(spec))
+            key = (overrides, fields["shots"])
             if key not in trains:
                 trains[key] = _train_for(grid, *key, source)
-            runs.append(dataclasses.replace(spec, train=trains[key]))
+            runs.append(RunSpec(**fields, train=trains[key]))
     return runs
