@@ -236,8 +236,6 @@ def status(store: StoreArg, as_json: JsonOpt = False,
            interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
            failed: Annotated[bool, typer.Option("--failed", help="List failed runs with their error.")] = False) -> None:
     """Done / failed / pending runs of STORE, per axis, with running trials and an ETA."""
-    from rich.console import Console
-
     from orchestrator.status import status as compute
     from orchestrator.store import Store
 
@@ -250,6 +248,8 @@ def status(store: StoreArg, as_json: JsonOpt = False,
     if as_json:
         typer.echo(json.dumps(rep.to_dict(), indent=1))
         return
+    from rich.console import Console  # not needed for --json
+
     con = Console(soft_wrap=True)  # long lines stay whole when piped
     if not watch:
         con.print(_status_view(rep, failed))
@@ -299,7 +299,7 @@ def report(store: StoreArg, as_json: JsonOpt = False,
 
 
 @app.command()
-def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, launch, train.")] = None,
+def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, launch, train.")] = None,
           as_json: JsonOpt = False) -> None:
     """Measure planning, the store, launch overhead and prompt-training speed on this machine."""
     from orchestrator.bench import BENCHES, machine

@@ -5,7 +5,6 @@ worker registries by `orchestrator.launch` before anything is written.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -275,18 +274,18 @@ def load_grid(path: str | Path) -> tuple[Grid, str]:
     return parse_grid(text, str(path)), text
 
 
-def _train_for(grid: Grid, spec: RunSpec, source: str) -> TrainConfig:
+def _train_for(grid: Grid, overrides: tuple[int, ...], shots: Optional[int], source: str) -> TrainConfig:
+    """The training config after the overrides at these indices of `grid.overrides`, for these shots."""
     fields = grid.train.model_dump()
-    for o in grid.overrides:
-        if o.match.matches(spec):
-            fields.update(o.set)
+    for i in overrides:
+        fields.update(grid.overrides[i].set)
     try:
         t = Train.model_validate(fields)
     except ValidationError as e:
         raise GridError(_format(e, f"{source} (after overrides)")) from None
     bs = t.batch_size
     if isinstance(bs, dict):
-        key = "full" if spec.shots is None else spec.shots
+        key = "full" if shots is None else shots
         if key not in bs:
             raise GridError(f"{source}: train.batch_size has no entry for shots {key!r} "
                             f"(entries: {sorted(map(str, bs))})")
@@ -312,6 +311,10 @@ def expand(grid: Grid, source: str = "<grid>") -> list[RunSpec]:
 
 def _expand_one(grid: Grid, source: str) -> list[RunSpec]:
     runs: list[RunSpec] = []
+    # A run's training config depends only on which overrides match it and on its shots: validate each such
+    # combination once, not once per run (thousands of runs share a handful of them).
+    trains: dict[tuple, TrainConfig] = {}
+    matching = bool(grid.include or grid.exclude or grid.overrides)  # else no run needs a spec to match on
     for i, m in enumerate(grid.models):
         try:
             variants = m.variants()
@@ -319,12 +322,19 @@ def _expand_one(grid: Grid, source: str) -> list[RunSpec]:
             raise GridError(f"{source}: models.{i}: {e}") from None
         for (comp, comp_args), d, method, shots, seed in itertools.product(
                 variants, grid.dataset_list(), grid.methods, grid.shots, grid.seeds):
-            spec = RunSpec(model=m.name, weights=m.weights, model_args=dict(m.args), compression=comp,
-                           compression_args=comp_args, method=method, dataset=d.name, dataset_args=dict(d.args),
-                           shots=None if shots == "full" else shots, seed=seed, grid=grid.name)
-            if grid.include and not any(r.matches(spec) for r in grid.include):
-                continue
-            if any(r.matches(spec) for r in grid.exclude):
-                continue
-            runs.append(dataclasses.replace(spec, train=_train_for(grid, spec, source)))
+            fields = dict(model=m.name, weights=m.weights, model_args=dict(m.args), compression=comp,
+                          compression_args=comp_args, method=method, dataset=d.name, dataset_args=dict(d.args),
+                          shots=None if shots == "full" else shots, seed=seed, grid=grid.name)
+            overrides: tuple[int, ...] = ()
+            if matching:
+                spec = RunSpec(**fields)  # matched on its axes; its training config comes after
+                if grid.include and not any(r.matches(spec) for r in grid.include):
+                    continue
+                if any(r.matches(spec) for r in grid.exclude):
+                    continue
+                overrides = tuple(i for i, o in enumerate(grid.overrides) if o.match.matches(spec))
+            key = (overrides, fields["shots"])
+            if key not in trains:
+                trains[key] = _train_for(grid, *key, source)
+            runs.append(RunSpec(**fields, train=trains[key]))
     return runs

@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Optional
+from operator import attrgetter
+from typing import Callable, Hashable, Optional
 
 from orchestrator.grid import MATCH_AXES, Grid
 from workers.spec import RunSpec
@@ -58,7 +59,46 @@ def axis_value(spec: RunSpec, axis: str):
 BREAKDOWN_AXES = tuple(a for a in MATCH_AXES if a != "level")
 
 
+def _raw(axis: str) -> Callable[[RunSpec], Hashable]:
+    """What `axis_value` is made from, fetched without a Python call per run where possible."""
+    if axis == "compression":
+        return lambda r: (r.compression, r.compression_level)
+    return attrgetter(axis)
+
+
+def _axis_label(axis: str, raw: Hashable) -> str:
+    """str(axis_value(...)) from the raw value: computed once per distinct value, not once per run."""
+    if axis == "compression":
+        name, level = raw
+        return name if level is None else f"{name}@{level:g}"
+    if axis == "shots":
+        return "full" if raw is None else str(raw)
+    return str(raw)
+
+
 def breakdown(runs: list[RunSpec]) -> dict[str, dict[str, int]]:
-    """Runs per value of each axis, for `vpgrid plan`."""
-    return {axis: {str(k): v for k, v in Counter(axis_value(r, axis) for r in runs).items()}
-            for axis in BREAKDOWN_AXES}
+    """Runs per value of each axis, for `vpgrid plan`; values in order of first appearance."""
+    out: dict[str, dict[str, int]] = {}
+    for axis in BREAKDOWN_AXES:
+        per: dict[str, int] = {}
+        for raw, n in Counter(map(_raw(axis), runs)).items():
+            label = _axis_label(axis, raw)
+            per[label] = per.get(label, 0) + n
+        out[axis] = per
+    return out
+
+
+def breakdown_by_state(runs: list[RunSpec], states: list[str],
+                       names: tuple[str, ...] = ("done", "failed", "pending")) -> dict[str, dict[str, dict[str, int]]]:
+    """Runs per value of each axis and state (`states[i]` is the state of `runs[i]`), for `vpgrid status`.
+    Counts (value, state) pairs in C, then labels each distinct value once."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for axis in BREAKDOWN_AXES:
+        per: dict[str, dict[str, int]] = {}
+        for (raw, state), n in Counter(zip(map(_raw(axis), runs), states)).items():
+            label = _axis_label(axis, raw)
+            if label not in per:
+                per[label] = dict.fromkeys(names, 0)
+            per[label][state] += n
+        out[axis] = per
+    return out

@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from orchestrator.grid import expand, parse_grid
-from orchestrator.plan import BREAKDOWN_AXES, axis_value
+from orchestrator.plan import breakdown_by_state
 from orchestrator.store import Store
 
 
@@ -59,15 +59,13 @@ def status(store: Store) -> StatusReport:
     runs = expand(grid)
     scanned = store.scan()
     states = {k: s for k, (s, _) in scanned.items()}
-    rep = StatusReport(str(store.root), grid.name, len(runs), 0, 0, 0)
-    by_axis: dict = {a: defaultdict(lambda: {"done": 0, "failed": 0, "pending": 0}) for a in BREAKDOWN_AXES}
-    for r in runs:
-        state = {"ok": "done", "failed": "failed"}.get(states.get(r.run_key), "pending")
-        setattr(rep, state, getattr(rep, state) + 1)
-        for a in BREAKDOWN_AXES:
-            by_axis[a][str(axis_value(r, a))][state] += 1
-    rep.by_axis = {a: dict(v) for a, v in by_axis.items()}
-    rep.not_in_grid = len(set(states) - {r.run_key for r in runs})
+    keys = [r.run_key for r in runs]
+    names = {"ok": "done", "failed": "failed"}
+    run_states = [names.get(states.get(k), "pending") for k in keys]
+    counts = Counter(run_states)
+    rep = StatusReport(str(store.root), grid.name, len(runs), counts["done"], counts["failed"], counts["pending"])
+    rep.by_axis = breakdown_by_state(runs, run_states)
+    rep.not_in_grid = len(states.keys() - set(keys))
     info = store.launch_info()
     rep.driver_alive = driver_alive(info)
     if rep.driver_alive:

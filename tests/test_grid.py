@@ -167,3 +167,80 @@ def test_the_paper_grid():
     assert lth == list(range(1, 13))
     one = next(r for r in runs if r.compression == "lth" and r.compression_args["round"] == 3)
     assert one.compression_args["checkpoint"]["mask"] == "$VPGRID_CKPT/lth/resnet50_dyn4_3_mask.pth"
+
+
+# Computed by the code before run keys were cached (commit 1145a8c). Every store ever written keys its rows
+# this way, so a faster key must give these very values.
+PAPER_RUN_KEYS = "8c95c82e118367fd4206bec746aa8d7e96a616d9ab0091b48f7a23297c81f07c"
+PAPER_VARIANT_KEYS = "9ba3f2385e71dae316323ef6b9a42adbbc4d018d5d7af655d20290136c03c11c"
+PAPER_SPECS = "24eb99b8d9eba00ddeba42428a75a97c9cd4100a8029d3d7c64326e179df60ee"
+PAPER_TRIAL_IDS = "6c470c1898d8da288af5da9167b09c5cf0c176a19a17901f46b7dcd7c119ca57"
+
+
+def _digest(lines) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def test_paper_grid_expands_to_the_pinned_runs():
+    import json
+
+    from orchestrator.plan import pack
+
+    g, _ = load_grid("grids/paper.yaml")
+    runs = expand(g, "grids/paper.yaml")
+    assert len(runs) == 12630
+    assert _digest(r.run_key for r in runs) == PAPER_RUN_KEYS
+    assert _digest(r.variant_key for r in runs) == PAPER_VARIANT_KEYS
+    # every field, types included (lr 40 and 40.0 hash differently), in order
+    assert _digest(json.dumps(r.to_dict(), sort_keys=True, default=list) for r in runs) == PAPER_SPECS
+    trials = pack(g, runs)
+    assert len(trials) == 874 and _digest(t.trial_id for t in trials) == PAPER_TRIAL_IDS
+    pinned = {0: ("a463e94d95cea73a", "facc538f85897c75"), 1234: ("93633495bcf11a49", "54e9c7d6fafc20a0"),
+              9000: ("c07d7a791e385a41", "c896ededa68f0be8"), 12000: ("aecac988b71ffefa", "2f98b2ff2db0af11"),
+              12629: ("8f27d31ac455a716", "5a07b168a0896cab")}
+    assert {i: (runs[i].run_key, runs[i].variant_key) for i in pinned} == pinned
+
+
+def test_run_key_of_a_spec_with_nested_args_is_pinned():
+    s = RunSpec(model="resnet50", method="ilm", dataset="dtd", shots=None, seed=3,
+                weights={"url": "https://x/y.pth", "sha256": "ab"}, model_args={"input_size": 384},
+                compression="lth", compression_args={"round": 3, "checkpoint": {"format": "lth", "path": "/c/{round}"}},
+                dataset_args={"cap_shots": True},
+                train=TrainConfig(epochs=10, lr=40.0, batch_size=16, milestones=(0.3,), input_size=576))
+    assert (s.run_key, s.variant_key) == ("1f129d7067b46d9e", "a65d8b6d100d6a6c")
+    assert RunSpec.from_dict(s.to_dict()).run_key == s.run_key
+    assert dataclasses.replace(s, grid="x").run_key == s.run_key
+
+
+@pytest.mark.parametrize("args", [{}, {"a": 1}, {"a": 1.0}, {"a": True}, {"a": "1"}, {"a": None}, {"a": [1, 2]},
+                                  {"a": (1, 2)}, {"b": {"y": 2, "x": [0.5, "é"]}, "a": 'q"u\\ote'},
+                                  {"a": {"x": 1}, "b": 2}, {"b": 2, "a": {"x": 1}}, {"a": float("inf")}])
+def test_canonical_is_the_json_of_semantic_fields(args):
+    """The cached canonical JSON is assembled from remembered pieces; it must equal the plain json.dumps of
+    `semantic()` (the scheme every store's keys were made with) for any value a grid can hold."""
+    from workers.spec import _canonical
+
+    specs = [RunSpec(model="m", method="ilm", dataset="d", shots=s, seed=1, weights=w, model_args=args,
+                     compression="c", compression_args=dict(args), dataset_args=args)
+             for s in (None, 1) for w in ("pretrained", {"url": "u", "sha256": "s"}, dict(args))]
+    for spec in specs:
+        assert spec.canonical == _canonical(spec.semantic())
+        assert spec.run_key == hashlib.sha256(_canonical(spec.semantic()).encode()).hexdigest()[:16]
+        variant = {k: getattr(spec, k) for k in ("model", "weights", "model_args", "compression", "compression_args")}
+        assert spec.variant_key == hashlib.sha256(_canonical(variant).encode()).hexdigest()[:16]
+
+
+def test_equal_but_differently_typed_values_key_apart():
+    """1, 1.0 and True are equal in Python but not in JSON, so their runs differ (remembered pieces too)."""
+    keys = {RunSpec(model="m", method="ilm", dataset="d", shots=1, seed=1, model_args={"w": v}).run_key
+            for v in (1, 1.0, True)}
+    seeds = {RunSpec(model="m", method="ilm", dataset="d", shots=1, seed=v).run_key for v in (1, 1.0, True)}
+    assert len(keys) == 3 and len(seeds) == 3
+
+
+def test_paper_specs_canonical_matches_json_of_semantic():
+    from workers.spec import _canonical
+
+    runs = expand(load_grid("grids/paper.yaml")[0])
+    for r in runs[::7]:  # a sample (asdict is slow); the pinned digest above covers every run's key
+        assert r.canonical == _canonical(r.semantic())

@@ -3,7 +3,7 @@ from collections import Counter
 import yaml
 
 from orchestrator.grid import expand, parse_grid
-from orchestrator.plan import breakdown, pack
+from orchestrator.plan import BREAKDOWN_AXES, axis_value, breakdown, breakdown_by_state, pack
 from tests.conftest import TINY
 
 
@@ -33,6 +33,26 @@ def test_breakdown_counts():
     assert b["compression"] == {"dense": 12, "magnitude@0.5": 12}
     assert b["shots"] == {"1": 12, "2": 12}
     assert sum(b["seed"].values()) == len(runs) == sum(Counter(r.dataset for r in runs).values())
+
+
+def test_breakdowns_match_a_run_by_run_count_on_the_paper_grid():
+    """The counting goes through Counter over raw values; compare with counting axis_value run by run."""
+    import random
+
+    from orchestrator.grid import load_grid
+
+    runs = expand(load_grid("grids/paper.yaml")[0])
+    rng = random.Random(0)
+    states = [rng.choice(["done", "failed", "pending"]) for _ in runs]
+    slow = {a: {} for a in BREAKDOWN_AXES}
+    for r, s in zip(runs, states):
+        for a in BREAKDOWN_AXES:
+            slow[a].setdefault(str(axis_value(r, a)), {"done": 0, "failed": 0, "pending": 0})[s] += 1
+    got = breakdown_by_state(runs, states)
+    assert got == slow
+    assert all(list(got[a]) == list(slow[a]) for a in BREAKDOWN_AXES)  # values in order of first appearance
+    assert breakdown(runs) == {a: {v: sum(c.values()) for v, c in slow[a].items()} for a in BREAKDOWN_AXES}
+    assert "resnet50" in got["model"] and "lth@12" in got["compression"] and "full" in got["shots"]
 
 
 def test_resources_precedence_model_then_grid_then_registry_default():

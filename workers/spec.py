@@ -12,6 +12,63 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _remember(memo: dict, values: tuple, make):
+    """`make(values)`, remembered. Keyed by the values' types and repr, which differ for any two values whose
+    JSON differs (1, 1.0 and True; dict key order aside, which only costs a miss); plain names and numbers key
+    as themselves, faster. A value json cannot encode raises in `make` and is not remembered. Bounded: a
+    long-lived worker sees many grids."""
+    types = tuple(map(type, values))
+    key = (types, values if _HASHABLE.issuperset(types) else repr(values))
+    out = memo.get(key)
+    if out is None:
+        if len(memo) >= 65536:
+            memo.clear()
+        out = memo[key] = make(values)
+    return out
+
+
+_HASHABLE = frozenset({str, int, float, bool, type(None)})
+
+
+class _cached:
+    """functools.cached_property without its lock (Python 3.11 takes one on every first access, a third of
+    what keying a spec costs). Two threads racing on one spec would compute the same value twice: harmless."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)  # found there from now on: this is a non-data descriptor
+        return value
+
+
+# A grid repeats each (variant, dataset) across its methods, shots and seeds, hundreds of runs, and
+# json.dumps costs ~20 µs a call: the canonical JSON of those fields is made once per distinct value.
+_VARIANT_FIELDS = ("compression", "compression_args", "model", "model_args", "weights")
+_SHARED_FIELDS = _VARIANT_FIELDS + ("dataset", "dataset_args")
+_SHARED: dict = {}
+_SCALARS: dict = {}
+
+
+def _shared_json(values: tuple) -> tuple[dict[str, str], str]:
+    """({field: canonical JSON} for _SHARED_FIELDS, the variant key)."""
+    js = {k: _canonical(v) for k, v in zip(_SHARED_FIELDS, values)}
+    return js, _short_hash("{" + ",".join(f'"{k}":{js[k]}' for k in _VARIANT_FIELDS) + "}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one prompt-training run (reference ILM-VP recipe by default)."""
@@ -24,9 +81,10 @@ class TrainConfig:
     eval_batch_size: int = 256
     input_size: Optional[int] = None  # target image side inside the canvas; None = dataset default
 
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
+    @_cached
+    def canonical(self) -> str:
+        """Canonical JSON of the fields, computed once per config (a grid's runs share a few configs)."""
+        return _canonical(dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)
@@ -51,17 +109,37 @@ class RunSpec:
         d.pop("grid")
         return d
 
-    @property
+    # The keys are computed once per spec (status and plan ask for them several times per run; recomputing them
+    # through dataclasses.asdict was 92% of `vpgrid status`). Caching is sound because a spec is frozen and
+    # nothing mutates its dicts; dataclasses.replace makes a new spec with an empty cache.
+    @_cached
+    def _shared(self) -> tuple[dict[str, str], str]:
+        return _remember(_SHARED, (self.compression, self.compression_args, self.model, self.model_args, self.weights,
+                                    self.dataset, self.dataset_args), _shared_json)
+
+    @_cached
+    def canonical(self) -> str:
+        """`_canonical(self.semantic())`, byte for byte: json.dumps with sort_keys writes the top-level keys in
+        this order and each value as it would alone (tests compare the two)."""
+        js = self._shared[0]
+        method, seed, shots = _remember(_SCALARS, (self.method, self.seed, self.shots),
+                                        lambda v: tuple(map(_canonical, v)))
+        return (f'{{"compression":{js["compression"]},"compression_args":{js["compression_args"]},'
+                f'"dataset":{js["dataset"]},"dataset_args":{js["dataset_args"]},"method":{method},'
+                f'"model":{js["model"]},"model_args":{js["model_args"]},"seed":{seed},"shots":{shots},'
+                f'"train":{self.train.canonical},"weights":{js["weights"]}}}')
+
+    @_cached
     def run_key(self) -> str:
-        return hashlib.sha256(_canonical(self.semantic()).encode()).hexdigest()[:16]
+        return _short_hash(self.canonical)
 
     @property
     def variant_key(self) -> str:
-        """Identifies the (model, weights, compression) variant: runs sharing it share one model."""
-        d = {k: getattr(self, k) for k in ("model", "weights", "model_args", "compression", "compression_args")}
-        return hashlib.sha256(_canonical(d).encode()).hexdigest()[:16]
+        """Identifies the (model, weights, compression) variant: runs sharing it share one model. The hash of
+        the canonical JSON of {model, weights, model_args, compression, compression_args}."""
+        return self._shared[1]
 
-    @property
+    @_cached
     def compression_level(self) -> Optional[float]:
         """The nominal level on one axis: sparsity for pruning, bits for quantisation."""
         for k in ("sparsity", "bits", "ratio", "round"):
