@@ -48,9 +48,11 @@ def plan(grid: Path, as_json: JsonOpt = False) -> None:
     """Count the runs and trials of GRID, with a breakdown per axis. Runs nothing."""
     from orchestrator.grid import expand, load_grid
     from orchestrator.plan import breakdown, pack
+    from orchestrator.validate import check_grid
 
     try:
         g, _ = load_grid(grid)
+        check_grid(g, str(grid))
         runs = expand(g, str(grid))
     except _known_errors() as e:
         _fail(e)

@@ -1,7 +1,7 @@
 """The grid file: a validated YAML schema and its expansion into RunSpecs.
 
-No torch, no Ray: `vpgrid plan` must start fast. Names (models, datasets, ...) are checked against the
-worker registries by `orchestrator.launch` before anything is written.
+No torch, no Ray: `vpgrid plan` must start fast. Names and arguments (models, compressions, datasets,
+methods) are checked against their declared schemas by `orchestrator.validate`.
 """
 from __future__ import annotations
 
@@ -296,8 +296,12 @@ def _train_for(grid: Grid, spec: RunSpec, source: str) -> TrainConfig:
 def expand(grid: Grid, source: str = "<grid>") -> list[RunSpec]:
     """Every run of the grid (of each study, in order), after include/exclude. Duplicates are an error."""
     runs: list[RunSpec] = []
-    for part in grid.parts():
-        runs += _expand_one(part, source)
+    for i, part in enumerate(grid.parts()):
+        found = _expand_one(part, source)
+        if not found:  # a launch would create a store and report "all 0 runs are in the store"
+            where = f"studies.{i} ({grid.studies[i].name}): " if grid.studies else ""
+            raise GridError(f"{source}: {where}no runs: the include/exclude rules exclude every run")
+        runs += found
     seen: dict[str, RunSpec] = {}
     for r in runs:
         if r.run_key in seen:

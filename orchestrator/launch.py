@@ -15,6 +15,7 @@ from typing import Optional
 
 from orchestrator.grid import Grid, GridError, expand
 from orchestrator.plan import Trial, pack
+from orchestrator.validate import check_grid
 from orchestrator.store import Store
 from workers.spec import RunSpec
 
@@ -58,6 +59,7 @@ def launch(grid: Grid, grid_text: str, source: str, store_dir: Path, *, address:
            num_cpus: Optional[float] = None, num_gpus: Optional[float] = None, retry_failed: bool = False,
            cache_dir: Optional[Path] = None, data_root: Optional[str] = None, progress: bool = True) -> LaunchSummary:
     t_start = time.time()
+    check_grid(grid, source)  # names and args against the schemas, torch-free, as `vpgrid plan` does
     runs = expand(grid, source)
     defaults = check_names(runs, source)  # before the store exists: a bad grid leaves nothing behind
     store = Store(store_dir)

@@ -46,7 +46,8 @@ def test_unknown_names_fail_before_anything_is_written(tmp_path):
     g = write_grid(tmp_path, yaml.safe_dump(d))
     r = cli.invoke(app, ["launch", str(g), "--store", str(tmp_path / "s")])
     assert r.exit_code == 1
-    assert "model: unknown model 'resnet_18'" in r.stderr and "method: unknown method 'ilmm'; did you mean 'ilm'" in r.stderr
+    assert "models.0: unknown model 'resnet_18'; did you mean 'resnet18'" in r.stderr
+    assert "methods.1: unknown method 'ilmm'; did you mean 'ilm'" in r.stderr
     assert not (tmp_path / "s").exists()
 
 
