@@ -57,7 +57,7 @@ class Arg:
     def range_text(self) -> str:
         lo = -math.inf if self.lo is None else self.lo
         hi = math.inf if self.hi is None else self.hi
-        return f"{self.closed[0]}{_num(lo)}, {_num(hi)}{self.closed[1]}"
+        return f"{'(' if math.isinf(lo) else self.closed[0]}{_num(lo)}, {_num(hi)}{')' if math.isinf(hi) else self.closed[1]}"
 
     def describe(self) -> str:
         """E.g. "float in [0, 1)", "'global' | 'layer'", "int, a multiple of 16"."""
