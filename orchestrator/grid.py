@@ -256,7 +256,9 @@ def parse_grid(text: str, source: str = "<grid>") -> Grid:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise GridError(f"{source}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise GridError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
         raise GridError(f"{source}: a grid is a YAML mapping with keys name, models, methods, datasets, shots, seeds")
     try:

@@ -12,7 +12,9 @@ METRICS = ("accuracy", "ece", "conf_correct", "kl_incorrect")  # the CLI reads t
 def _prepare(df: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
-    ok = df[df["status"] == "ok"].copy()
+    ok = df[df["status"] == "ok"].copy() if "status" in df else df.iloc[0:0]
+    if ok.empty:  # an empty store's columns have no usable dtypes: nothing to prepare
+        return ok
     level = ok["compression_level"].map(lambda v: "" if pd.isna(v) else f"@{v:g}")
     ok["variant"] = ok["model"] + " " + ok["compression"] + level
     ok["budget"] = ok["shots"].map(lambda s: "full" if pd.isna(s) else f"{int(s)}-shot")
