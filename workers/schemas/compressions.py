@@ -4,7 +4,8 @@ from workers.schema import REQUIRED, Arg, Schema
 _SPARSITY = Arg("float", REQUIRED, "fraction of conv/linear weights set to zero", lo=0, hi=1,
                 closed="[)")
 _CHECKPOINT = Arg("checkpoint", help="the compressed weights: a path, or {format, path|url, sha256, mask, mask_sha256}")
-_LEVEL = Arg("float", None, "the checkpoint's nominal sparsity (names the level)", lo=0, hi=1, closed="[)")
+_LEVEL = Arg("float", None, "the checkpoint's nominal sparsity (names the level)", lo=0, hi=1, closed="[)",
+            nullable=True)
 _SCOPE = Arg("str", "global", "one threshold over all layers, or one per layer", choices=("global", "layer"))
 
 
@@ -28,9 +29,9 @@ COMPRESSIONS = {
     "acdc": _published("AC/DC"),
     "rigl": _published("RigL"),
     "str": _published("soft threshold reparameterisation"),
-    "lth": _published("lottery ticket (IMP rounds)", round=Arg("int", None, "the IMP round", lo=0)),
+    "lth": _published("lottery ticket (IMP rounds)", round=Arg("int", None, "the IMP round", lo=0, nullable=True)),
     "upop": Schema("UPop structured CLIP pruning (from a published checkpoint)", {
-        "checkpoint": _CHECKPOINT, "ratio": Arg("float", None, "the compression ratio, e.g. 2 or 4", lo=1)}),
+        "checkpoint": _CHECKPOINT, "ratio": Arg("float", None, "the compression ratio, e.g. 2 or 4", lo=1, nullable=True)}),
     "vvtq": Schema("VVTQ quantised DeiT/Swin, WnAn (from a published checkpoint)", {
         "checkpoint": _CHECKPOINT, "bits": Arg("int", REQUIRED, "weight and activation bits (32 is the float model)",
                                               choices=(2, 3, 4))}),
