@@ -5,6 +5,7 @@ Heavy imports (Ray, torch, pandas) happen inside the commands that need them, so
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
@@ -42,8 +43,6 @@ def _one_of(valid: tuple[str, ...]):
             return value
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if v not in valid:
-                import difflib
-
                 close = difflib.get_close_matches(v, valid, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 _usage(f"{(param.opts or [param.name])[0]}: unknown value {v!r}{hint} (valid: {', '.join(valid)})")
