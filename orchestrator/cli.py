@@ -5,6 +5,7 @@ Heavy imports (Ray, torch, pandas) happen inside the commands that need them, so
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
@@ -13,15 +14,53 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Visual prompting on compressed models, as a grid.")
+from orchestrator.report import METRICS  # a plain tuple: report.py imports pandas only when it runs
+
+# No Rich markup: it would eat "[default: ...]" in the help text.
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
+                  help="Visual prompting on compressed models, as a grid.")
+
+
+def _usage(msg: str) -> None:
+    """A usage error in one line (exit 2), instead of Click's boxed usage text."""
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _at_least(lo: float, strict: bool = False):
+    """Option callback: the value is >= lo (> lo if strict)."""
+    def check(ctx: typer.Context, param: typer.CallbackParam, value):
+        if value is not None and not ctx.resilient_parsing and (value < lo or (strict and value == lo)):
+            _usage(f"{param.opts[0]} {value:g} must be {'>' if strict else '>='} {lo:g}")
+        return value
+    return check
+
+
+def _one_of(valid: tuple[str, ...]):
+    """Option/argument callback: every value is one of `valid`."""
+    def check(ctx: typer.Context, param: typer.CallbackParam, value):
+        if value is None or ctx.resilient_parsing:
+            return value
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v not in valid:
+                close = difflib.get_close_matches(v, valid, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                _usage(f"{(param.opts or [param.name])[0]}: unknown value {v!r}{hint} (valid: {', '.join(valid)})")
+        return value
+    return check
+
+
+LIST_KINDS = ("models", "compressions", "methods", "datasets")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
 StoreArg = Annotated[str, typer.Argument(help="A store made by `vpgrid launch`: a path, file://, s3:// or gs:// URI.")]
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray to run on: 'auto' or HOST:PORT joins a running cluster from one of its nodes; http://HEAD:8265 submits a Ray Job; else $RAY_ADDRESS, else a local Ray.")]
 MaxFailuresOpt = Annotated[Optional[int], typer.Option("--max-failures", min=-1, help="Retries of a trial whose worker or node died (-1: no limit) [default: the grid's max_failures, 3].")]
 CallbackOpt = Annotated[list[str], typer.Option("--callback", help="Tune logger callback: csv, json, tensorboard, wandb, mlflow or package.module:Class (repeatable).")]
-CpusOpt = Annotated[Optional[float], typer.Option("--num-cpus", help="Local cluster only: CPUs Ray may use.")]
-GpusOpt = Annotated[Optional[float], typer.Option("--num-gpus", help="Local cluster only: GPUs Ray may use (a logical GPU on a CPU machine).")]
+CpusOpt = Annotated[Optional[float], typer.Option("--num-cpus", help="Local cluster only: CPUs Ray may use (> 0).",
+                                                  callback=_at_least(0, strict=True))]
+GpusOpt = Annotated[Optional[float], typer.Option("--num-gpus", help="Local cluster only: GPUs Ray may use (a logical GPU on a CPU machine).",
+                                                  callback=_at_least(0))]
 RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Run again the runs whose row says failed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 DataOpt = Annotated[Optional[str], typer.Option("--data-root", help="Dataset root on this cluster [default: $VPGRID_DATA, else the grid's data_root].")]
@@ -58,9 +97,11 @@ def plan(grid: Path, as_json: JsonOpt = False) -> None:
     """Count the runs and trials of GRID, with a breakdown per axis. Runs nothing."""
     from orchestrator.grid import expand, load_grid
     from orchestrator.plan import breakdown, pack
+    from orchestrator.validate import check_grid
 
     try:
         g, _ = load_grid(grid)
+        check_grid(g, str(grid))
         runs = expand(g, str(grid))
     except _known_errors() as e:
         _fail(e)
@@ -163,13 +204,12 @@ def submit(grid: Path, address: Annotated[str, typer.Option("--address", help="T
            callback: CallbackOpt = []) -> None:
     """Submit GRID as a Ray Job that runs `vpgrid launch` on the cluster; print the job id and return."""
     from orchestrator.grid import expand, load_grid
+    from orchestrator.validate import check_grid
 
     try:
         g, text = load_grid(grid)
-        if not expand(g, str(grid)):
-            from orchestrator.grid import GridError
-
-            raise GridError(f"{grid}: no runs: the include/exclude rules exclude every run")
+        check_grid(g, str(grid))  # the job would refuse it too, but only after the cluster started it
+        expand(g, str(grid))
     except _known_errors() as e:
         _fail(e)
     _submit(address, text, _job_args(retry_failed, max_failures, callback), store, data_root)
@@ -233,7 +273,8 @@ def _status_view(rep, show_failed: bool = False):
 @app.command()
 def status(store: StoreArg, as_json: JsonOpt = False,
            watch: Annotated[bool, typer.Option("--watch", help="Refresh until the launch ends.")] = False,
-           interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+           interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch (> 0).",
+                                                   callback=_at_least(0, strict=True))] = 2.0,
            failed: Annotated[bool, typer.Option("--failed", help="List failed runs with their error.")] = False) -> None:
     """Done / failed / pending runs of STORE, per axis, with running trials and an ETA."""
     from orchestrator.status import status as compute
@@ -281,7 +322,8 @@ def compact(store: StoreArg) -> None:
 
 @app.command()
 def report(store: StoreArg, as_json: JsonOpt = False,
-           metric: Annotated[list[str], typer.Option(help="Metrics to show (accuracy, ece, conf_correct, kl_incorrect).")] = ["accuracy", "ece"]) -> None:
+           metric: Annotated[list[str], typer.Option(metavar="METRIC", help=f"Metrics to show: {', '.join(METRICS)}.",
+                                                     callback=_one_of(METRICS))] = ["accuracy", "ece"]) -> None:
     """Mean ± std over seeds per variant, dataset, method and shots (values in %)."""
     from orchestrator.report import markdown, summary
     from orchestrator.store import Store
@@ -319,6 +361,39 @@ def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, s
     typer.echo(f"machine: {machine()}")
     for r in results:
         typer.echo("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+
+
+def _schema_rows(kinds: list[str]) -> list[dict]:
+    """One row per registered name: kind, name, help, and each argument's type, default and valid values."""
+    from workers.schemas import SCHEMAS
+
+    rows = []
+    for kind in kinds:
+        for name, schema in sorted(SCHEMAS[kind[:-1]].items()):
+            args = [{"name": k, "type": a.type, "required": a.required, "default": None if a.required else a.default,
+                     "valid": a.describe(), "help": a.help} for k, a in schema.args.items()]
+            rows.append({"kind": kind[:-1], "name": name, "help": schema.help, "args": args})
+    return rows
+
+
+@app.command("list")
+def list_(kind: Annotated[Optional[str], typer.Argument(help=f"One of: {', '.join(LIST_KINDS)} [default: all four].",
+                                                        callback=_one_of(LIST_KINDS), show_default=False)] = None,
+          as_json: JsonOpt = False) -> None:
+    """Every registered model, compression, method and dataset, with its arguments and their defaults."""
+    rows = _schema_rows([kind] if kind else list(LIST_KINDS))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("kind", "name", "arguments: name=default (or required), valid values", "what it is")
+    for r in rows:
+        args = "\n".join((f"{a['name']} required" if a["required"] else f"{a['name']}={json.dumps(a['default'])}")
+                         + f"  {a['valid']}" for a in r["args"]) or "-"
+        t.add_row(r["kind"], r["name"], args, r["help"])
+    Console(soft_wrap=True).print(t, markup=False)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The grid file: a validated YAML schema and its expansion into RunSpecs.
 
-No torch, no Ray: `vpgrid plan` must start fast. Names (models, datasets, ...) are checked against the
-worker registries by `orchestrator.launch` before anything is written.
+No torch, no Ray: `vpgrid plan` must start fast. Names and arguments (models, compressions, datasets,
+methods) are checked against their declared schemas by `orchestrator.validate`.
 """
 from __future__ import annotations
 
@@ -257,7 +257,9 @@ def parse_grid(text: str, source: str = "<grid>") -> Grid:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise GridError(f"{source}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise GridError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
         raise GridError(f"{source}: a grid is a YAML mapping with keys name, models, methods, datasets, shots, seeds")
     try:
@@ -297,8 +299,12 @@ def _train_for(grid: Grid, overrides: tuple[int, ...], shots: Optional[int], sou
 def expand(grid: Grid, source: str = "<grid>") -> list[RunSpec]:
     """Every run of the grid (of each study, in order), after include/exclude. Duplicates are an error."""
     runs: list[RunSpec] = []
-    for part in grid.parts():
-        runs += _expand_one(part, source)
+    for i, part in enumerate(grid.parts()):
+        found = _expand_one(part, source)
+        if not found:  # a launch would create a store and report "all 0 runs are in the store"
+            where = f"studies.{i} ({grid.studies[i].name}): " if grid.studies else ""
+            raise GridError(f"{source}: {where}no runs: the include/exclude rules exclude every run")
+        runs += found
     seen: dict[str, RunSpec] = {}
     for r in runs:
         if r.run_key in seen:

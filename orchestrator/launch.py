@@ -18,6 +18,7 @@ from typing import Optional
 from orchestrator.grid import Grid, GridError, expand
 from orchestrator.plan import Trial, pack
 from orchestrator.status import HEARTBEAT_S
+from orchestrator.validate import check_grid
 from orchestrator.store import Store
 from workers.spec import RunSpec
 
@@ -79,9 +80,8 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
            max_failures: Optional[int] = None, callbacks: tuple[str, ...] = ()) -> LaunchSummary:
     t_start = time.time()
     check_address(address)
-    runs = expand(grid, source)
-    if not runs:
-        raise GridError(f"{source}: no runs: the include/exclude rules exclude every run")
+    check_grid(grid, source)  # names and args against the schemas, torch-free, as `vpgrid plan` does
+    runs = expand(grid, source)  # refuses a grid whose rules leave no run
     defaults = check_names(runs, source)  # before the store exists: a bad grid leaves nothing behind
     store = Store(store_uri)
     store.create(grid_text)

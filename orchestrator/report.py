@@ -1,13 +1,20 @@
 """Summary tables from the store: mean ± std over seeds, dense next to compressed."""
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
-METRICS = ("accuracy", "ece", "conf_correct", "kl_incorrect")
+if TYPE_CHECKING:
+    import pandas as pd
+
+METRICS = ("accuracy", "ece", "conf_correct", "kl_incorrect")  # the CLI reads this without importing pandas
 
 
 def _prepare(df: pd.DataFrame) -> pd.DataFrame:
-    ok = df[df["status"] == "ok"].copy()
+    import pandas as pd
+
+    ok = df[df["status"] == "ok"].copy() if "status" in df else df.iloc[0:0]
+    if ok.empty:  # an empty store's columns have no usable dtypes: nothing to prepare
+        return ok
     level = ok["compression_level"].map(lambda v: "" if pd.isna(v) else f"@{v:g}")
     ok["variant"] = ok["model"] + " " + ok["compression"] + level
     ok["budget"] = ok["shots"].map(lambda s: "full" if pd.isna(s) else f"{int(s)}-shot")
@@ -19,6 +26,8 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
 
 def summary(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     """One row per (variant, dataset, method, shots): number of seeds, and mean and std of each metric."""
+    import pandas as pd
+
     ok = _prepare(df)
     if ok.empty:
         return pd.DataFrame()
@@ -32,6 +41,8 @@ def summary(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
 
 
 def _cell(mean: float, std: float, scale: float) -> str:
+    import pandas as pd
+
     return f"{scale * mean:.1f}" + ("" if pd.isna(std) else f" ± {scale * std:.1f}")
 
 

@@ -46,7 +46,8 @@ def test_unknown_names_fail_before_anything_is_written(tmp_path):
     g = write_grid(tmp_path, yaml.safe_dump(d))
     r = cli.invoke(app, ["launch", str(g), "--store", str(tmp_path / "s")])
     assert r.exit_code == 1
-    assert "model: unknown model 'resnet_18'" in r.stderr and "method: unknown method 'ilmm'; did you mean 'ilm'" in r.stderr
+    assert "models.0: unknown model 'resnet_18'; did you mean 'resnet18'" in r.stderr
+    assert "methods.1: unknown method 'ilmm'; did you mean 'ilm'" in r.stderr
     assert not (tmp_path / "s").exists()
 
 
@@ -109,7 +110,7 @@ def test_grid_change_counts_against_the_new_grid(half_done):
     assert out["total"] == 12 and out["done"] + out["failed"] + out["pending"] == 12 and out["not_in_grid"] > 0
 
 
-def test_plan_and_status_import_neither_torch_nor_ray(half_done):
+def test_plan_status_and_list_import_neither_torch_nor_ray(half_done):
     """The control plane starts fast: checked in a fresh interpreter, since this one has torch loaded."""
     import subprocess
     import sys
@@ -120,6 +121,54 @@ def test_plan_and_status_import_neither_torch_nor_ray(half_done):
     code = ("import sys; from typer.testing import CliRunner; from orchestrator.cli import app; "
             f"assert CliRunner().invoke(app, ['plan', {str(paper)!r}, '--json']).exit_code == 0; "
             f"assert CliRunner().invoke(app, ['status', {str(st.root)!r}, '--json']).exit_code == 0; "
+            "assert CliRunner().invoke(app, ['list', '--json']).exit_code == 0; "
             "print(sorted(m for m in ('torch', 'ray', 'torchvision', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["plan", "launch", "resume", "status", "report", "compact", "bench", "list"])
+def test_help_shows_every_option_default(command):
+    """Rich markup used to eat '[default: ...]' written into help texts."""
+    import click
+    import typer.main
+
+    r = cli.invoke(app, [command, "--help"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stdout.split())  # help wraps long lines
+    cmd = typer.main.get_command(app).commands[command]
+    for p in cmd.params:
+        if isinstance(p, click.Option) and not p.is_flag and p.default not in (None, ()) and p.name != "help":
+            shown = ", ".join(map(str, p.default)) if isinstance(p.default, (list, tuple)) else str(p.default)
+            assert f"[default: {shown}]" in text, (p.name, r.stdout)
+    if command == "launch":
+        assert "[default: results/<grid name>]" in text and "[default: $VPGRID_DATA, else the grid's data_root]" in text
+
+
+def test_shell_completion_is_offered():
+    r = cli.invoke(app, ["--help"])
+    assert r.exit_code == 0 and "--install-completion" in r.stdout and "--show-completion" in r.stdout
+
+
+def test_list_shows_every_declared_name_with_args_and_defaults():
+    from workers.schemas import SCHEMAS
+
+    r = cli.invoke(app, ["list", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert {(x["kind"], x["name"]) for x in rows} == {(k, n) for k, t in SCHEMAS.items() for n in t}
+    magnitude = next(x for x in rows if x["name"] == "magnitude")
+    assert magnitude["args"] == [
+        {"name": "sparsity", "type": "float", "required": True, "default": None, "valid": "float in [0, 1)",
+         "help": "fraction of conv/linear weights set to zero"},
+        {"name": "scope", "type": "str", "required": False, "default": "global", "valid": "'global' | 'layer'",
+         "help": "one threshold over all layers, or one per layer"}]
+    r = cli.invoke(app, ["list", "datasets", "--json"])
+    assert {x["kind"] for x in json.loads(r.stdout)} == {"dataset"}
+
+
+def test_list_table():
+    r = cli.invoke(app, ["list", "models"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "demo_cnn" in r.stdout and "width=24" in r.stdout and "input_size=224  int in [1, inf), a multiple of 16" in r.stdout
+    assert "magnitude" not in r.stdout  # models only

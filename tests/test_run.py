@@ -9,6 +9,7 @@ from orchestrator.grid import expand, parse_grid
 from tests.conftest import TINY
 from workers.models import MODELS, Built, ModelMeta
 from workers.run import Context, run, run_pack
+from workers.schema import Schema
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ class _NaNNet(torch.nn.Module):
 def test_nan_loss_fails_the_run(runs, tmp_path, monkeypatch):
     meta = ModelMeta(input_size=32, num_classes=20, source="test")
     monkeypatch.setitem(MODELS._entries, "nan_net", type(MODELS.entry("demo_cnn"))(
-        "nan_net", lambda w, a, c: Built(_NaNNet(), "test"), meta))
+        "nan_net", lambda w, a, c: Built(_NaNNet(), "test"), meta, Schema("a model whose loss is NaN")))
     spec = dataclasses.replace(runs[0], model="nan_net", method="rlm", model_args={})
     row = run(spec, Context(tmp_path, torch.device("cpu")))
     assert row.status == "failed" and row.error.startswith("FloatingPointError: training loss is not finite")

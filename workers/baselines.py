@@ -40,7 +40,7 @@ def _features(model: nn.Module, meta: ModelMeta, x: torch.Tensor, bs: int, devic
     return torch.cat(out)
 
 
-@METHODS.register("lp", meta=MethodMeta("lp", "linear probe: a new linear head on frozen features"))
+@METHODS.register("lp", meta=MethodMeta("lp"))
 def linear_probe(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     require_images(task, spec.method)
     train_x, train_y, test_x, test_y, num_target = task.train_x, task.train_y, task.test_x, task.test_y, task.num_classes
@@ -57,7 +57,7 @@ def linear_probe(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
     return TrainOutput(classification_metrics(logits, test_y), None, loss, train_s, time.perf_counter() - t0)
 
 
-@METHODS.register("ff", meta=MethodMeta("ff", "full fine-tuning: every weight and a new head, pruned zeros kept"))
+@METHODS.register("ff", meta=MethodMeta("ff"))
 def full_finetune(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     require_images(task, spec.method)
     train_x, train_y, test_x, test_y, num_target = task.train_x, task.train_y, task.test_x, task.test_y, task.num_classes

@@ -1,4 +1,5 @@
-"""Every registry in one place, so the launcher can check a grid's names before running anything."""
+"""Every registry in one place, so the launcher can check a grid's names, and which checkpoint formats each
+model reads, before running anything (arguments are checked torch-free by orchestrator.validate)."""
 from __future__ import annotations
 
 from workers.compression import COMPRESSIONS
@@ -22,7 +23,18 @@ def check(runs: list[RunSpec]) -> list[str]:
                     reg.entry(name)
                 except UnknownName as e:
                     problems[(field, name)] = f"{field}: {e}"
+        fmt = _format(r.compression_args.get("checkpoint", r.weights))
+        if r.model in MODELS and fmt and fmt not in MODELS.meta(r.model).formats:
+            problems[("format", r.model, fmt)] = (f"model {r.model!r} cannot load checkpoint format {fmt!r} "
+                                                  f"(it loads: {', '.join(MODELS.meta(r.model).formats)})")
     return list(problems.values())
+
+
+def _format(weights) -> str | None:
+    """The checkpoint format a run's weights need, None for 'pretrained'/'random'."""
+    if isinstance(weights, dict):
+        return weights.get("format", "state_dict")
+    return None if weights in ("pretrained", "random") else "state_dict"
 
 
 def default_resources(models: set[str]) -> dict[str, dict]:

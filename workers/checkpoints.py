@@ -138,21 +138,41 @@ def load_state_dict(path: Union[str, Path], key: str | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary code
+    obj = _read(path)
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
-            found = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-            raise CheckpointError(f"{path}: expected the weights under {key!r}; found {found}")
+            found = sorted(map(str, obj))[:10] if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(f"{path}: expected the weights under {key!r}, found {found}; {_FIX}")
         obj = obj[key]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}; {_FIX}")
     return obj
+
+
+_FIX = "check the checkpoint's `format` in the grid, or re-download the file"
+
+
+def _read(path: Path):
+    """torch.load (weights_only: never unpickle arbitrary code) or safetensors; any failure names the file."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a pickle, a forbidden global, a bad safetensors header, ...
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = lines[0].split(". ")[0] if lines else "unreadable"
+        forbidden = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if forbidden:
+            why = (f"it needs {forbidden.group(1)} to unpickle, which vpgrid refuses (weights_only); "
+                   "re-save it as a plain state dict of tensors")
+        else:
+            why = (f"{type(e).__name__}: {first}; the file is truncated, corrupt or "
+                   "not a torch/safetensors checkpoint: re-download it or check its format")
+        raise CheckpointError(f"cannot read checkpoint {path}: {why}") from None
 
 
 def strip_prefix(state: dict, prefix: str) -> dict:

@@ -186,11 +186,11 @@ def train_clip_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSp
                        time.perf_counter() - t0)
 
 
-@METHODS.register("clip_vp", meta=MethodMeta("clip_vp", "CLIP: additive pad prompt, one text per class (Bahng et al.)"))
+@METHODS.register("clip_vp", meta=MethodMeta("clip_vp"))
 def clip_vp(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     return train_clip_prompt(model, meta, task, spec, device, ilm=False)
 
 
-@METHODS.register("clip_ilm", meta=MethodMeta("clip_ilm", "CLIP: additive pad prompt, ILM over 81 templates x K"))
+@METHODS.register("clip_ilm", meta=MethodMeta("clip_ilm"))
 def clip_ilm(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     return train_clip_prompt(model, meta, task, spec, device, ilm=True)

@@ -118,8 +118,7 @@ def calibration_inputs(tokens: torch.Tensor, meta: ModelMeta, seed: int = 0) -> 
     return prog(tokens.long())
 
 
-@METHODS.register("reprogram", meta=MethodMeta("crossmodal", "cross-modal reprogramming: token embedding -> 16px "
-                                                             "patches, 10 source classes per class, max-reduced"))
+@METHODS.register("reprogram", meta=MethodMeta("crossmodal"))
 def reprogram(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     cfg = spec.train
     vocab = _check_tokens(task)

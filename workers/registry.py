@@ -23,18 +23,26 @@ class Entry(Generic[T]):
     name: str
     obj: T
     meta: Any = None
+    schema: Any = None  # workers.schema.Schema: help and arguments, declared in workers/schemas/
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, schemas: dict | None = None) -> None:
+        """`schemas`: the kind's torch-free table of {name: Schema}; every registered name must have one."""
         self.kind = kind
+        self.schemas = schemas
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, meta: Any = None) -> Callable[[T], T]:
+        if self.schemas is not None and name not in self.schemas:
+            raise ValueError(f"{self.kind} {name!r} has no argument schema: declare it in "
+                             f"workers/schemas/{self.kind}s.py")
+
         def deco(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = Entry(name, obj, meta)
+            schema = self.schemas[name] if self.schemas is not None else None
+            self._entries[name] = Entry(name, obj, meta, schema)
             return obj
 
         return deco
@@ -53,6 +61,9 @@ class Registry(Generic[T]):
 
     def meta(self, name: str) -> Any:
         return self.entry(name).meta
+
+    def schema(self, name: str) -> Any:
+        return self.entry(name).schema
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -1,35 +1,21 @@
-"""The compression registry, its argument checking and the measured report.
+"""The compression registry, its argument checking and the measured report (arguments: workers/schemas).
 
 Kept apart from __init__ so prune.py / quant.py can import it without a cycle.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from workers import schemas
 from workers.registry import Registry
+from workers.schema import resolve
 
 # The layers every method acts on and every report measures: one definition keeps them in step.
 TARGETS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
-
-_REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Arg:
-    """One accepted argument: default (or required), a check, and the words shown when it fails."""
-
-    check: Callable[[Any], bool]
-    valid: str
-    default: Any = _REQUIRED
-
-    @property
-    def required(self) -> bool:
-        return self.default is _REQUIRED
-
 
 @dataclass(frozen=True)
 class CompressionReport:
@@ -39,15 +25,7 @@ class CompressionReport:
     act_bits: int | None
 
 
-COMPRESSIONS: Registry[Callable[..., nn.Module]] = Registry("compression")
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+COMPRESSIONS: Registry[Callable[..., nn.Module]] = Registry("compression", schemas.COMPRESSIONS)
 
 
 def target_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -68,22 +46,7 @@ def measure_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
 
 def resolve_args(method: str, args: dict) -> dict:
     """Fill defaults and check every value; a bad spec fails here, before any weight changes."""
-    spec: dict[str, Arg] = COMPRESSIONS.meta(method) or {}
-    for key in args:
-        if key not in spec:
-            valid = ", ".join(sorted(spec)) or "none"
-            raise ValueError(f"compression {method!r}: unknown arg {key!r} (valid args: {valid})")
-    out = {}
-    for key, arg in spec.items():
-        if key not in args:
-            if arg.required:
-                raise ValueError(f"compression {method!r}: arg {key!r} is required ({arg.valid})")
-            out[key] = arg.default
-            continue
-        if not arg.check(args[key]):
-            raise ValueError(f"compression {method!r}: bad {key}={args[key]!r}; valid: {arg.valid}")
-        out[key] = args[key]
-    return out
+    return resolve(COMPRESSIONS.schema(method), args, f"compression {method!r}")
 
 
 def compress(
@@ -99,6 +62,6 @@ def compress(
     return model, CompressionReport(sparsity, per, w_bits, a_bits)
 
 
-@COMPRESSIONS.register("dense", meta={})
+@COMPRESSIONS.register("dense")
 def dense(model: nn.Module, calib: Tensor | None) -> nn.Module:
     return model

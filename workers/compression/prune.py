@@ -8,9 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workers.compression.base import COMPRESSIONS, Arg, is_int, is_number, target_layers
-
-_SPARSITY = Arg(lambda v: is_number(v) and 0 <= v < 1, "a float in [0, 1)")
+from workers.compression.base import COMPRESSIONS, target_layers
 
 
 def _zero_flat(weights: list[Tensor], drop: Tensor) -> None:
@@ -29,10 +27,7 @@ def _smallest(scores: Tensor, k: int) -> Tensor:
     return torch.sort(scores, stable=True).indices[:k]
 
 
-@COMPRESSIONS.register(
-    "magnitude",
-    meta={"sparsity": _SPARSITY, "scope": Arg(lambda v: v in ("global", "layer"), "'global' or 'layer'", "global")},
-)
+@COMPRESSIONS.register("magnitude")
 @torch.no_grad()
 def magnitude(model: nn.Module, calib: Tensor | None, sparsity: float, scope: str) -> nn.Module:
     weights = [m.weight for _, m in target_layers(model)]
@@ -47,7 +42,7 @@ def magnitude(model: nn.Module, calib: Tensor | None, sparsity: float, scope: st
     return model
 
 
-@COMPRESSIONS.register("random", meta={"sparsity": _SPARSITY, "seed": Arg(is_int, "an int", 0)})
+@COMPRESSIONS.register("random")
 @torch.no_grad()
 def random_prune(model: nn.Module, calib: Tensor | None, sparsity: float, seed: int) -> nn.Module:
     weights = [m.weight for _, m in target_layers(model)]

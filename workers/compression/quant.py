@@ -9,10 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workers.compression.base import COMPRESSIONS, Arg, is_int, target_layers
-
-_BITS = Arg(lambda v: is_int(v) and 2 <= v <= 8, "an int in 2..8")
-_ACT_BITS = Arg(lambda v: v is None or (is_int(v) and 2 <= v <= 8), "None or an int in 2..8", None)
+from workers.compression.base import COMPRESSIONS, target_layers
 
 
 def quantise_weight(w: Tensor, bits: int) -> Tensor:
@@ -76,7 +73,7 @@ def _calibrate(model: nn.Module, layers: list[nn.Module], calib: Tensor) -> list
     return [(lo, hi) for lo, hi in ranges]
 
 
-@COMPRESSIONS.register("fakequant", meta={"bits": _BITS, "act_bits": _ACT_BITS})
+@COMPRESSIONS.register("fakequant")
 @torch.no_grad()
 def fakequant(model: nn.Module, calib: Tensor | None, bits: int, act_bits: int | None) -> nn.Module:
     if act_bits is not None and calib is None:

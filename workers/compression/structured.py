@@ -6,18 +6,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workers.compression.base import COMPRESSIONS, Arg, is_number
+from workers.compression.base import COMPRESSIONS
 
+# The names are declared in workers/schemas/compressions.py (a test checks they agree).
 _IMPORTANCE = {"l1": lambda tp: tp.importance.MagnitudeImportance(p=1),
                "l2": lambda tp: tp.importance.MagnitudeImportance(p=2),
                "random": lambda tp: tp.importance.RandomImportance()}
 
 
-@COMPRESSIONS.register("channel", meta={
-    "ratio": Arg(lambda v: is_number(v) and 0 <= v < 1, "the fraction of channels to remove, in [0, 1)"),
-    "importance": Arg(lambda v: v in _IMPORTANCE, "'l1', 'l2' or 'random'", "l1"),
-    "scope": Arg(lambda v: v in ("global", "layer"), "'global' or 'layer'", "layer"),
-    "seed": Arg(lambda v: isinstance(v, int), "an int", 0)})
+@COMPRESSIONS.register("channel")
 def channel(model: nn.Module, calib: Tensor | None, ratio: float, importance: str, scope: str, seed: int) -> nn.Module:
     import torch_pruning as tp
 

@@ -4,7 +4,6 @@ Kept apart from __init__ so the dataset modules can import it without a cycle.
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
@@ -13,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from workers import schemas
 from workers.registry import Registry
+from workers.schema import resolve
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Splits:
     classes: list[str]
 
 
-DATASETS: Registry[Callable[..., Splits]] = Registry("dataset")
+DATASETS: Registry[Callable[..., Splits]] = Registry("dataset", schemas.DATASETS)
 
 
 def resize(x: Tensor, size: int) -> Tensor:
@@ -45,18 +46,14 @@ def resize(x: Tensor, size: int) -> Tensor:
 
 
 def load_dataset(name: str, size: int | None = None, root: str | None = None, **args) -> Splits:
-    fn = DATASETS.get(name)
-    # Check arg names here so a typo in a grid says which dataset and what it accepts.
-    params = inspect.signature(fn).parameters
-    valid = sorted(p for p in params if p not in ("size", "root"))
-    for key in args:
-        if key not in valid:
-            raise ValueError(f"dataset {name!r}: unknown arg {key!r} (valid args: {', '.join(valid) or 'none'})")
+    entry = DATASETS.entry(name)
+    # Defaults and checks come from workers/schemas/datasets.py; cap_shots is for the few-shot sampler.
+    args = {k: v for k, v in resolve(entry.schema, args, f"dataset {name!r}").items() if k != "cap_shots"}
     if size is None:
         size = DATASETS.meta(name).input_size
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"dataset {name!r}: size must be a positive int, got {size!r}")
-    return fn(size, root, **args)
+    return entry.obj(size, root, **args)
 
 
 def cached_dataset(name: str, size: int, root: str | None, args: dict, cache_dir: Path) -> Splits:

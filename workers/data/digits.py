@@ -16,9 +16,7 @@ SPLIT_SEED = 0
     "digits",
     meta=DatasetMeta(16, 10, "scikit-learn handwritten digits (1797 8x8 grayscale, 10 classes)", bundled=True),
 )
-def digits(size: int, root: str | None, test_fraction: float = 0.3) -> Splits:
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"dataset 'digits': test_fraction must be in (0, 1), got {test_fraction!r}")
+def digits(size: int, root: str | None, test_fraction: float) -> Splits:
     d = load_digits()
     x = torch.from_numpy((d.images / 16.0).astype(np.float32))[:, None].expand(-1, 3, -1, -1)
     y = torch.from_numpy(d.target.astype(np.int64))

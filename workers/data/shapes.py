@@ -85,9 +85,7 @@ def _split(n: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
     "shapes",
     meta=DatasetMeta(32, len(CLASSES), "procedural shapes: 10 shapes x warm/cool colours, noisy background", bundled=True),
 )
-def shapes(size: int, root: str | None, n_train: int = 8000, n_test: int = 2000, seed: int = 0) -> Splits:
-    if n_train < 1 or n_test < 1:
-        raise ValueError(f"dataset 'shapes': n_train and n_test must be positive, got {n_train}, {n_test}")
+def shapes(size: int, root: str | None, n_train: int, n_test: int, seed: int) -> Splits:
     # Separate streams per split, so changing n_train does not change the test set.
     train_x, train_y = _split(n_train, size, 2 * seed)
     test_x, test_y = _split(n_test, size, 2 * seed + 1)

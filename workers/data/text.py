@@ -182,20 +182,20 @@ def _word_splits(name: str, read, classes: list[str], size: int, max_vocab: int)
 
 @DATASETS.register("yelp_polarity", meta=DatasetMeta(DEFAULT_LENGTH, 2, "Yelp review polarity (Zhang CSVs, 560k/38k), "
                                                                          "word tokens; input_size = sequence length", "text"))
-def yelp_polarity(size: int, root: str | None, max_vocab: int = 20000) -> Splits:
+def yelp_polarity(size: int, root: str | None, max_vocab: int) -> Splits:
     read = lambda split: _read_zhang("yelp_polarity", root, split, ["label", "text"], 2)  # noqa: E731
     return _word_splits("yelp_polarity", read, ["negative", "positive"], size, max_vocab)
 
 
 @DATASETS.register("imdb", meta=DatasetMeta(DEFAULT_LENGTH, 2, "IMDB movie reviews (25k/25k; csv/parquet/jsonl), "
                                                                 "word tokens; input_size = sequence length", "text"))
-def imdb(size: int, root: str | None, max_vocab: int = 20000) -> Splits:
+def imdb(size: int, root: str | None, max_vocab: int) -> Splits:
     return _word_splits("imdb", lambda split: _read_imdb(root, split), ["negative", "positive"], size, max_vocab)
 
 
 @DATASETS.register("ag_news", meta=DatasetMeta(DEFAULT_LENGTH, 4, "AG News topics (Zhang CSVs, 120k/7.6k), "
                                                                    "word tokens; input_size = sequence length", "text"))
-def ag_news(size: int, root: str | None, max_vocab: int = 20000) -> Splits:
+def ag_news(size: int, root: str | None, max_vocab: int) -> Splits:
     read = lambda split: _read_zhang("ag_news", root, split, ["class", "title", "description"], 4)  # noqa: E731
     return _word_splits("ag_news", read, AG_NEWS_CLASSES, size, max_vocab)
 
@@ -203,7 +203,7 @@ def ag_news(size: int, root: str | None, max_vocab: int = 20000) -> Splits:
 @DATASETS.register("dbpedia14", meta=DatasetMeta(DEFAULT_LENGTH, 14, "DBpedia-14 ontology classes (Zhang CSVs, "
                                                                       "560k/70k), word tokens; input_size = sequence "
                                                                       "length", "text"))
-def dbpedia14(size: int, root: str | None, max_vocab: int = 20000) -> Splits:
+def dbpedia14(size: int, root: str | None, max_vocab: int) -> Splits:
     read = lambda split: _read_zhang("dbpedia14", root, split, ["class", "title", "content"], 14)  # noqa: E731
     return _word_splits("dbpedia14", read, DBPEDIA_CLASSES, size, max_vocab)
 
@@ -211,7 +211,7 @@ def dbpedia14(size: int, root: str | None, max_vocab: int = 20000) -> Splits:
 @DATASETS.register("splice", meta=DatasetMeta(SPLICE_LENGTH, 3, "UCI splice junctions (3190 DNA sequences of 60 "
                                                                  "bases; EI/IE/N), character tokens; seeded "
                                                                  "stratified split", "dna"))
-def splice(size: int, root: str | None, test_fraction: float = 0.2) -> Splits:
+def splice(size: int, root: str | None, test_fraction: float) -> Splits:
     """No `max_vocab`: the character vocabulary is fixed. UCI lists a few identical sequences under different
     ids; the split is by line, as every published split of the file is."""
     if not 0 < test_fraction < 1:

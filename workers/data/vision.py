@@ -154,21 +154,21 @@ def same_classes(name: str, train, test) -> list[str]:
 
 
 @DATASETS.register("cifar10", meta=DatasetMeta(32, 10, "CIFAR-10 (50k train / 10k test, 32x32, 10 classes)"))
-def cifar10(size: int, root: str | None, download: bool = False) -> Splits:
+def cifar10(size: int, root: str | None, download: bool) -> Splits:
     train = open_dataset("cifar10", root, download, tv.CIFAR10, train=True)
     test = open_dataset("cifar10", root, download, tv.CIFAR10, train=False)
     return two_splits("cifar10", train, test, size, train.classes)
 
 
 @DATASETS.register("svhn", meta=DatasetMeta(32, 10, "SVHN digits (73k train / 26k test, 32x32, 10 classes)"))
-def svhn(size: int, root: str | None, download: bool = False) -> Splits:
+def svhn(size: int, root: str | None, download: bool) -> Splits:
     train = open_dataset("svhn", root, download, tv.SVHN, split="train")
     test = open_dataset("svhn", root, download, tv.SVHN, split="test")
     return two_splits("svhn", train, test, size, SVHN_CLASSES)
 
 
 @DATASETS.register("gtsrb", meta=DatasetMeta(32, 43, "GTSRB traffic signs (26.6k train / 12.6k test, 43 classes)"))
-def gtsrb(size: int, root: str | None, download: bool = False) -> Splits:
+def gtsrb(size: int, root: str | None, download: bool) -> Splits:
     # Train labels are the sorted index of the class folders, so all 43 (00000..00042) must be present.
     train = open_dataset("gtsrb", root, download, tv.GTSRB, split="train")
     test = open_dataset("gtsrb", root, download, tv.GTSRB, split="test")
@@ -176,9 +176,7 @@ def gtsrb(size: int, root: str | None, download: bool = False) -> Splits:
 
 
 @DATASETS.register("dtd", meta=DatasetMeta(128, 47, "Describable Textures, partition train/test (1880/1880, 47)"))
-def dtd(size: int, root: str | None, download: bool = False, partition: int = 1) -> Splits:
-    if not isinstance(partition, int) or not 1 <= partition <= 10:
-        raise ValueError(f"dataset 'dtd': partition must be an int in 1..10, got {partition!r}")
+def dtd(size: int, root: str | None, download: bool, partition: int) -> Splits:
     fmt = {"partition": partition}
     train = open_dataset("dtd", root, download, tv.DTD, fmt, split="train", partition=partition)
     test = open_dataset("dtd", root, download, tv.DTD, fmt, split="test", partition=partition)
@@ -186,14 +184,14 @@ def dtd(size: int, root: str | None, download: bool = False, partition: int = 1)
 
 
 @DATASETS.register("flowers102", meta=DatasetMeta(128, 102, "Oxford Flowers-102 train/test (10/class train, 6149 test)"))
-def flowers102(size: int, root: str | None, download: bool = False) -> Splits:
+def flowers102(size: int, root: str | None, download: bool) -> Splits:
     train = open_dataset("flowers102", root, download, tv.Flowers102, split="train")
     test = open_dataset("flowers102", root, download, tv.Flowers102, split="test")
     return two_splits("flowers102", train, test, size, tv.Flowers102.classes)
 
 
 @DATASETS.register("oxford_pets", meta=DatasetMeta(128, 37, "Oxford-IIIT Pet breeds, trainval/test (3680/3669, 37)"))
-def oxford_pets(size: int, root: str | None, download: bool = False) -> Splits:
+def oxford_pets(size: int, root: str | None, download: bool) -> Splits:
     kw = {"target_types": "category"}
     train = open_dataset("oxford_pets", root, download, tv.OxfordIIITPet, split="trainval", **kw)
     test = open_dataset("oxford_pets", root, download, tv.OxfordIIITPet, split="test", **kw)
@@ -201,7 +199,7 @@ def oxford_pets(size: int, root: str | None, download: bool = False) -> Splits:
 
 
 @DATASETS.register("eurosat", meta=DatasetMeta(128, 10, "EuroSAT RGB (27k 64x64, 10 classes), seeded stratified split"))
-def eurosat(size: int, root: str | None, download: bool = False, test_fraction: float = 0.2) -> Splits:
+def eurosat(size: int, root: str | None, download: bool, test_fraction: float) -> Splits:
     ds = open_dataset("eurosat", root, download, tv.EuroSAT)
     # Unknown folder names (not the real ten) fall back to splitting CamelCase.
     classes = [EUROSAT_NAMES.get(c) or re.sub(r"(?<!^)(?=[A-Z])", " ", c).lower() for c in ds.classes]
@@ -210,7 +208,7 @@ def eurosat(size: int, root: str | None, download: bool = False, test_fraction: 
 
 @DATASETS.register("caltech101", meta=DatasetMeta(128, 101, "Caltech-101 (8677 images, 101 classes without "
                                                             "BACKGROUND_Google), seeded stratified split"))
-def caltech101(size: int, root: str | None, download: bool = False, test_fraction: float = 0.2) -> Splits:
+def caltech101(size: int, root: str | None, download: bool, test_fraction: float) -> Splits:
     # torchvision drops the BACKGROUND_Google clutter folder: 101 object classes, Faces and Faces_easy both kept.
     ds = open_dataset("caltech101", root, download, tv.Caltech101, target_type="category")
     classes = [CALTECH_NAMES.get(c, c.replace("_", " ").lower()) for c in ds.categories]

@@ -15,7 +15,9 @@ from typing import Callable, Union
 from torch import nn
 
 from workers.checkpoints import Checkpoint
+from workers import schemas
 from workers.registry import Registry
+from workers.schema import check_args
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,11 +45,14 @@ class Built:
 
 
 Builder = Callable[[Weights, dict, Path], Built]
-MODELS: Registry[Builder] = Registry("model")
+MODELS: Registry[Builder] = Registry("model", schemas.MODELS)
 
 
 def build_model(name: str, weights: Weights, args: dict, cache_dir: Path) -> tuple[Built, ModelMeta]:
     entry = MODELS.entry(name)
+    problems = check_args(entry.schema, args)  # the builder sees only declared, valid args (no defaults filled)
+    if problems:
+        raise ValueError(f"model {name!r}: " + "; ".join(problems))
     if isinstance(weights, Checkpoint) and weights.format not in entry.meta.formats:
         raise ValueError(f"model {name!r} cannot load checkpoint format {weights.format!r}; "
                          f"it loads: {', '.join(entry.meta.formats)}")

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers import schemas
 from workers.checkpoints import cache_path, CheckpointError, fetch, load_state_dict, load_strict
 from workers.models import Built, Checkpoint, ModelMeta, MODELS
 
@@ -64,7 +65,6 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps logit_scale to [0, ln 100]: scale <= 100
 RANDOM_SEED = 0
-ARGS = ("input_size", "templates", "classes")
 
 
 def _openai_templates() -> tuple[Callable[[str], str], ...]:
@@ -257,10 +257,7 @@ def _cached_head(model: ClipClassifier, oc_name: str, args: dict, cache_dir: Pat
 
 
 def _check_args(name: str, args: dict) -> dict:
-    unknown = set(args) - set(ARGS)
-    if unknown:
-        raise ValueError(f"{name}: unknown args {sorted(unknown)}; valid: {list(ARGS)}")
-    args = {"templates": "openai", "classes": "imagenet", **args}
+    args = {**{k: v for k, v in schemas.MODELS[name].defaults().items() if k != "input_size"}, **args}
     for arg, table in (("templates", TEMPLATES), ("classes", CLASSES)):
         if args[arg] not in table:
             raise ValueError(f"{name}: {arg} {args[arg]!r} is not one of {sorted(table)}")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers import schemas
 from workers.checkpoints import load_state_dict, load_strict, sha256_file
 from workers.data import DATASETS
 from workers.models import Built, Checkpoint, ModelMeta, MODELS
@@ -44,7 +45,7 @@ class DemoCNN(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-DEFAULTS = {"input_size": 32, "width": 24, "pretrain_epochs": 6, "pretrain_images": 8000, "seed": 0}
+DEFAULTS = schemas.MODELS["demo_cnn"].defaults()  # input_size, width, pretrain_epochs, pretrain_images, seed
 
 
 def _seeded(args: dict) -> DemoCNN:
@@ -104,9 +105,6 @@ def _cached_pretrained(args: dict, cache_dir: Path) -> Built:
 @MODELS.register("demo_cnn", meta=ModelMeta(input_size=32, num_classes=SOURCE_CLASSES, source="procedural shape classes",
                                             mean=SHAPES_MEAN, std=SHAPES_STD, head="fc"))
 def demo_cnn(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
-    unknown = set(args) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"demo_cnn: unknown args {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
     args = {**DEFAULTS, **args}
     if weights == "pretrained":
         return _cached_pretrained(args, cache_dir)

@@ -28,7 +28,7 @@ PUBLISHED: dict[str, dict[str, str]] = {
     "resnet50": {"url": "https://download.pytorch.org/models/resnet50-0676ba61.pth", "sha256": "0676ba61"},
 }
 
-ARGS = ("input_size",)  # the canvas size; the network itself is size-agnostic (adaptive average pooling)
+# `input_size` (the canvas) is the only arg: the network is size-agnostic (adaptive average pooling).
 
 # model_config['arch'] values of Iofinova et al.'s checkpoints (sparse-imagenet-transfer models/__init__.py) that
 # are each registered model's weights: their own ResNet (same keys as torchvision), torchvision's, STR's, RigL's.
@@ -201,9 +201,6 @@ def _published(name: str, cache_dir: Path) -> Built:
 
 
 def _create_resnet(name: str, weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
-    unknown = set(args) - set(ARGS)
-    if unknown:
-        raise ValueError(f"{name}: unknown args {sorted(unknown)}; valid: {', '.join(ARGS)}")
     if weights == "random":
         return Built(_torchvision_resnet(name), "random init (seed 0); not pre-trained")
     if weights == "pretrained":

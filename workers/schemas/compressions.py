@@ -1,0 +1,38 @@
+"""Compression arguments (the extra keys of a `compressions` entry), one entry per registered compression."""
+from workers.schema import REQUIRED, Arg, Schema
+
+_SPARSITY = Arg("float", REQUIRED, "fraction of conv/linear weights set to zero", lo=0, hi=1,
+                closed="[)")
+_CHECKPOINT = Arg("checkpoint", help="the compressed weights: a path, or {format, path|url, sha256, mask, mask_sha256}")
+_LEVEL = Arg("float", None, "the checkpoint's nominal sparsity (names the level)", lo=0, hi=1, closed="[)",
+            nullable=True)
+_SCOPE = Arg("str", "global", "one threshold over all layers, or one per layer", choices=("global", "layer"))
+
+
+def _published(help: str, **extra: Arg) -> Schema:
+    return Schema(help + " (from a published checkpoint)", {"checkpoint": _CHECKPOINT, "sparsity": _LEVEL, **extra})
+
+
+COMPRESSIONS = {
+    "dense": Schema("the model as loaded"),
+    "magnitude": Schema("one-shot magnitude pruning of conv/linear weights", {"sparsity": _SPARSITY, "scope": _SCOPE}),
+    "random": Schema("random unstructured pruning", {"sparsity": _SPARSITY, "seed": Arg("int", 0, "which weights go")}),
+    "channel": Schema("structured channel pruning (torch-pruning): the model shrinks", {
+        "ratio": Arg("float", REQUIRED, "fraction of channels to remove", lo=0, hi=1, closed="[)"),
+        "importance": Arg("str", "l1", "channel score", choices=("l1", "l2", "random")),
+        "scope": Arg("str", "layer", "one ranking over all layers, or per layer", choices=("global", "layer")),
+        "seed": Arg("int", 0, "seed of random importance")}),
+    "fakequant": Schema("post-training per-channel symmetric weight fake quantisation", {
+        "bits": Arg("int", REQUIRED, "weight bits", lo=2, hi=8),
+        "act_bits": Arg("int", None, "activation bits (null: float activations)", lo=2, hi=8, nullable=True)}),
+    "gmp": _published("gradual magnitude pruning"),
+    "acdc": _published("AC/DC"),
+    "rigl": _published("RigL"),
+    "str": _published("soft threshold reparameterisation"),
+    "lth": _published("lottery ticket (IMP rounds)", round=Arg("int", None, "the IMP round", lo=0, nullable=True)),
+    "upop": Schema("UPop structured CLIP pruning (from a published checkpoint)", {
+        "checkpoint": _CHECKPOINT, "ratio": Arg("float", None, "the compression ratio, e.g. 2 or 4", lo=1, nullable=True)}),
+    "vvtq": Schema("VVTQ quantised DeiT/Swin, WnAn (from a published checkpoint)", {
+        "checkpoint": _CHECKPOINT, "bits": Arg("int", REQUIRED, "weight and activation bits (32 is the float model)",
+                                              choices=(2, 3, 4))}),
+}

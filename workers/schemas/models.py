@@ -1,0 +1,32 @@
+"""Model arguments (`models[].args`), one entry per registered model. Every model takes `input_size`."""
+from workers.schema import Arg, Schema
+
+
+def _input_size(default: int, multiple_of: int | None = None, why: str = "") -> Arg:
+    return Arg("int", default, "side of the canvas the prompt fills" + (f" ({why})" if why else ""), lo=1,
+               multiple_of=multiple_of)
+
+
+_CLIP = {"templates": Arg("str", "openai", "text templates of the zero-shot head", choices=("openai", "simple")),
+         "classes": Arg("str", "imagenet", "source class names of the zero-shot head", choices=("imagenet",))}
+
+MODELS = {
+    "demo_cnn": Schema("vpgrid's small CNN, pre-trained by vpgrid on `shapes` (20 classes)", {
+        "input_size": _input_size(32),
+        "width": Arg("int", 24, "channels of the first block", lo=1),
+        "pretrain_epochs": Arg("int", 6, "epochs of pre-training on shapes", lo=1),
+        "pretrain_images": Arg("int", 8000, "shapes images used for pre-training", lo=1),
+        "seed": Arg("int", 0, "seed of the initial weights and pre-training")}),
+    "resnet18": Schema("torchvision ResNet-18, ImageNet-1k", {"input_size": _input_size(224)}),
+    "resnet34": Schema("torchvision ResNet-34, ImageNet-1k", {"input_size": _input_size(224)}),
+    "resnet50": Schema("torchvision ResNet-50, ImageNet-1k", {"input_size": _input_size(224)}),
+    "deit_tiny": Schema("timm DeiT-T (patch 16), ImageNet-1k", {"input_size": _input_size(224, 16, "the patch size")}),
+    "swin_tiny": Schema("timm Swin-T (window 7), ImageNet-1k", {
+        "input_size": _input_size(224, 224, "every stage's map must tile into 7x7 windows as in training")}),
+    "clip_vit_b32": Schema("OpenAI CLIP ViT-B/32 + zero-shot ImageNet head",
+                           {"input_size": _input_size(224, 32, "the ViT patch size"), **_CLIP}),
+    "clip_vit_l14": Schema("OpenAI CLIP ViT-L/14 + zero-shot ImageNet head",
+                           {"input_size": _input_size(224, 14, "the ViT patch size"), **_CLIP}),
+    "clip_vit_l14_336": Schema("OpenAI CLIP ViT-L/14@336px + zero-shot ImageNet head",
+                               {"input_size": _input_size(336, 14, "the ViT patch size"), **_CLIP}),
+}
