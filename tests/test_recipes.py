@@ -196,6 +196,11 @@ while [ $# -gt 0 ]; do
 done
 exec "$@"
 """
+FAKE_HOSTNAME = """#!/bin/bash
+# stand-in: this machine's address is 127.0.0.1 (the real one may print none, or several)
+[ "$1" = "--ip-address" ] && { echo 127.0.0.1; exit 0; }
+exec /bin/hostname "$@"
+"""
 
 
 def free_ports(n: int) -> list[int]:
@@ -224,12 +229,12 @@ def pids_using(marker: str) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to check for leftover processes")
 def test_sbatch_script_runs_a_tiny_grid_on_a_head_and_a_worker():
-    """The real script with stand-ins for srun/scontrol: two Ray nodes on 127.0.0.1 with private ports and
-    temp dir, a tiny grid to a temporary store, and no process left behind, even if something fails."""
+    """The real script with stand-ins for srun, scontrol and hostname: two Ray nodes on 127.0.0.1 with
+    private ports and temp dir, a tiny grid to a temporary store, and no process left behind, even if something fails."""
     tmp = Path(tempfile.mkdtemp(prefix="vpslurm", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
-    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN), ("hostname", FAKE_HOSTNAME)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     (tmp / "grid.yaml").write_text(TINY)
