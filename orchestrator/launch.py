@@ -22,8 +22,10 @@ from orchestrator.validate import check_grid
 from orchestrator.store import Store
 from workers.spec import RunSpec
 
-COMPACT_EVERY_S = 300.0  # merge one-row files during a long launch, so status and resume stay fast
-COMPACT_MIN_FILES = 200
+# Merge one-row files during a long launch (every so often, once there are enough), so status and resume
+# read a few files, not thousands, on NFS or S3.
+COMPACT_EVERY_S = float(os.environ.get("VPGRID_COMPACT_EVERY_S", 300))
+COMPACT_MIN_FILES = int(os.environ.get("VPGRID_COMPACT_MIN_FILES", 200))
 CLUSTER_GONE_S = float(os.environ.get("VPGRID_CLUSTER_GONE_S", 60))  # no resources this long: give up
 
 
@@ -67,11 +69,19 @@ def pending(runs: list[RunSpec], statuses: dict[str, str], retry_failed: bool) -
 
 
 def check_address(address: Optional[str]) -> None:
+    """Refuse what cannot work before anything is written: Ray Client, and a HOST:PORT nobody answers at."""
     if address and address.startswith("ray://"):
         raise LaunchError(
             f"--address {address}: Ray Client (ray://) cannot drive a launch: Tune would run its controller on "
             "the head node, away from this process. Submit a Ray Job instead (vpgrid submit GRID --address "
             "http://HEAD:8265 --store URI), or run vpgrid launch on the head node (--address auto)")
+    if address and address != "auto" and "://" not in address:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:  # ray.init would retry for minutes
+            raise LaunchError(f"--address {address}: no Ray head answers there ({e}); give the head's HOST:PORT "
+                              "(`ray start --head` prints it), 'auto' on a cluster node, or nothing for a local Ray") from None
 
 
 def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optional[str] = None,
@@ -79,7 +89,7 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
            cache_dir: Optional[Path] = None, data_root: Optional[str] = None, progress: bool = True,
            max_failures: Optional[int] = None, callbacks: tuple[str, ...] = ()) -> LaunchSummary:
     t_start = time.time()
-    check_address(address)
+    check_address(address or os.environ.get("RAY_ADDRESS"))
     check_grid(grid, source)  # names and args against the schemas, torch-free, as `vpgrid plan` does
     runs = expand(grid, source)  # refuses a grid whose rules leave no run
     defaults = check_names(runs, source)  # before the store exists: a bad grid leaves nothing behind
@@ -137,7 +147,7 @@ class _Housekeeper(threading.Thread):
         self._last_compact = time.time()
 
     def run(self) -> None:
-        while not self._stop_event.wait(HEARTBEAT_S):
+        while not self._stop_event.wait(min(HEARTBEAT_S, COMPACT_EVERY_S)):
             try:
                 self.store.write_launch({**self.info, "heartbeat": time.time()})
                 if time.time() - self._last_compact > COMPACT_EVERY_S:
@@ -159,13 +169,6 @@ def _connect(address: Optional[str], num_cpus, num_gpus, runtime_env: dict) -> N
     start-up happens and is transient."""
     import ray
 
-    if address and address != "auto":
-        host, _, port = address.rpartition(":")
-        try:
-            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-        except (OSError, ValueError) as e:  # ray.init would retry for minutes
-            raise LaunchError(f"--address {address}: no Ray head answers there ({e}); give the head's HOST:PORT "
-                              "(`ray start --head` prints it), 'auto' on a cluster node, or nothing for a local Ray") from None
     tries = 1 if address else 2
     for attempt in range(1, tries + 1):
         try:

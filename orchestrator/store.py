@@ -109,7 +109,12 @@ class Store:
 
     def _list(self, folder: str) -> list[pafs.FileInfo]:
         sel = pafs.FileSelector(folder, allow_not_found=True)
-        return [i for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
+        try:
+            return [i for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
+        except FileNotFoundError:
+            raise
+        except OSError as e:  # unreachable endpoint, refused credentials: one line that names the store
+            raise StoreError(f"store {self.root}: cannot list {folder}: {str(e).splitlines()[0]}") from None
 
     def _delete(self, paths: list[str]) -> None:
         def rm(p: str) -> None:
@@ -122,10 +127,10 @@ class Store:
             list(pool.map(rm, paths))
 
     def _check_writable(self, what: str, fn: Callable[[], T]) -> T:
-        if bucket_missing(self.fs, self._base):
-            raise StoreError(f"store {self.root}: bucket {self._base.split('/', 1)[0]!r} does not exist "
-                             "(or these credentials cannot see it); create it first or fix the URI")
         try:
+            if bucket_missing(self.fs, self._base):
+                raise StoreError(f"store {self.root}: bucket {self._base.split('/', 1)[0]!r} does not exist "
+                                 "(or these credentials cannot see it); create it first or fix the URI")
             return fn()
         except OSError as e:
             raise StoreError(f"store {self.root}: cannot {what}: {str(e).splitlines()[0]}") from None

@@ -144,3 +144,55 @@ def test_sigkill_the_driver_then_resume_runs_each_run_exactly_once(tmp_path):
     st = json.loads(subprocess.run(VPGRID + ["status", "s", "--json"], cwd=tmp_path, env=ENV, capture_output=True,
                                    text=True).stdout)
     assert (st["total"], st["done"], st["pending"]) == (24, 24, 0)
+
+
+def test_failed_runs_exit_3_and_retry_failed_reruns_only_them(tmp_path):
+    """Digits has under 500 images a class, so the 500-shot runs fail (no cap_shots), every time."""
+    g = write_grid(tmp_path, grid_text(shots=[1, 500], methods=["rlm"], seeds=[1]))
+    store = tmp_path / "s"
+
+    def run(args: list[str]) -> tuple[int, str]:
+        p = start(args, tmp_path)
+        try:
+            _, err = p.communicate(timeout=300)
+        finally:
+            reap(p)
+        return p.returncode, err
+
+    def finished() -> dict:
+        df = Store(store).frame()
+        return dict(zip(zip(df["run_key"], df["status"]), df["finished_at"]))
+
+    code, err = run(["launch", str(g), "--store", "s", "-q"])
+    assert code == 3 and "2 ok, 2 failed of 4 runs launched" in err and f"vpgrid status {store} --failed" in err
+    first = finished()
+    code, err = run(["resume", "s", "-q"])  # failed rows count as done unless asked
+    assert code == 0 and "nothing to run" in err and finished() == first
+    for args in (["resume", "s", "-q", "--retry-failed"], ["launch", str(g), "--store", "s", "-q", "--retry-failed"]):
+        code, err = run(args)
+        assert code == 3 and "0 ok, 2 failed of 2 runs launched (2 already done)" in err
+        now = finished()
+        assert {k: t for k, t in now.items() if k[1] == "ok"} == {k: t for k, t in first.items() if k[1] == "ok"}
+        assert all(now[k] > t for k, t in first.items() if k[1] == "failed")  # ran again
+        first = now
+
+
+def test_the_store_is_compacted_during_a_long_launch(tmp_path):
+    g = write_grid(tmp_path, grid_text(train={"epochs": 25}, pack_size=3))
+    p = subprocess.Popen(VPGRID + ["launch", str(g), "--store", "s", "-q"], cwd=tmp_path,
+                         env={**ENV, "VPGRID_COMPACT_EVERY_S": "1", "VPGRID_COMPACT_MIN_FILES": "2"},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    runs, seen = tmp_path / "s" / "runs", []
+    try:
+        while p.poll() is None:
+            launch = tmp_path / "s" / "_vpgrid" / "launch.json"
+            parts = list(runs.glob("part-*.parquet")) if runs.is_dir() else []
+            if parts and launch.exists() and "finished" not in json.loads(launch.read_text()):
+                seen.append(time.time())
+            time.sleep(0.2)
+        _, err = p.communicate()
+    finally:
+        reap(p)
+    assert p.returncode == 0, err[-3000:]
+    assert seen  # merged while the launch was still running
+    assert sorted(raw_keys(tmp_path / "s")) == sorted(r.run_key for r in expand(parse_grid(g.read_text())))

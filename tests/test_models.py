@@ -95,6 +95,33 @@ def test_checkpoint_urls_are_fetched_once_and_verified(tmp_path):
         resolve({"path": "x", "sha": "1"}, {}, tmp_path)
 
 
+def test_s3_checkpoints_are_copied_once_into_the_node_cache_and_verified(tmp_path, s3_bucket):
+    """An s3:// checkpoint on a real S3 API server: copied into the node-local cache, sha256-checked, loaded."""
+    import boto3
+
+    from workers.checkpoints import sha256_file
+
+    src = tmp_path / "src.pt"
+    model = DemoCNN(width=4)
+    torch.save(model.state_dict(), src)
+    digest = sha256_file(src)
+    uri = f"{s3_bucket}/ckpt/w.pt"
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    boto3.client("s3").upload_file(str(src), bucket, key)
+    ck = resolve({"url": uri, "sha256": digest}, {}, tmp_path / "cache")
+    assert ck.files["weights"].parent == tmp_path / "cache" / "downloads" and digest[:16] in ck.source
+    boto3.client("s3").delete_object(Bucket=bucket, Key=key)  # only the cached copy is left: no second copy
+    assert resolve({"url": uri, "sha256": digest[:8]}, {}, tmp_path / "cache").files == ck.files
+    built, _ = build_model("demo_cnn", ck, {"width": 4}, tmp_path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(built.model.state_dict()[k], v)
+    with pytest.raises(CheckpointError, match="needs a sha256"):
+        resolve({"url": uri}, {}, tmp_path)
+    with pytest.raises(CheckpointError, match="could not copy s3://.*/ckpt/gone.pt"):
+        resolve({"url": f"{s3_bucket}/ckpt/gone.pt", "sha256": digest}, {}, tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache" / "downloads").iterdir()] == [ck.files["weights"].name]
+
+
 def test_a_bad_download_is_not_kept(tmp_path):
     src = tmp_path / "src.pt"
     src.write_bytes(b"not what was promised")

@@ -72,6 +72,24 @@ def _download(url: str, dest: Path) -> None:
         raise
 
 
+def _copy_object(uri: str, dest: Path) -> None:
+    """An s3:// or gs:// object into this node's cache, whole or not at all."""
+    from workers.uri import open_uri
+
+    tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        fs, path, _ = open_uri(uri)
+        with fs.open_input_stream(path) as src, open(tmp, "wb") as f:
+            for chunk in iter(lambda: src.read(1 << 22), b""):
+                f.write(chunk)
+        os.replace(tmp, dest)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception):
+            raise CheckpointError(f"could not copy {uri}: {str(e).splitlines()[0]}") from None
+        raise
+
+
 def cache_path(url: str, cache_dir: Path) -> Path:
     """Where a URL's file is kept: named by the URL, so a file is found whatever hash prefix is given."""
     name = Path(urllib.parse.urlparse(url).path).name or "checkpoint"
@@ -92,14 +110,14 @@ def fetch(location: str, sha256: str | None, cache_dir: Path) -> tuple[Path, str
             unset = " (an environment variable in it is not set)" if "$" in str(path) else ""
             raise CheckpointError(f"checkpoint file not found: {path}{unset}")
         return path, _verify(path, sha256, str(path))
-    if scheme not in ("http", "https", "file"):
-        raise CheckpointError(f"{location}: unsupported URL scheme {scheme!r} (use a path, http(s):// or file://)")
+    if scheme not in ("http", "https", "file", "s3", "gs"):
+        raise CheckpointError(f"{location}: unsupported URL scheme {scheme!r} (use a path, http(s)://, s3://, gs:// or file://)")
     if not sha256:
         raise CheckpointError(f"{location}: a URL needs a sha256 so the download can be verified")
     dest = cache_path(location, cache_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not dest.exists():
-        _download(location, dest)
+        _copy_object(location, dest) if scheme in ("s3", "gs") else _download(location, dest)
     try:
         return dest, _verify(dest, sha256, location)
     except CheckpointError:

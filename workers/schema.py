@@ -18,6 +18,7 @@ TYPES = ("int", "float", "str", "bool", "checkpoint")
 # Checkpoint formats some model family reads (each model says which of them in its ModelMeta.formats).
 CHECKPOINT_FORMATS = ("state_dict", "gmp", "lth", "sparse_transfer", "upop", "vvtq")
 CHECKPOINT_KEYS = ("format", "path", "url", "sha256", "mask", "mask_sha256")
+REMOTE = ("http://", "https://", "s3://", "gs://")  # fetched into a node's cache: a sha256 must verify the copy
 SHA256 = re.compile(r"[0-9a-fA-F]{8,64}")
 
 
@@ -142,7 +143,7 @@ def check_checkpoint(weights: Any, key: str = "weights") -> list[str]:
     """A `weights` value or a compression's `checkpoint`: "pretrained" | "random" | a path or URL string |
     {format, path | url, sha256, mask, mask_sha256}. Structure only: files are read when the run starts."""
     if isinstance(weights, str):
-        if weights.startswith(("http://", "https://")):
+        if weights.startswith(REMOTE):
             return [f"{key} {weights!r}: a URL needs a sha256; give {{url: ..., sha256: ...}}"]
         return []
     if not isinstance(weights, dict):
@@ -167,6 +168,6 @@ def check_checkpoint(weights: Any, key: str = "weights") -> list[str]:
         if v is not None and not isinstance(v, str):
             problems.append(f"{key}.{k} {v!r} is not a string")
     url = weights.get("url")
-    if isinstance(url, str) and url.startswith(("http://", "https://")) and not weights.get("sha256"):
+    if isinstance(url, str) and url.startswith(REMOTE) and not weights.get("sha256"):
         problems.append(f"{key}: the url needs a sha256 so the download can be verified")
     return problems
