@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,24 @@ def bench_status(repeats: int = 3) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _short_runs_grid(name: str, trials: int, runs_per_trial: int) -> str:
+    return yaml.safe_dump({
+        "name": name, "models": [{"name": "demo_cnn", "weights": "random", "args": {"width": 8}}],
+        "methods": ["rlm"], "datasets": [{"name": "digits"}], "shots": [1], "seeds": list(range(trials * runs_per_trial)),
+        "train": {"epochs": 20, "batch_size": 8}, "resources": {"cpu": 1}, "pack_size": runs_per_trial})
+
+
+def _overheads(df, t0: float, wall: float, slots: int, trials: int) -> dict:
+    """Split a launch's wall time into runs, per-trial setup, time to the first run, and the rest: orchestration."""
+    run_s = float((df["train_seconds"] + df["eval_seconds"]).sum())
+    setup_s = float(df.groupby("trial")["setup_seconds"].max().sum())
+    first = float(df["started_at"].min()) - t0
+    busy, used = run_s + setup_s, min(slots, trials)
+    return {"wall_s": wall, "run_s": run_s, "setup_s": setup_s, "first_run_after_s": first,
+            "overhead_s_per_trial": max(0.0, wall * used - busy - first * used) / trials,
+            "utilisation_after_start": busy / (used * (wall - first))}
+
+
 def bench_launch(trials: int = 16, runs_per_trial: int = 4) -> dict:
     """A real local launch of short runs: how much of the wall time is runs, how much orchestration."""
     import pandas as pd
@@ -152,25 +171,60 @@ def bench_launch(trials: int = 16, runs_per_trial: int = 4) -> dict:
     from orchestrator.launch import launch
 
     cpus = os.cpu_count() or 1
-    grid = {"name": "bench-launch", "models": [{"name": "demo_cnn", "weights": "random", "args": {"width": 8}}],
-            "methods": ["rlm"], "datasets": [{"name": "digits"}], "shots": [1], "seeds": list(range(trials * runs_per_trial)),
-            "train": {"epochs": 20, "batch_size": 8}, "resources": {"cpu": 1}, "pack_size": runs_per_trial}
-    text = yaml.safe_dump(grid)
+    text = _short_runs_grid("bench-launch", trials, runs_per_trial)
     root = Path(tempfile.mkdtemp(prefix="vpgrid-bench-"))
     try:
         t0 = time.time()
         s = launch(parse_grid(text), text, "bench", root / "store", cache_dir=root / "cache", progress=False)
         wall = time.time() - t0
         df = pd.read_parquet(root / "store")
-        run_s = float((df["train_seconds"] + df["eval_seconds"]).sum())
-        setup_s = float(df.groupby("trial")["setup_seconds"].max().sum())
-        first = float(df["started_at"].min()) - t0
-        busy = run_s + setup_s
-        return {"bench": "launch", "runs": s.launched, "trials": s.trials, "slots": cpus, "wall_s": wall,
-                "run_s": run_s, "setup_s": setup_s, "first_run_after_s": first,
-                "overhead_s_per_trial": max(0.0, wall * min(cpus, trials) - busy - first * min(cpus, trials)) / trials,
-                "utilisation_after_start": busy / (min(cpus, trials) * (wall - first))}
+        return {"bench": "launch", "runs": s.launched, "trials": s.trials, "slots": cpus,
+                **_overheads(df, t0, wall, cpus, trials)}
     finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_cluster(trials: int = 8, runs_per_trial: int = 4, workers: int = 2) -> dict:
+    """A multi-node Ray cluster on this machine (a head and `workers` one-CPU worker nodes, each with its own
+    raylet and temp dir): the grid submitted as a Ray Job, as from a laptop. Measures submit -> first run and
+    the per-trial orchestration overhead; the store is a local folder every node here sees."""
+    import pandas as pd
+    from ray.cluster_utils import Cluster
+    from ray.job_submission import JobSubmissionClient
+
+    from orchestrator.store import Store
+    from orchestrator.submit import submit_job
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    root = Path(tempfile.mkdtemp(prefix="vpgrid-bench-", dir="/tmp"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        "temp_dir": str(root / "h")})
+    try:
+        for i in range(workers):
+            cluster.add_node(num_cpus=1, temp_dir=str(root / f"w{i}"))
+        cluster.wait_for_nodes()
+        text = _short_runs_grid("bench-cluster", trials, runs_per_trial)
+        address = f"http://127.0.0.1:{port}"
+        store = str(root / "store")
+        t0 = time.time()
+        job = submit_job(address, text, ["-q"], store, None)
+        client = JobSubmissionClient(address)
+        first_seen = None
+        while str(client.get_job_status(job)).split(".")[-1] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if first_seen is None and Store(store).exists() and Store(store).statuses():
+                first_seen = time.time() - t0
+            time.sleep(0.1)
+        wall = time.time() - t0
+        status = str(client.get_job_status(job)).split(".")[-1]
+        df = pd.read_parquet(store)
+        return {"bench": "cluster", "nodes": 1 + workers, "job": status, "runs": len(df), "trials": trials,
+                "slots": workers, "first_row_seen_s": first_seen, **_overheads(df, t0, wall, workers, trials)}
+    finally:
+        cluster.shutdown()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -213,4 +267,5 @@ def bench_train(model: str = "demo_cnn", image_size: int = 16, batch: int = 64, 
             "batch": batch, "train_img_s": timed(step), "forward_img_s": fwd}
 
 
-BENCHES = {"plan": bench_plan, "store": bench_store, "status": bench_status, "launch": bench_launch, "train": bench_train}
+BENCHES = {"plan": bench_plan, "store": bench_store, "status": bench_status, "launch": bench_launch,
+           "cluster": bench_cluster, "train": bench_train}
