@@ -74,7 +74,7 @@ def _fail(e: Exception) -> None:
     if os.environ.get("VPGRID_DEBUG") == "1":
         raise e
     err(f"error: {e}")
-    from orchestrator.launch import ClusterGone
+    from orchestrator.errors import ClusterGone
 
     raise typer.Exit(EXIT_RUNS_PENDING if isinstance(e, ClusterGone) else EXIT_ERROR)
 
@@ -84,12 +84,10 @@ EXIT_ERROR, EXIT_USAGE, EXIT_RUNS_FAILED, EXIT_RUNS_PENDING = 1, 2, 3, 4
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
+    from orchestrator.errors import LaunchError, StoreError
     from orchestrator.grid import GridError
-    from orchestrator.launch import LaunchError
-    from orchestrator.store import StoreError
-    from workers.uri import URIError
 
-    return GridError, StoreError, LaunchError, URIError, FileNotFoundError, PermissionError
+    return GridError, StoreError, LaunchError, FileNotFoundError, PermissionError
 
 
 @app.command()

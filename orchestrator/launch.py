@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from orchestrator.errors import ClusterGone, LaunchError
 from orchestrator.grid import Grid, GridError, expand
 from orchestrator.plan import Trial, pack
 from orchestrator.status import HEARTBEAT_S
@@ -27,14 +28,6 @@ from workers.spec import RunSpec
 COMPACT_EVERY_S = float(os.environ.get("VPGRID_COMPACT_EVERY_S", 300))
 COMPACT_MIN_FILES = int(os.environ.get("VPGRID_COMPACT_MIN_FILES", 200))
 CLUSTER_GONE_S = float(os.environ.get("VPGRID_CLUSTER_GONE_S", 60))  # no resources this long: give up
-
-
-class LaunchError(RuntimeError):
-    """The cluster could not be reached or went away; the message says what to do."""
-
-
-class ClusterGone(LaunchError):
-    """The cluster went away mid-launch: what finished is in the store, the rest is pending."""
 
 
 @dataclass

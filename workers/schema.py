@@ -167,7 +167,8 @@ def check_checkpoint(weights: Any, key: str = "weights") -> list[str]:
         v = weights.get(k)
         if v is not None and not isinstance(v, str):
             problems.append(f"{key}.{k} {v!r} is not a string")
-    url = weights.get("url")
-    if isinstance(url, str) and url.startswith(REMOTE) and not weights.get("sha256"):
-        problems.append(f"{key}: the url needs a sha256 so the download can be verified")
+    for k, digest in (("url", "sha256"), ("path", "sha256"), ("mask", "mask_sha256")):
+        v = weights.get(k)
+        if isinstance(v, str) and v.startswith(REMOTE) and not weights.get(digest):
+            problems.append(f"{key}: the {k} {v} is fetched, so it needs a {digest} to verify the copy")
     return problems
