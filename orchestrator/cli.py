@@ -339,7 +339,7 @@ def report(store: StoreArg, as_json: JsonOpt = False,
 
 
 @app.command()
-def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, launch, cluster, train.")] = None,
+def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster, train.")] = None,
           as_json: JsonOpt = False) -> None:
     """Measure planning, the store, launch overhead and prompt-training speed on this machine."""
     from orchestrator.bench import BENCHES, machine
