@@ -24,6 +24,7 @@ class DatasetMeta:
     description: str
     modality: str = "image"  # "image": float (N,3,s,s) in [0,1]; "text" / "dna": int64 token ids (N, L)
     bundled: bool = False  # needs no files (generated or shipped with a package)
+    paper_test_batch: int = 128  # the paper's test batch size, which its ECE depends on (`metrics.paper_ece`)
 
 
 @dataclass

@@ -190,7 +190,8 @@ def flowers102(size: int, root: str | None, download: bool) -> Splits:
     return two_splits("flowers102", train, test, size, tv.Flowers102.classes)
 
 
-@DATASETS.register("oxford_pets", meta=DatasetMeta(128, 37, "Oxford-IIIT Pet breeds, trainval/test (3680/3669, 37)"))
+@DATASETS.register("oxford_pets", meta=DatasetMeta(128, 37, "Oxford-IIIT Pet breeds, trainval/test (3680/3669, 37)",
+                                                    paper_test_batch=64))
 def oxford_pets(size: int, root: str | None, download: bool) -> Splits:
     kw = {"target_types": "category"}
     train = open_dataset("oxford_pets", root, download, tv.OxfordIIITPet, split="trainval", **kw)
