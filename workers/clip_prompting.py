@@ -37,7 +37,7 @@ from torch import nn
 from workers.methods import METHODS, MethodMeta  # first: methods imports baselines and the other method modules
 from workers.train import to_canvas
 from workers.mapping import frequency_matrix, greedy_mapping
-from workers.metrics import classification_metrics
+from workers.metrics import run_metrics
 from workers.models import ModelMeta
 from workers.spec import RunSpec
 from workers.train import Task, TrainOutput
@@ -181,16 +181,16 @@ def train_clip_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSp
 
     t0 = time.perf_counter()
     logits = prompted_logits(model, meta, prompter, text[mapping.to(device)], task.test_x, cfg.eval_batch_size, device)
-    metrics = classification_metrics(logits, task.test_y)
+    metrics = run_metrics(logits, task.test_y, spec)
     return TrainOutput(metrics, mapping.tolist() if ilm else None, loss_sum / max(n_seen, 1), train_seconds,
                        time.perf_counter() - t0)
 
 
-@METHODS.register("clip_vp", meta=MethodMeta("clip_vp"))
+@METHODS.register("clip_vp", meta=MethodMeta("clip_vp", prompt="full_canvas_additive"))
 def clip_vp(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     return train_clip_prompt(model, meta, task, spec, device, ilm=False)
 
 
-@METHODS.register("clip_ilm", meta=MethodMeta("clip_ilm"))
+@METHODS.register("clip_ilm", meta=MethodMeta("clip_ilm", prompt="full_canvas_additive"))
 def clip_ilm(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     return train_clip_prompt(model, meta, task, spec, device, ilm=True)

@@ -128,7 +128,9 @@ def classification_metrics(logits: Tensor, labels: Tensor, n_bins: int = 15,
 
 
 def run_metrics(logits: Tensor, labels: Tensor, spec) -> dict[str, Any]:
-    """`classification_metrics` of a run's test split, with the paper's test batch size for its dataset."""
+    """`classification_metrics` of a run's test split, with the paper's test batch size for its dataset (the
+    default for a hand-made task that is no registered dataset)."""
     from workers.data import DATASETS
 
-    return classification_metrics(logits, labels, paper_batch=DATASETS.meta(spec.dataset).paper_test_batch)
+    batch = DATASETS.meta(spec.dataset).paper_test_batch if spec.dataset in DATASETS else PAPER_TEST_BATCH
+    return classification_metrics(logits, labels, paper_batch=batch)

@@ -129,7 +129,7 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
     """One run; never raises: a failure becomes a failed row carrying the error."""
     started = time.time()
     common = dict(started_at=started, trial=ctx.trial, host=socket.gethostname(), pid=os.getpid(),
-                  device=str(ctx.device), versions=versions())
+                  device=str(ctx.device), versions=versions(), prompt_kind=_prompt_kind(spec.method))
     variant = None
     try:
         variant = ctx.variant(spec)
@@ -142,10 +142,13 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
                              f"{{cap_shots: true}}}}` takes all images of such classes instead") from None
         task = Task(data.train_x[idx], data.train_y[idx], data.test_x, data.test_y, list(data.classes))
         out = METHODS.get(spec.method)(variant.model, variant.meta, task, spec, ctx.device)
-        m = out.metrics
+        m, r = out.metrics, out.metrics["reliability"]
         return RunResult.for_spec(
             spec, "ok", accuracy=m["accuracy"], ece=m["ece"], conf_correct=m["conf_correct"],
             kl_incorrect=m["kl_incorrect"], nll=m["nll"], per_class_accuracy=m["per_class_accuracy"],
+            ece_paper=m["ece_paper"], kl_incorrect_paper=m["kl_incorrect_paper"], reliability_count=r["count"],
+            reliability_confidence=r["confidence"], reliability_accuracy=r["accuracy"],
+            per_class_confidence=m["per_class_confidence"], epoch_accuracy=out.epoch_accuracy,
             label_mapping=out.mapping, final_train_loss=out.final_train_loss, n_train=len(idx),
             n_test=len(data.test_y), train_seconds=out.train_seconds, eval_seconds=out.eval_seconds,
             finished_at=time.time(), **_variant_fields(variant), **common)
@@ -155,6 +158,10 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
         tb = traceback.format_exc(limit=-3)
         return RunResult.for_spec(spec, "failed", error=f"{type(e).__name__}: {e}\n{tb}",
                                   finished_at=time.time(), **_variant_fields(variant), **common)
+
+
+def _prompt_kind(method: str) -> str | None:
+    return METHODS.meta(method).prompt if method in METHODS else None  # an unknown method fails in the run
 
 
 def _variant_fields(v: Variant | None) -> dict:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.mapping import LABEL_MAPPINGS, compute_mapping, map_logits
-from workers.metrics import classification_metrics
+from workers.metrics import run_metrics
 from workers.models import ModelMeta
 from workers.prompts import PadPrompter
 from workers.spec import RunSpec
@@ -47,12 +47,19 @@ class TrainOutput:
     final_train_loss: float
     train_seconds: float
     eval_seconds: float
+    epoch_accuracy: list[float] | None = None  # test accuracy after epochs N, 2N, ... (train.eval_every = N)
 
 
 @torch.no_grad()
 def _source_logits(model: nn.Module, prompter: PadPrompter, x: torch.Tensor, bs: int, device) -> torch.Tensor:
     out = [model(prompter(x[i:i + bs].to(device))).float().cpu() for i in range(0, len(x), bs)]
     return torch.cat(out)
+
+
+def _test_accuracy(model: nn.Module, prompter: PadPrompter, task: Task, mapping: torch.Tensor, bs: int,
+                   device) -> float:
+    pred = map_logits(_source_logits(model, prompter, task.test_x, bs, device), mapping.cpu()).argmax(1)
+    return float((pred == task.test_y).double().mean())
 
 
 def require_images(task: Task, method: str) -> None:
@@ -86,6 +93,7 @@ def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
     amp = device.type == "cuda"  # bf16 autocast on GPU, as the reference used AMP
     t0 = time.perf_counter()
     loss_sum, n_seen = 0.0, 0
+    epoch_acc = [] if cfg.eval_every else None
     for epoch in range(cfg.epochs):
         if schedule == "every_epoch" or (schedule == "once" and epoch == 0):
             mapping = remap()
@@ -104,13 +112,15 @@ def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
         sched.step()
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training loss is not finite at epoch {epoch + 1}/{cfg.epochs}")
-    train_seconds = time.perf_counter() - t0
+        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:  # no grad, no RNG: training is unchanged
+            epoch_acc.append(_test_accuracy(model, prompter, task, mapping, cfg.eval_batch_size, device))
+    train_seconds = time.perf_counter() - t0  # includes the per-epoch evaluations, if any
 
     t0 = time.perf_counter()
     logits = map_logits(_source_logits(model, prompter, task.test_x, cfg.eval_batch_size, device), mapping.cpu())
-    metrics = classification_metrics(logits, task.test_y)
+    metrics = run_metrics(logits, task.test_y, spec)
     return TrainOutput(metrics, mapping.cpu().tolist(), loss_sum / max(n_seen, 1), train_seconds,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, epoch_acc)
 
 
 def multistep(opt, spec: RunSpec):
