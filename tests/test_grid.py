@@ -49,6 +49,23 @@ def test_run_key_is_stable_and_semantic():
         assert dataclasses.replace(spec, **change).run_key != spec.run_key, change
 
 
+def test_eval_every_keys_only_when_on():
+    """Off (None or 0, the default) it stays out of the key, so stores made before it keep their keys; on, it
+    changes the row (epoch_accuracy), so it joins the key."""
+    spec = RunSpec(model="demo_cnn", method="ilm", dataset="digits", shots=10, seed=1)
+    for off in (None, 0):
+        s = dataclasses.replace(spec, train=TrainConfig(eval_every=off))
+        assert s.run_key == spec.run_key and '"eval_every"' not in s.canonical
+    on = dataclasses.replace(spec, train=TrainConfig(eval_every=5))
+    assert on.run_key != spec.run_key and '"eval_every":5' in on.canonical
+    assert RunSpec.from_dict(on.to_dict()).run_key == on.run_key
+    g = parse_grid(TINY.replace("train: {", "train: {eval_every: 1, "))
+    assert {r.train.eval_every for r in expand(g)} == {1}
+    assert {r.train.eval_every for r in expand(parse_grid(TINY.replace("train: {", "train: {eval_every: 0, ")))} == {None}
+    with pytest.raises(GridError):
+        parse_grid(TINY.replace("train: {", "train: {eval_every: -1, "))
+
+
 def test_run_keys_do_not_depend_on_axis_order_or_resources():
     a = {r.run_key for r in expand(parse_grid(TINY))}
     b = {r.run_key for r in expand(parse_grid(grid_with(seeds=[2, 1], shots=[2, 1], resources={"cpu": 2, "gpu": 0.5})))}

@@ -157,7 +157,9 @@ class RunSpec:
         return None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["train"] = self.train.key_fields()  # eval_every only when on, as in the key; from_dict restores it
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
