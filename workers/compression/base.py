@@ -25,7 +25,21 @@ class CompressionReport:
     act_bits: int | None
 
 
+@dataclass(frozen=True)
+class CompressionMeta:
+    """data_dependent(resolved args): whether the result depends on the calibration batch's values, i.e. on the
+    run's dataset (fakequant's activation ranges). A model cache must then be keyed by that data too."""
+
+    data_dependent: Callable[[dict], bool]
+
+
 COMPRESSIONS: Registry[Callable[..., nn.Module]] = Registry("compression", schemas.COMPRESSIONS)
+
+
+def data_dependent(method: str, args: dict) -> bool:
+    """Whether `method` with `args` (a checkpoint entry aside) builds a different model from different data."""
+    meta = COMPRESSIONS.meta(method)
+    return meta is not None and meta.data_dependent(resolve_args(method, dict(args or {})))
 
 
 def target_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workers.compression.base import COMPRESSIONS, target_layers
+from workers.compression.base import COMPRESSIONS, CompressionMeta, target_layers
 
 
 def quantise_weight(w: Tensor, bits: int) -> Tensor:
@@ -73,7 +73,7 @@ def _calibrate(model: nn.Module, layers: list[nn.Module], calib: Tensor) -> list
     return [(lo, hi) for lo, hi in ranges]
 
 
-@COMPRESSIONS.register("fakequant")
+@COMPRESSIONS.register("fakequant", meta=CompressionMeta(lambda args: args["act_bits"] is not None))
 @torch.no_grad()
 def fakequant(model: nn.Module, calib: Tensor | None, bits: int, act_bits: int | None) -> nn.Module:
     if act_bits is not None and calib is None:
