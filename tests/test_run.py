@@ -164,3 +164,18 @@ def test_variants_without_data_dependence_are_reused_across_datasets(tmp_path, m
     ctx = Context(tmp_path, torch.device("cpu"))
     first, second = ctx.variant(specs[0]), ctx.variant(specs[1])
     assert first is second
+
+
+def test_a_vp_run_returns_its_learned_prompt(runs, tmp_path):
+    from workers.run import prompt_of
+
+    spec = next(r for r in runs if r.method == "ilm" and r.compression == "dense")
+    row = run(spec, Context(tmp_path, torch.device("cpu")))
+    (prompt,) = prompt_of(row).values()
+    assert row.status == "ok" and row.prompt_path is None  # the publisher sets it
+    assert prompt.shape == (3, 32, 32)
+    inner = torch.zeros(32, 32, dtype=torch.bool)
+    inner[12:20, 12:20] = True  # the 8-px image in the centre of the 32-px canvas: no gradient reaches it
+    assert (prompt[:, inner] == 0).all() and (prompt[:, ~inner] != 0).any()  # the border learned
+    failed = run(dataclasses.replace(spec, shots=500), Context(tmp_path, torch.device("cpu")))
+    assert failed.status == "failed" and prompt_of(failed) is None

@@ -158,18 +158,25 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
         task = Task(data.train_x[idx], data.train_y[idx], data.test_x, data.test_y, list(data.classes))
         out = METHODS.get(spec.method)(variant.model, variant.meta, task, spec, ctx.device)
         m = out.metrics
-        return RunResult.for_spec(
+        row = RunResult.for_spec(
             spec, "ok", accuracy=m["accuracy"], ece=m["ece"], conf_correct=m["conf_correct"],
             kl_incorrect=m["kl_incorrect"], nll=m["nll"], per_class_accuracy=m["per_class_accuracy"],
             label_mapping=out.mapping, final_train_loss=out.final_train_loss, n_train=len(idx),
             n_test=len(data.test_y), train_seconds=out.train_seconds, eval_seconds=out.eval_seconds,
             finished_at=time.time(), **_variant_fields(variant), **common)
+        row.prompt = out.prompt  # not a column: whoever publishes the row saves it and sets prompt_path (prompt_of)
+        return row
     except Exception as e:  # one failing run must not take down the pack
         if isinstance(e, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
         tb = traceback.format_exc(limit=-3)
         return RunResult.for_spec(spec, "failed", error=f"{type(e).__name__}: {e}\n{tb}",
                                   finished_at=time.time(), **_variant_fields(variant), **common)
+
+
+def prompt_of(result: RunResult) -> dict[str, torch.Tensor] | None:
+    """The learned prompt tensors `run` returned with a VP run's row; None for other methods and failed runs."""
+    return getattr(result, "prompt", None)
 
 
 def _variant_fields(v: Variant | None) -> dict:

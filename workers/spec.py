@@ -194,6 +194,7 @@ class RunResult:
     final_train_loss: Optional[float] = None
     n_train: Optional[int] = None
     n_test: Optional[int] = None
+    prompt_path: Optional[str] = None  # the learned prompt (safetensors) of a VP run, beside the store
     # the loaded model, as measured
     sparsity: Optional[float] = None  # fraction of zero weights in conv/linear layers
     layer_sparsity: Optional[str] = None  # JSON {layer name: fraction of zero weights}

@@ -47,12 +47,18 @@ class TrainOutput:
     final_train_loss: float
     train_seconds: float
     eval_seconds: float
+    prompt: dict[str, torch.Tensor] | None = None  # VP: the learned prompt's tensors, saved beside the store
 
 
 @torch.no_grad()
 def _source_logits(model: nn.Module, prompter: PadPrompter, x: torch.Tensor, bs: int, device) -> torch.Tensor:
     out = [model(prompter(x[i:i + bs].to(device))).float().cpu() for i in range(0, len(x), bs)]
     return torch.cat(out)
+
+
+def prompt_tensors(prompt: nn.Module) -> dict[str, torch.Tensor]:
+    """The learned parameters of a prompt, by name, on the CPU."""
+    return {n: p.detach().cpu().contiguous() for n, p in prompt.named_parameters()}
 
 
 def require_images(task: Task, method: str) -> None:
@@ -110,7 +116,7 @@ def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
     logits = map_logits(_source_logits(model, prompter, task.test_x, cfg.eval_batch_size, device), mapping.cpu())
     metrics = classification_metrics(logits, task.test_y)
     return TrainOutput(metrics, mapping.cpu().tolist(), loss_sum / max(n_seen, 1), train_seconds,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, prompt_tensors(prompter))
 
 
 def multistep(opt, spec: RunSpec):
