@@ -40,7 +40,7 @@ from workers.mapping import frequency_matrix, greedy_mapping
 from workers.metrics import run_metrics
 from workers.models import ModelMeta
 from workers.spec import RunSpec
-from workers.train import Task, TrainOutput
+from workers.train import Task, TrainOutput, prompt_tensors
 
 VP_TEMPLATE = "This is a photo of a {}"  # Bahng et al.'s main_clip.py
 DEFAULT_TEMPLATE = "This is a photo of a {}."  # ILM-VP's tools/clip/templates.py
@@ -183,7 +183,7 @@ def train_clip_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSp
     logits = prompted_logits(model, meta, prompter, text[mapping.to(device)], task.test_x, cfg.eval_batch_size, device)
     metrics = run_metrics(logits, task.test_y, spec)
     return TrainOutput(metrics, mapping.tolist() if ilm else None, loss_sum / max(n_seen, 1), train_seconds,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, prompt=prompt_tensors(prompter))
 
 
 @METHODS.register("clip_vp", meta=MethodMeta("clip_vp", prompt="full_canvas_additive"))

@@ -38,7 +38,7 @@ from workers.methods import METHODS, MethodMeta
 from workers.metrics import run_metrics
 from workers.models import ModelMeta
 from workers.spec import RunSpec
-from workers.train import Task, TrainOutput, fit
+from workers.train import Task, TrainOutput, fit, prompt_tensors
 
 PATCH = 16
 SOURCES_PER_CLASS = 10
@@ -141,4 +141,4 @@ def reprogram(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, devi
     t0 = time.perf_counter()
     logits = max_mapped_logits(_source_logits(model, prog, task.test_x, cfg.eval_batch_size, device), sources.cpu())
     metrics = run_metrics(logits, task.test_y, spec)
-    return TrainOutput(metrics, None, loss, train_seconds, time.perf_counter() - t0)
+    return TrainOutput(metrics, None, loss, train_seconds, time.perf_counter() - t0, prompt=prompt_tensors(prog))

@@ -16,6 +16,19 @@ from workers.registry import Registry
 PROMPTS: Registry[type[torch.nn.Module]] = Registry("prompt")
 
 
+def prompt_file(tensors: dict[str, Tensor]) -> bytes:
+    """A learned prompt's tensors as one safetensors file (the store publishes it beside the rows)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def read_prompt_file(data: bytes) -> dict[str, Tensor]:
+    from safetensors.torch import load
+
+    return load(data)
+
+
 @PROMPTS.register("pad", meta=None)
 class PadPrompter(torch.nn.Module):
     """Place a [0,1] image in the centre of a `canvas` square and learn the border around it.

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import torch
 
 from workers.checkpoints import resolve
-from workers.compression import compress
+from workers.compression import compress, data_dependent
 from workers.data import Splits, cached_dataset
 from workers.data.fewshot import few_shot_indices
 from workers.models import ModelMeta, build_model
@@ -62,16 +62,27 @@ class Context:
     variants: dict = field(default_factory=dict)
     datasets: dict = field(default_factory=dict)
 
+    def _dataset_key(self, spec: RunSpec, size: int) -> tuple:
+        return (spec.dataset, size, json.dumps(_loader_args(spec), sort_keys=True), self.data_root)
+
     def dataset(self, spec: RunSpec, size: int) -> Splits:
-        args = {k: v for k, v in spec.dataset_args.items() if k != "cap_shots"}  # a sampling option, not the loader's
-        key = (spec.dataset, size, json.dumps(args, sort_keys=True), self.data_root)
+        key = self._dataset_key(spec, size)
         if key not in self.datasets:
             self.datasets.clear()  # packs are grouped by dataset: keep one in memory
-            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, args, self.cache_dir)
+            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, _loader_args(spec), self.cache_dir)
         return self.datasets[key]
 
+    def _variant_key(self, spec: RunSpec) -> tuple:
+        """Everything the variant is built from. A compression that calibrates on the run's data (fakequant's
+        act_bits) also depends on the dataset, its args and the input size (the calibration batch's canvas): a
+        reused actor's next pack, on another dataset, must not get this one's ranges."""
+        if not data_dependent(spec.compression, spec.compression_args):
+            return (spec.variant_key,)
+        return (spec.variant_key, self._dataset_key(spec, spec.train.input_size or _default_size(spec)))
+
     def variant(self, spec: RunSpec) -> Variant:
-        if spec.variant_key not in self.variants:
+        key = self._variant_key(spec)
+        if key not in self.variants:
             self.variants.clear()
             t0 = time.perf_counter()
             args = dict(spec.compression_args)
@@ -85,11 +96,11 @@ class Context:
                 args["checkpoint"] = checkpoint  # the file-backed entries check it is there
             model, report = compress(model, spec.compression, args, calib=calib)
             model = _channels_last(model).eval().requires_grad_(False).to(self.device)
-            self.variants[spec.variant_key] = Variant(model, meta, built.weights_source, report.sparsity,
+            self.variants[key] = Variant(model, meta, built.weights_source, report.sparsity,
                                                       json.dumps(report.layer_sparsity),
                                                       sum(p.numel() for p in model.parameters()), report.weight_bits,
                                                       report.act_bits, time.perf_counter() - t0)
-        return self.variants[spec.variant_key]
+        return self.variants[key]
 
     def _calibration_batch(self, spec: RunSpec, meta: ModelMeta) -> torch.Tensor:
         """Activation ranges come from target training images on the zero prompt, as the run will see them."""
@@ -119,6 +130,10 @@ def _channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _loader_args(spec: RunSpec) -> dict:
+    return {k: v for k, v in spec.dataset_args.items() if k != "cap_shots"}  # a sampling option, not the loader's
+
+
 def _default_size(spec: RunSpec) -> int:
     from workers.data import DATASETS
 
@@ -143,7 +158,7 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
         task = Task(data.train_x[idx], data.train_y[idx], data.test_x, data.test_y, list(data.classes))
         out = METHODS.get(spec.method)(variant.model, variant.meta, task, spec, ctx.device)
         m, r = out.metrics, out.metrics["reliability"]
-        return RunResult.for_spec(
+        row = RunResult.for_spec(
             spec, "ok", accuracy=m["accuracy"], ece=m["ece"], conf_correct=m["conf_correct"],
             kl_incorrect=m["kl_incorrect"], nll=m["nll"], per_class_accuracy=m["per_class_accuracy"],
             ece_paper=m["ece_paper"], kl_incorrect_paper=m["kl_incorrect_paper"], reliability_count=r["count"],
@@ -152,6 +167,8 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
             label_mapping=out.mapping, final_train_loss=out.final_train_loss, n_train=len(idx),
             n_test=len(data.test_y), train_seconds=out.train_seconds, eval_seconds=out.eval_seconds,
             finished_at=time.time(), **_variant_fields(variant), **common)
+        row.prompt = out.prompt  # not a column: whoever publishes the row saves it and sets prompt_path (prompt_of)
+        return row
     except Exception as e:  # one failing run must not take down the pack
         if isinstance(e, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
@@ -162,6 +179,11 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
 
 def _prompt_kind(method: str) -> str | None:
     return METHODS.meta(method).prompt if method in METHODS else None  # an unknown method fails in the run
+
+
+def prompt_of(result: RunResult) -> dict[str, torch.Tensor] | None:
+    """The learned prompt tensors `run` returned with a VP run's row; None for other methods and failed runs."""
+    return getattr(result, "prompt", None)
 
 
 def _variant_fields(v: Variant | None) -> dict:

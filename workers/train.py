@@ -48,6 +48,7 @@ class TrainOutput:
     train_seconds: float
     eval_seconds: float
     epoch_accuracy: list[float] | None = None  # test accuracy after epochs N, 2N, ... (train.eval_every = N)
+    prompt: dict[str, torch.Tensor] | None = None  # VP: the learned prompt's tensors, saved beside the store
 
 
 @torch.no_grad()
@@ -60,6 +61,11 @@ def _test_accuracy(model: nn.Module, prompter: PadPrompter, task: Task, mapping:
                    device) -> float:
     pred = map_logits(_source_logits(model, prompter, task.test_x, bs, device), mapping.cpu()).argmax(1)
     return float((pred == task.test_y).double().mean())
+
+
+def prompt_tensors(prompt: nn.Module) -> dict[str, torch.Tensor]:
+    """The learned parameters of a prompt, by name, on the CPU."""
+    return {n: p.detach().cpu().contiguous() for n, p in prompt.named_parameters()}
 
 
 def require_images(task: Task, method: str) -> None:
@@ -120,7 +126,7 @@ def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
     logits = map_logits(_source_logits(model, prompter, task.test_x, cfg.eval_batch_size, device), mapping.cpu())
     metrics = run_metrics(logits, task.test_y, spec)
     return TrainOutput(metrics, mapping.cpu().tolist(), loss_sum / max(n_seen, 1), train_seconds,
-                       time.perf_counter() - t0, epoch_acc)
+                       time.perf_counter() - t0, epoch_accuracy=epoch_acc, prompt=prompt_tensors(prompter))
 
 
 def multistep(opt, spec: RunSpec):

@@ -220,6 +220,17 @@ class ClipClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def compression_targets(self) -> list:
+        """What built-in pruning and quantisation act on and sparsity is measured over: the image tower's weights,
+        all that run (attention's in_proj and the output projection included). The text tower is not the
+        classifier that is compressed: the zero-shot head was computed from it before, and it stays dense."""
+        from workers.compression.base import Target, module_targets
+
+        targets = module_targets(self.visual, "visual.")
+        if isinstance(getattr(self.visual, "proj", None), nn.Parameter):
+            targets.append(Target("visual.proj", self.visual.proj.T, None))  # x @ proj: outputs are its columns
+        return targets
+
 
 def zero_shot_weights(model: ClipClassifier, classnames: Sequence[str],
                       templates: Sequence[Callable[[str], str]]) -> torch.Tensor:
