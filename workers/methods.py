@@ -15,6 +15,9 @@ from workers.train import train_prompt
 @dataclass(frozen=True)
 class MethodMeta:
     kind: str  # "vp": prompt + label mapping, model frozen; "lp": linear head on frozen features; "ff": all weights
+    # True: images come at the model's own resolution through the model's own preprocessing (ModelMeta's
+    # interpolation and crop_pct, from the original file), not at the dataset's/train.input_size side
+    native_input: bool = False
 
 
 METHODS = Registry("method", schemas.METHODS)  # one-line help: workers/schemas/methods.py

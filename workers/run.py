@@ -18,7 +18,7 @@ import torch
 
 from workers.checkpoints import resolve
 from workers.compression import compress
-from workers.data import Splits, cached_dataset
+from workers.data import Crop, Splits, cached_dataset
 from workers.data.fewshot import few_shot_indices
 from workers.models import ModelMeta, build_model
 from workers.spec import RunResult, RunSpec
@@ -62,12 +62,12 @@ class Context:
     variants: dict = field(default_factory=dict)
     datasets: dict = field(default_factory=dict)
 
-    def dataset(self, spec: RunSpec, size: int) -> Splits:
+    def dataset(self, spec: RunSpec, size: int, crop: Crop | None = None) -> Splits:
         args = {k: v for k, v in spec.dataset_args.items() if k != "cap_shots"}  # a sampling option, not the loader's
-        key = (spec.dataset, size, json.dumps(args, sort_keys=True), self.data_root)
+        key = (spec.dataset, size, crop, json.dumps(args, sort_keys=True), self.data_root)
         if key not in self.datasets:
-            self.datasets.clear()  # packs are grouped by dataset: keep one in memory
-            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, args, self.cache_dir)
+            self.datasets.clear()  # packs are grouped by dataset: keep one in memory (memory-mapped pages)
+            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, args, self.cache_dir, crop)
         return self.datasets[key]
 
     def variant(self, spec: RunSpec) -> Variant:
@@ -95,9 +95,9 @@ class Context:
         """Activation ranges come from target training images on the zero prompt, as the run will see them."""
         from workers.prompts import PadPrompter
 
-        data = self.dataset(spec, spec.train.input_size or _default_size(spec))
+        data = self.dataset(spec, *data_input(spec, meta))
         x = data.train_x[torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:64]]
-        if not x.is_floating_point():  # token ids: the canvases reprogramming starts from
+        if x.ndim != 4:  # token ids: the canvases reprogramming starts from
             from workers.crossmodal import calibration_inputs
 
             return calibration_inputs(x, meta)
@@ -125,6 +125,14 @@ def _default_size(spec: RunSpec) -> int:
     return DATASETS.meta(spec.dataset).input_size
 
 
+def data_input(spec: RunSpec, meta: ModelMeta) -> tuple[int, Crop | None]:
+    """(side, crop) the run's images are decoded at: the model's resolution and own preprocessing for methods that
+    feed it whole images as its reference does (CLIP's), else the VP recipe's squash to train.input_size."""
+    if METHODS.meta(spec.method).native_input:
+        return meta.input_size, Crop(meta.interpolation, meta.crop_pct)
+    return spec.train.input_size or _default_size(spec), None
+
+
 def run(spec: RunSpec, ctx: Context) -> RunResult:
     """One run; never raises: a failure becomes a failed row carrying the error."""
     started = time.time()
@@ -133,7 +141,7 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
     variant = None
     try:
         variant = ctx.variant(spec)
-        data = ctx.dataset(spec, spec.train.input_size or _default_size(spec))
+        data = ctx.dataset(spec, *data_input(spec, variant.meta))
         # cap_shots: take every image of a class that has fewer than `shots` (n_train records what was used)
         try:
             idx = few_shot_indices(data.train_y, spec.shots, spec.seed, cap=bool(spec.dataset_args.get("cap_shots")))
