@@ -34,6 +34,8 @@ def summary(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     keys = ["dataset", "variant", "method", "budget"]
     g = ok.sort_values(["dataset", "_v", "method", "_b"]).groupby(keys, sort=False)
     out = g.size().rename("seeds").to_frame()
+    if "upstream_accuracy" in ok:  # the variant's ImageNet val top-1, beside its transfer numbers (null: not measured)
+        out["upstream_accuracy"] = g["upstream_accuracy"].first()
     for m in metrics:
         out[f"{m}_mean"] = g[m].mean()
         out[f"{m}_std"] = g[m].std(ddof=1)
@@ -63,6 +65,8 @@ def markdown(table: pd.DataFrame, metrics=("accuracy", "ece")) -> str:
             lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for (variant, method), r in t.groupby(["variant", "method"], sort=False):
                 cells = {b: _cell(x, s, scale) for b, x, s in zip(r["budget"], r[f"{m}_mean"], r[f"{m}_std"])}
-                lines.append("| " + " | ".join([variant, method] + [cells.get(b, "") for b in budgets]) + " |")
+                up = r["upstream_accuracy"].dropna() if "upstream_accuracy" in r else r.iloc[0:0, 0]
+                name = variant + (f" (ImageNet {100 * up.iloc[0]:.1f})" if len(up) else "")
+                lines.append("| " + " | ".join([name, method] + [cells.get(b, "") for b in budgets]) + " |")
             parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)

@@ -24,6 +24,7 @@ from workers.models import ModelMeta, build_model
 from workers.spec import RunResult, RunSpec
 from workers.methods import METHODS
 from workers.train import Task
+from workers.upstream import upstream_accuracy
 
 _PACKAGES = ("vpgrid", "torch", "torchvision", "timm", "open_clip_torch", "ray", "numpy")
 
@@ -49,6 +50,7 @@ class Variant:
     weight_bits: int | None
     act_bits: int | None
     setup_seconds: float
+    upstream_accuracy: float | None = None
 
 
 @dataclass
@@ -85,10 +87,14 @@ class Context:
                 args["checkpoint"] = checkpoint  # the file-backed entries check it is there
             model, report = compress(model, spec.compression, args, calib=calib)
             model = _channels_last(model).eval().requires_grad_(False).to(self.device)
+            # Activation ranges calibrated on the run's dataset make the variant depend on that dataset too.
+            calib = f"-{spec.dataset}-{hash_json(spec.dataset_args)}" if report.act_bits else ""
+            upstream = upstream_accuracy(model, meta, spec.variant_key + calib, self.data_root, self.cache_dir,
+                                         self.device)
             self.variants[spec.variant_key] = Variant(model, meta, built.weights_source, report.sparsity,
                                                       json.dumps(report.layer_sparsity),
                                                       sum(p.numel() for p in model.parameters()), report.weight_bits,
-                                                      report.act_bits, time.perf_counter() - t0)
+                                                      report.act_bits, time.perf_counter() - t0, upstream)
         return self.variants[spec.variant_key]
 
     def _calibration_batch(self, spec: RunSpec, meta: ModelMeta) -> torch.Tensor:
@@ -103,6 +109,12 @@ class Context:
             return calibration_inputs(x, meta)
         with torch.no_grad():
             return PadPrompter(meta.input_size, x.shape[-1], meta.mean, meta.std)(x)
+
+
+def hash_json(obj) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _to_channels_last(module: torch.nn.Module, args: tuple) -> tuple:
@@ -169,7 +181,7 @@ def _variant_fields(v: Variant | None) -> dict:
     if v is None:
         return {}
     return dict(sparsity=v.sparsity, layer_sparsity=v.layer_sparsity, params=v.params, weight_bits=v.weight_bits,
-                act_bits=v.act_bits,
+                act_bits=v.act_bits, upstream_accuracy=v.upstream_accuracy,
                 weights_source=v.weights_source, setup_seconds=v.setup_seconds)
 
 

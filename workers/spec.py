@@ -194,6 +194,7 @@ class RunResult:
     final_train_loss: Optional[float] = None
     n_train: Optional[int] = None
     n_test: Optional[int] = None
+    upstream_accuracy: Optional[float] = None  # the variant's top-1 on ImageNet val; null: no val set under the root
     # the loaded model, as measured
     sparsity: Optional[float] = None  # fraction of zero weights in conv/linear layers
     layer_sparsity: Optional[str] = None  # JSON {layer name: fraction of zero weights}
