@@ -61,6 +61,8 @@ def summary(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     keys = ["dataset", "variant", "method", "budget", *SETTINGS]
     g = ok.sort_values(["dataset", "_v", "method", "_b"]).groupby(keys, sort=False)
     out = g.size().rename("seeds").to_frame()
+    if "upstream_accuracy" in ok:  # the variant's ImageNet val top-1, beside its transfer numbers (null: not measured)
+        out["upstream_accuracy"] = g["upstream_accuracy"].first()
     for m in metrics:
         out[f"{m}_mean"] = g[m].mean()
         out[f"{m}_std"] = g[m].std(ddof=1)
@@ -94,7 +96,9 @@ def markdown(table: pd.DataFrame, metrics=("accuracy", "ece")) -> str:
             lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for (variant, method, setup), r in t.groupby(["variant", "method", "setup"], sort=False):
                 cells = {b: _cell(x, s, scale) for b, x, s in zip(r["budget"], r[f"{m}_mean"], r[f"{m}_std"])}
-                label = [variant, method] + ([setup.replace("|", "\\|")] if varying else [])
+                up = r["upstream_accuracy"].dropna() if "upstream_accuracy" in r else r.iloc[0:0, 0]
+                name = variant + (f" (ImageNet {100 * up.iloc[0]:.1f})" if len(up) else "")
+                label = [name, method] + ([setup.replace("|", "\\|")] if varying else [])
                 lines.append("| " + " | ".join(label + [cells.get(b, "") for b in budgets]) + " |")
             parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)

@@ -1,7 +1,9 @@
 """Visual prompting on CLIP: Bahng et al.'s VP ("clip_vp") and ILM-VP on CLIP ("clip_ilm").
 
-Both resize the target image to the model's full canvas (no shrinking), normalise it with CLIP's mean/std and
-ADD a learnable border prompt after the normalisation (`BorderPrompt`: a (3, H, W) parameter, zero init, masked to
+Both see the target image as CLIP's reference preprocessing makes it (`native_input`): decoded from the original
+file, short side resized bicubically to the model's resolution (224 or 336), centre crop, then CLIP's mean/std
+(`workers.data.Crop`, from ModelMeta's interpolation and crop_pct; `train.input_size` does not apply). Onto that
+whole image they ADD a learnable border prompt after the normalisation (`BorderPrompt`: a (3, H, W) parameter, zero init, masked to
 a border `pad` pixels wide on every side, no sigmoid). The classifier is text: logits = model.scale x cos(image
 embedding, text embeddings), the text embeddings computed once per run without gradients. SGD with momentum 0.9,
 weight decay 0, learning rate set before every step by `lr_at` (linear warm-up, then cosine to 0).
@@ -22,8 +24,8 @@ weight decay 0, learning rate set before every step by `lr_at` (linear warm-up, 
 Class names are refined as both reference repos do: lower case, '_' and '-' become spaces.
 Pad width (`pad_width`): 30 on canvases of 224 px or more (Bahng and ILM-VP used 30 at 224, the paper's UPop runs
 30 at 336); smaller canvases (CPU tests) scale it, max(1, round(30 H / 224)).
-The image is resized with `workers.train.to_canvas` (bilinear, as LP/FF see it); CLIP's own preprocessing
-resizes bicubically from the original image. bf16 autocast on CUDA only, as `train_prompt`.
+Images given at another side (a Task built by hand) are resized with `workers.train.to_canvas` (bilinear).
+bf16 autocast on CUDA only, as `train_prompt`.
 """
 from __future__ import annotations
 
@@ -186,11 +188,11 @@ def train_clip_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSp
                        time.perf_counter() - t0, prompt=prompt_tensors(prompter))
 
 
-@METHODS.register("clip_vp", meta=MethodMeta("clip_vp", prompt="full_canvas_additive"))
+@METHODS.register("clip_vp", meta=MethodMeta("clip_vp", prompt="full_canvas_additive", native_input=True))
 def clip_vp(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     return train_clip_prompt(model, meta, task, spec, device, ilm=False)
 
 
-@METHODS.register("clip_ilm", meta=MethodMeta("clip_ilm", prompt="full_canvas_additive"))
+@METHODS.register("clip_ilm", meta=MethodMeta("clip_ilm", prompt="full_canvas_additive", native_input=True))
 def clip_ilm(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     return train_clip_prompt(model, meta, task, spec, device, ilm=True)

@@ -20,6 +20,9 @@ class MethodMeta:
     # added before normalising), "full_canvas_additive" (image at full canvas, border added after normalising),
     # "token_patches" (a learnt patch per token id); None: no prompt.
     prompt: Optional[str] = None
+    # True: images come at the model's own resolution through the model's own preprocessing (ModelMeta's
+    # interpolation and crop_pct, from the original file), not at the dataset's/train.input_size side
+    native_input: bool = False
 
 
 METHODS = Registry("method", schemas.METHODS)  # one-line help: workers/schemas/methods.py

@@ -18,12 +18,13 @@ import torch
 
 from workers.checkpoints import resolve
 from workers.compression import compress, data_dependent
-from workers.data import Splits, cached_dataset
+from workers.data import Crop, Splits, cached_dataset
 from workers.data.fewshot import few_shot_indices
 from workers.models import ModelMeta, build_model
 from workers.spec import RunResult, RunSpec
 from workers.methods import METHODS
 from workers.train import Task
+from workers.upstream import upstream_accuracy
 
 _PACKAGES = ("vpgrid", "torch", "torchvision", "timm", "open_clip_torch", "ray", "numpy")
 
@@ -49,6 +50,7 @@ class Variant:
     weight_bits: int | None
     act_bits: int | None
     setup_seconds: float
+    upstream_accuracy: float | None = None
 
 
 @dataclass
@@ -62,14 +64,12 @@ class Context:
     variants: dict = field(default_factory=dict)
     datasets: dict = field(default_factory=dict)
 
-    def _dataset_key(self, spec: RunSpec, size: int) -> tuple:
-        return (spec.dataset, size, json.dumps(_loader_args(spec), sort_keys=True), self.data_root)
-
-    def dataset(self, spec: RunSpec, size: int) -> Splits:
-        key = self._dataset_key(spec, size)
+    def dataset(self, spec: RunSpec, size: int, crop: Crop | None = None) -> Splits:
+        key = (spec.dataset, size, crop, json.dumps(_loader_args(spec), sort_keys=True), self.data_root)
         if key not in self.datasets:
-            self.datasets.clear()  # packs are grouped by dataset: keep one in memory
-            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, _loader_args(spec), self.cache_dir)
+            self.datasets.clear()  # packs are grouped by dataset: keep one in memory (memory-mapped pages)
+            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, _loader_args(spec), self.cache_dir,
+                                                crop)
         return self.datasets[key]
 
     def _variant_key(self, spec: RunSpec) -> tuple:
@@ -78,7 +78,9 @@ class Context:
         reused actor's next pack, on another dataset, must not get this one's ranges."""
         if not data_dependent(spec.compression, spec.compression_args):
             return (spec.variant_key,)
-        return (spec.variant_key, self._dataset_key(spec, spec.train.input_size or _default_size(spec)))
+        native = spec.method in METHODS and METHODS.meta(spec.method).native_input  # calibrated at the model's size
+        return (spec.variant_key, spec.dataset, json.dumps(_loader_args(spec), sort_keys=True), spec.train.input_size,
+                native, self.data_root)
 
     def variant(self, spec: RunSpec) -> Variant:
         key = self._variant_key(spec)
@@ -96,24 +98,31 @@ class Context:
                 args["checkpoint"] = checkpoint  # the file-backed entries check it is there
             model, report = compress(model, spec.compression, args, calib=calib)
             model = _channels_last(model).eval().requires_grad_(False).to(self.device)
+            upstream = upstream_accuracy(model, meta, hash_json([str(k) for k in key]), self.data_root,
+                                         self.cache_dir, self.device)
             self.variants[key] = Variant(model, meta, built.weights_source, report.sparsity,
-                                                      json.dumps(report.layer_sparsity),
-                                                      sum(p.numel() for p in model.parameters()), report.weight_bits,
-                                                      report.act_bits, time.perf_counter() - t0)
+                                         json.dumps(report.layer_sparsity), sum(p.numel() for p in model.parameters()),
+                                         report.weight_bits, report.act_bits, time.perf_counter() - t0, upstream)
         return self.variants[key]
 
     def _calibration_batch(self, spec: RunSpec, meta: ModelMeta) -> torch.Tensor:
         """Activation ranges come from target training images on the zero prompt, as the run will see them."""
         from workers.prompts import PadPrompter
 
-        data = self.dataset(spec, spec.train.input_size or _default_size(spec))
+        data = self.dataset(spec, *data_input(spec, meta))
         x = data.train_x[torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:64]]
-        if not x.is_floating_point():  # token ids: the canvases reprogramming starts from
+        if x.ndim != 4:  # token ids: the canvases reprogramming starts from
             from workers.crossmodal import calibration_inputs
 
             return calibration_inputs(x, meta)
         with torch.no_grad():
             return PadPrompter(meta.input_size, x.shape[-1], meta.mean, meta.std)(x)
+
+
+def hash_json(obj) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _to_channels_last(module: torch.nn.Module, args: tuple) -> tuple:
@@ -140,6 +149,14 @@ def _default_size(spec: RunSpec) -> int:
     return DATASETS.meta(spec.dataset).input_size
 
 
+def data_input(spec: RunSpec, meta: ModelMeta) -> tuple[int, Crop | None]:
+    """(side, crop) the run's images are decoded at: the model's resolution and own preprocessing for methods that
+    feed it whole images as its reference does (CLIP's), else the VP recipe's squash to train.input_size."""
+    if METHODS.meta(spec.method).native_input:
+        return meta.input_size, Crop(meta.interpolation, meta.crop_pct)
+    return spec.train.input_size or _default_size(spec), None
+
+
 def run(spec: RunSpec, ctx: Context) -> RunResult:
     """One run; never raises: a failure becomes a failed row carrying the error."""
     started = time.time()
@@ -148,7 +165,7 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
     variant = None
     try:
         variant = ctx.variant(spec)
-        data = ctx.dataset(spec, spec.train.input_size or _default_size(spec))
+        data = ctx.dataset(spec, *data_input(spec, variant.meta))
         # cap_shots: take every image of a class that has fewer than `shots` (n_train records what was used)
         try:
             idx = few_shot_indices(data.train_y, spec.shots, spec.seed, cap=bool(spec.dataset_args.get("cap_shots")))
@@ -190,7 +207,7 @@ def _variant_fields(v: Variant | None) -> dict:
     if v is None:
         return {}
     return dict(sparsity=v.sparsity, layer_sparsity=v.layer_sparsity, params=v.params, weight_bits=v.weight_bits,
-                act_bits=v.act_bits,
+                act_bits=v.act_bits, upstream_accuracy=v.upstream_accuracy,
                 weights_source=v.weights_source, setup_seconds=v.setup_seconds)
 
 

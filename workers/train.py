@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.data.base import as_float
 from workers.mapping import LABEL_MAPPINGS, compute_mapping, map_logits
 from workers.metrics import run_metrics
 from workers.models import ModelMeta
@@ -17,7 +18,8 @@ from workers.spec import RunSpec
 
 
 def to_canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
-    """[0,1] target images -> normalised model inputs at the model's canvas size."""
+    """Target images (uint8, or float in [0,1]) -> normalised model inputs at the model's canvas size."""
+    x = as_float(x)
     if x.shape[-1] != meta.input_size:
         x = F.interpolate(x, size=(meta.input_size, meta.input_size), mode="bilinear", align_corners=False)
     mean = torch.tensor(meta.mean, device=x.device).view(1, 3, 1, 1)
@@ -29,7 +31,7 @@ def to_canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
 class Task:
     """One run's data: the few-shot training subset and the whole test split, with the target class names."""
 
-    train_x: torch.Tensor  # images (N, 3, s, s) in [0, 1], or token ids (N, L) for cross-modal tasks
+    train_x: torch.Tensor  # images (N, 3, s, s), uint8 or float in [0, 1]; or token ids (N, L) for cross-modal tasks
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
@@ -70,7 +72,7 @@ def prompt_tensors(prompt: nn.Module) -> dict[str, torch.Tensor]:
 
 def require_images(task: Task, method: str) -> None:
     """Image methods on token data would fail deep inside with a shape error; say what is wrong instead."""
-    if task.train_x.ndim != 4 or not task.train_x.is_floating_point():
+    if task.train_x.ndim != 4:
         raise TypeError(f"method {method!r} needs images (N, 3, H, W); this dataset gives token ids "
                         f"{tuple(task.train_x.shape)}: use method 'reprogram' for text and DNA tasks")
 

@@ -363,7 +363,7 @@ def _create_clip(name: str, oc_name: str, weights: str | Checkpoint, args: dict,
 def _meta(input_size: int, gpu: float) -> ModelMeta:
     return ModelMeta(input_size=input_size, num_classes=1000, source="ImageNet-1k class names via CLIP text embeddings",
                      mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, resources={"cpu": 2, "gpu": gpu}, head="head",
-                     formats=("state_dict", "upop"))
+                     formats=("state_dict", "upop"), interpolation="bicubic", crop_pct=1.0)
 
 
 @MODELS.register("clip_vit_b32", meta=_meta(224, 0.25))
