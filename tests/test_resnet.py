@@ -115,6 +115,113 @@ def test_gmp_layouts(tmp_path, layout):
     assert "(gmp)" in built.weights_source
 
 
+class _SparseMLBasicBlock(torch.nn.Module):
+    """SparseML's `_BasicBlock` (sparseml/pytorch/models/classification/resnet.py): module names and forward as
+    there; its ReLU subclass carries no tensors, so torch's ReLU stands in."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.identity = None  # SparseML's _IdentityModifier (.conv 1x1 strided, .bn) where the shape changes
+        if cin != cout or stride > 1:
+            self.identity = nn.Module()
+            self.identity.conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            self.identity.bn = nn.BatchNorm2d(cout)
+        self.act_out = nn.ReLU()
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        out = out + (self.identity.bn(self.identity.conv(x)) if self.identity is not None else x)
+        return self.act_out(out)
+
+
+class _SparseMLResNet(torch.nn.Module):
+    """SparseML's `ResNet` for resnet18/34: `input` (conv, bn, act, pool), `sections` of blocks, `classifier`
+    (avgpool, fc, softmax; forward returns (logits, classes))."""
+
+    def __init__(self, blocks: tuple[int, ...]) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.input = nn.Module()
+        self.input.conv = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.input.bn = nn.BatchNorm2d(64)
+        self.input.act = nn.ReLU()
+        self.input.pool = nn.MaxPool2d(3, 2, 1)
+        widths, sections, cin = (64, 128, 256, 512), [], 64
+        for i, (n, cout) in enumerate(zip(blocks, widths)):
+            sections.append(nn.Sequential(*[_SparseMLBasicBlock(cin if j == 0 else cout, cout,
+                                                                2 if (i > 0 and j == 0) else 1) for j in range(n)]))
+            cin = cout
+        self.sections = nn.Sequential(*sections)
+        self.classifier = nn.Module()
+        self.classifier.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier.fc = nn.Linear(512, 1000)
+        self.classifier.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        i = self.input
+        x = self.sections(i.pool(i.act(i.bn(i.conv(x)))))
+        logits = self.classifier.fc(self.classifier.avgpool(x).flatten(1))
+        return logits, self.classifier.softmax(logits)
+
+
+def _sparseml_save_model(path, model: torch.nn.Module, epoch: int) -> None:
+    """What SparseML's `save_model` (sparseml/pytorch/utils/model.py) writes: every state copied into a float32
+    `torch.zeros(state.shape)` (num_batches_tracked included), under 'state_dict', with the epoch and arch_key."""
+    from collections import OrderedDict
+
+    sd = OrderedDict()
+    for k, v in model.state_dict().items():
+        copy = torch.zeros(v.shape)
+        copy.copy_(v)
+        sd[k] = copy
+    torch.save({"state_dict": sd, "epoch": epoch, "arch_key": "resnet_v1-18",
+                "recipe": "!ScheduledModifierManager\n  modifiers: [!GMPruningModifier {final_sparsity: 0.8}]"}, path)
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet18", (2, 2, 2, 2)), ("resnet34", (3, 4, 6, 3))])
+def test_gmp_sparsezoo_sparseml_layout(tmp_path, name, blocks):
+    """SparseZoo's pruned-conservative ResNets are SparseML models saved by SparseML: every key maps onto
+    torchvision's, and the loaded torchvision model computes what SparseML's module computes."""
+    torch.manual_seed(3)
+    ref = _SparseMLResNet(blocks)
+    with torch.no_grad():  # sparse weights and non-trivial BatchNorm statistics, as a trained model has
+        for n_, m in ref.named_modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.mul_((torch.rand(m.weight.shape) > 0.8).float())
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 1.5), m.weight.normal_(1, 0.1)
+                m.num_batches_tracked.fill_(1234)
+    ref.eval()
+    _sparseml_save_model(tmp_path / "model.pth", ref, epoch=99)
+    sd = torch.load(tmp_path / "model.pth", weights_only=True)["state_dict"]
+    assert "input.conv.weight" in sd and "sections.1.0.identity.conv.weight" in sd and "classifier.fc.bias" in sd
+    built = _build(name, tmp_path, {"format": "gmp", "path": str(tmp_path / "model.pth")})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(built.model(x), ref(x)[0], atol=1e-5)
+    got = built.model.state_dict()
+    assert got["layer1.0.bn1.num_batches_tracked"].dtype == torch.long
+    assert int(got["layer1.0.bn1.num_batches_tracked"]) == 1234
+    assert float((got["layer2.0.conv1.weight"] == 0).float().mean()) > 0.7
+    assert "SparseML layout" in built.weights_source
+
+    bad = dict(sd)
+    bad["sections.0.0.squeeze.weight"] = torch.zeros(1)
+    torch.save({"state_dict": bad}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"not SparseML ResNet names: sections\.0\.0\.squeeze\.weight"):
+        _build(name, tmp_path, {"format": "gmp", "path": str(tmp_path / "bad.pth")})
+    del bad["sections.0.0.squeeze.weight"], bad["sections.0.0.bn2.running_var"]
+    torch.save({"state_dict": bad}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"missing: layer1\.0\.bn2\.running_var"):
+        _build(name, tmp_path, {"format": "gmp", "path": str(tmp_path / "bad.pth")})
+
+
 # --- lth -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("prefixed_checkpoint", [True, False])

@@ -147,6 +147,38 @@ _RIGL_KEYS = [  # layer names of the RigL port (sparse-imagenet-transfer models/
 ]
 
 
+_SPARSEML_KEYS = [  # SparseML's ResNet (sparseml/pytorch/models/classification/resnet.py), as SparseZoo's files hold it
+    (re.compile(r"input\.conv\.(weight)"), r"conv1.\1"),
+    (re.compile(r"input\.bn\.(.+)"), r"bn1.\1"),
+    (re.compile(r"sections\.(\d+)\.(\d+)\.(conv[123]|bn[123])\.(.+)"), lambda m: f"layer{int(m[1]) + 1}.{m[2]}.{m[3]}.{m[4]}"),
+    (re.compile(r"sections\.(\d+)\.(\d+)\.identity\.conv\.(weight)"), lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0.{m[3]}"),
+    (re.compile(r"sections\.(\d+)\.(\d+)\.identity\.bn\.(.+)"), lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1.{m[3]}"),
+    (re.compile(r"classifier\.fc\.(weight|bias)"), r"fc.\1"),
+]
+
+
+def is_sparseml_layout(state: dict) -> bool:
+    return any(k.startswith(("input.", "sections.", "classifier.")) for k in state)
+
+
+def _sparseml_to_torchvision(state: dict, where: str) -> dict:
+    """SparseML names -> torchvision's; a key that maps to nothing is an error (load_strict then checks that every
+    torchvision key was filled). SparseML's save_model stores every tensor as a float32 copy, BatchNorm's
+    `num_batches_tracked` too: it goes back to torchvision's int64."""
+    def rename(k: str) -> str | None:
+        for pattern, repl in _SPARSEML_KEYS:
+            if pattern.fullmatch(k):
+                return pattern.sub(repl, k)
+        return None
+
+    unknown = sorted(k for k in state if rename(k) is None)
+    if unknown:
+        more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        raise CheckpointError(f"{where}: keys that are not SparseML ResNet names: {', '.join(unknown[:5])}{more}")
+    out = _rekey(state, rename, where)
+    return {k: v.round().long() if k.endswith("num_batches_tracked") else v for k, v in out.items()}
+
+
 def _rigl_to_torchvision(state: dict, where: str) -> dict:
     def rename(k: str) -> str:
         for pattern, repl in _RIGL_KEYS:
@@ -251,13 +283,23 @@ def state_dict_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
 
 
 def gmp_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
-    """GMP ResNet-18/34 (GraNet's ImageNet code: {'epoch', 'arch', 'state_dict', ...}, 'module.' under DDP).
+    """GMP ResNet-18/34: SparseZoo's `resnet_v1-{18,34}/pytorch/sparseml/imagenet/pruned-conservative` files (the
+    paper's upstream accuracies, 69.8% / 73.3%, are theirs), or a torchvision-named state dict (GraNet's layout).
 
-    GraNet keeps its masks outside the state dict (the saved weights are already zero); mask buffers next to the
-    weights (WrappedLayer or torch.nn.utils.prune layout) are folded in if a checkpoint carries them.
+    SparseZoo's files are what SparseML's `save_model` writes: {'state_dict': {SparseML name: float32 tensor}, and
+    maybe 'optimizer', 'epoch', 'recipe', 'arch_key'}. SparseML's ResNet names (`input.conv/bn`,
+    `sections.i.j.conv1/bn1/conv2/bn2[/conv3/bn3]`, `sections.i.j.identity.conv/bn`, `classifier.fc`) map one to one
+    onto torchvision's (`conv1/bn1`, `layer{i+1}.j.*`, `downsample.0/1`, `fc`): the blocks compute the same thing.
+    The paper's fork loaded these files with strict=False, which silently kept torchvision's random init for every
+    key it did not recognise; here every key must map and every torchvision key must be filled.
+
+    Pruned weights are stored as zeros; mask buffers next to the weights (WrappedLayer or torch.nn.utils.prune
+    layout) are folded in if a checkpoint carries them.
     """
     where = str(ckpt.files["weights"])
     state = _rekey(load_state_dict(ckpt.files["weights"]), lambda k: _bare_key(k, ("module.",)), where)
+    if is_sparseml_layout(state):
+        return Mapped(_sparseml_to_torchvision(state, where), "SparseML layout")
     return Mapped(_fold_masks(state, where))
 
 
