@@ -280,6 +280,80 @@ def test_sparse_transfer_wrapped_layers_and_masks(tmp_path):
     assert isinstance(built.model.maxpool, torch.nn.MaxPool2d) and built.model.maxpool.padding == 1
 
 
+def _acdc_save_checkpoint(path, model_config: dict, state: dict, optimizer, lr_scheduler, epoch: int) -> None:
+    """IST-DASLab/ACDC utils/checkpoints.py `save_checkpoint`: the classes of the optimizer and the scheduler are
+    pickled by reference beside their state dicts."""
+    torch.save({"epoch": epoch, "model_config": model_config, "model_state_dict": state,
+                "optimizer": {"type": type(optimizer), "state_dict": optimizer.state_dict()},
+                "lr_scheduler": {"type": type(lr_scheduler), "state_dict": lr_scheduler.state_dict()}}, path)
+
+
+@pytest.mark.parametrize("classes", ["torch", "acdc_own"])
+def test_acdc_original_release_with_pickled_optimizer_classes(tmp_path, monkeypatch, classes):
+    """AC/DC's own files: weights_only alone refuses them; their tensors load, their classes are never imported."""
+    import sys
+    import types
+
+    state, masks = _sparse_state("resnet18")
+    sd = {f"module.{k}": v for k, v in _wrapped(state, masks).items()}  # WrappedLayer under DataParallel
+    params = [torch.nn.Parameter(torch.randn(3, 2))]
+    if classes == "torch":
+        opt_cls, sched = torch.optim.SGD, lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10)
+        names = {"torch.optim.sgd.SGD", "torch.optim.lr_scheduler.CosineAnnealingLR"}
+    else:  # AC/DC's optimization.sgd.SGD and optimization.lr_schedulers.CosineLR: not importable here at load time
+        pkg, sgd, lrs = (types.ModuleType(n) for n in ("optimization", "optimization.sgd",
+                                                       "optimization.lr_schedulers"))
+        opt_cls = type("SGD", (torch.optim.SGD,), {"__module__": "optimization.sgd"})
+        sched_cls = type("CosineLR", (torch.optim.lr_scheduler.CosineAnnealingLR,),
+                         {"__module__": "optimization.lr_schedulers"})
+        sgd.SGD, lrs.CosineLR, pkg.sgd, pkg.lr_schedulers = opt_cls, sched_cls, sgd, lrs
+        for m in (pkg, sgd, lrs):
+            monkeypatch.setitem(sys.modules, m.__name__, m)
+        sched = lambda o: sched_cls(o, T_max=10)  # noqa: E731
+        names = {"optimization.sgd.SGD", "optimization.lr_schedulers.CosineLR"}
+    opt = opt_cls(params, lr=0.1, momentum=0.9)
+    params[0].sum().backward()
+    opt.step()  # a momentum buffer: tensors in the optimizer state too
+    _acdc_save_checkpoint(tmp_path / "best_sparse_checkpoint.ckpt", {"arch": "resnet18", "dataset": "imagenet"},
+                          sd, opt, sched(opt), epoch=99)
+    monkeypatch.undo()  # the training code is gone when the file is loaded
+    assert "optimization" not in sys.modules
+    assert set(torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "best_sparse_checkpoint.ckpt")) == names
+    with pytest.raises(Exception, match="weights_only"):
+        torch.load(tmp_path / "best_sparse_checkpoint.ckpt", weights_only=True)
+    spec = {"format": "sparse_transfer", "path": str(tmp_path / "best_sparse_checkpoint.ckpt")}
+    built = _build("resnet18", tmp_path, spec)
+    _assert_loaded(built.model, _masked(state, masks))
+    assert "optimization" not in sys.modules  # never imported
+
+
+def test_acdc_stand_ins_run_nothing_and_are_never_weights(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    state, _ = _sparse_state("resnet18")
+    spec = {"format": "sparse_transfer", "path": str(tmp_path / "x.ckpt")}
+    # a global called with arguments (a REDUCE) is not a class pickled by reference: the load fails, nothing runs
+    torch.save({"model_config": {"arch": "resnet18", "dataset": "imagenet"}, "model_state_dict": state,
+                "optimizer": Evil()}, tmp_path / "x.ckpt")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*x\.ckpt.*re-download it or check its format"):
+        _build("resnet18", tmp_path, spec)
+    assert "pwned" not in capsys.readouterr().out
+    # a stand-in where a tensor should be is refused, naming the entry
+    sd = dict(state)
+    sd["fc.bias"] = torch.optim.SGD
+    torch.save({"model_config": {"arch": "resnet18", "dataset": "imagenet"}, "model_state_dict": sd},
+               tmp_path / "x.ckpt")
+    with pytest.raises(CheckpointError, match=r"x\.ckpt: model_state_dict holds entries that are not tensors: fc\.bias"):
+        _build("resnet18", tmp_path, spec)
+    # the generic loader still refuses such files outright
+    from workers.checkpoints import load_state_dict
+
+    with pytest.raises(CheckpointError, match=r"torch\.optim\.sgd\.SGD to unpickle, which vpgrid refuses"):
+        load_state_dict(tmp_path / "x.ckpt")
+
+
 def test_sparse_transfer_refuses_other_archs_datasets_and_layouts(tmp_path):
     state, _ = _sparse_state("resnet18")
     spec = {"format": "sparse_transfer", "path": str(tmp_path / "st.ckpt")}

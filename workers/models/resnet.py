@@ -326,17 +326,26 @@ def lth_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
 
 
 def sparse_transfer_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
-    """Iofinova et al.: {'model_config': {'arch', 'dataset'}, 'model_state_dict'}.
+    """Iofinova et al.: {'model_config': {'arch', 'dataset'}, 'model_state_dict'}, and AC/DC's original release.
 
     The state dict may come from DataParallel ('module.'), hold WrappedLayer names and masks (`x._layer.weight`,
     `x._weight_mask`), use RigL's layer names (`initial_conv`, `layerN.block.i.convK.conv`, `shortcut`) or STR's
     1x1-conv classifier.
+
+    AC/DC's own files (IST-DASLab/ACDC `utils/checkpoints.py` `save_checkpoint`) add 'epoch', and 'optimizer' and
+    'lr_scheduler' as {'type': type(optimizer), 'state_dict': ...}: classes pickled by reference (AC/DC's own
+    `optimization.sgd.SGD`, torch's or its own schedulers), which weights_only refuses. They are read as inert
+    stand-ins (`load_state_dict(stand_ins=True)`) and ignored; only 'model_state_dict', all tensors, is used.
     """
     where = str(ckpt.files["weights"])
-    obj = load_state_dict(ckpt.files["weights"])
+    obj = load_state_dict(ckpt.files["weights"], stand_ins=True)
     if not isinstance(obj.get("model_config"), dict) or not isinstance(obj.get("model_state_dict"), dict):
         raise CheckpointError(f"{where}: a sparse_transfer checkpoint holds 'model_config' and 'model_state_dict'; "
-                              f"found {sorted(obj)[:10]}")
+                              f"found {sorted(map(str, obj))[:10]}")
+    not_tensors = sorted(k for k, v in obj["model_state_dict"].items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{where}: model_state_dict holds entries that are not tensors: "
+                              f"{', '.join(map(str, not_tensors[:5]))}; {_REDOWNLOAD}")
     arch, dataset = obj["model_config"].get("arch"), obj["model_config"].get("dataset")
     if arch not in SPARSE_TRANSFER_ARCHS[name]:
         raise CheckpointError(f"{where}: model_config arch is {arch!r}; model {name!r} loads "
@@ -351,6 +360,9 @@ def sparse_transfer_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
         state = _str_fc_to_linear(state, where)
     tf = arch.endswith("_rigl")
     return Mapped(state, f"arch {arch}" + ("; TensorFlow 'SAME' stem max-pool" if tf else ""), tf_same_maxpool=tf)
+
+
+_REDOWNLOAD = "re-download the file, or check that the compression's checkpoint `format` is right"
 
 
 CHECKPOINT_FILTERS: dict[str, Callable[[Checkpoint, str], Mapped]] = {
