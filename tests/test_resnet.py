@@ -236,7 +236,37 @@ def test_lth_weights_are_mask_times_weight(tmp_path, prefixed_checkpoint):
     got = built.model.state_dict()
     for k, m in masks.items():
         assert torch.equal(got[k] == 0, (m == 0) | (state[k] == 0)), k  # zero exactly where pruned
-    assert "_mask.pth" in built.weights_source and "(lth)" in built.weights_source
+    assert "_mask.pth" in built.weights_source and "(lth; masks applied)" in built.weights_source
+
+
+def test_lth_paper_loader_behaviour_is_an_explicit_compression_arg(tmp_path):
+    """The paper's loader overwrote the masked weights with the unmasked ones; `apply_mask: false` does the same,
+    on request only, and the row says so (compression_args holds the arg, weights_source the effect)."""
+    from workers.compression.base import resolve_args
+
+    state, masks = _sparse_state("resnet18")
+    torch.save({"model." + k: v for k, v in state.items()}, tmp_path / "resnet50_dyn4_3_checkpoint.pth")
+    torch.save({"model." + k: m for k, m in masks.items()}, tmp_path / "resnet50_dyn4_3_mask.pth")
+    spec = {"format": "lth", "path": str(tmp_path / "resnet50_dyn4_3_checkpoint.pth"),
+            "mask": str(tmp_path / "resnet50_dyn4_3_mask.pth")}
+
+    def build(args: dict):
+        assert resolve_args("lth", {"checkpoint": spec, **args})["apply_mask"] is args.get("apply_mask", True)
+        return build_model("resnet18", resolve(spec, args, tmp_path), {}, tmp_path)[0]
+
+    default, paper = build({}), build({"apply_mask": False})
+    _assert_loaded(default.model, _masked(state, masks))
+    _assert_loaded(paper.model, state)  # dense: the mask was read, checked, and not applied
+    assert "masks applied" in default.weights_source
+    assert "masks NOT applied (apply_mask: false" in paper.weights_source
+    _assert_loaded(build({"apply_mask": True}).model, _masked(state, masks))
+    with pytest.raises(ValueError, match="apply_mask"):
+        resolve_args("lth", {"checkpoint": spec, "apply_mask": "paper"})
+    bad = dict(masks)
+    bad["fc.weight"] = torch.full_like(bad["fc.weight"], 0.5)
+    torch.save({"model." + k: m for k, m in bad.items()}, tmp_path / "resnet50_dyn4_3_mask.pth")
+    with pytest.raises(CheckpointError, match="values other than 0 and 1"):  # checked even when not applied
+        build({"apply_mask": False})
 
 
 def test_lth_refuses_unknown_or_missing_masks(tmp_path):

@@ -308,6 +308,10 @@ def lth_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
 
     Both files are flat dicts keyed by parameter name with a 'model.' prefix (the paper's loader indexes the
     checkpoint with the mask's keys, then drops 'model.'); an unprefixed checkpoint is accepted too.
+
+    The paper's loader then wrote the unmasked weights over the masked ones, so its "lottery tickets" ran dense.
+    The compression arg `apply_mask: false` reproduces that (the mask is still read and checked); the default
+    applies the masks. The row's `compression_args` and `weights_source` say which.
     """
     where = str(ckpt.files["weights"])
     if "mask" not in ckpt.files:
@@ -319,10 +323,12 @@ def lth_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
     if unknown:
         more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
         raise CheckpointError(f"{mask_where}: mask keys with no weight in {where}: {', '.join(unknown[:5])}{more}")
+    apply = ckpt.options.get("apply_mask", True)
     for k, mask in _rekey(masks, _bare_key, mask_where).items():
         _check_mask(mask, state[k], k, k, mask_where)
-        state[k] = _masked(state[k], mask)
-    return Mapped(state)
+        if apply:
+            state[k] = _masked(state[k], mask)
+    return Mapped(state, "masks applied" if apply else "masks NOT applied (apply_mask: false, as the paper's loader)")
 
 
 def sparse_transfer_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
