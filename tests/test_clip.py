@@ -291,11 +291,38 @@ class _ScriptedClip(nn.Module):
         return self.transformer(x).half() @ self.text_projection
 
 
+def _as_2021_torch_jit_archive(src, dst, folder: str) -> None:
+    """Re-pack an archive of today's torch.jit.save in the records of the torch.jit that wrote OpenAI's 2021/2022
+    files (pytorch torch/csrc/jit/serialization/export_module.cpp and caffe2/serialize/inline_container.cc of that
+    time): the folder is the basename of the file the model was saved to (not the downloaded file's name);
+    `version` first; then each archive's tensors (`data/N`) before its pickle, the code, and `constants/N`
+    before `constants.pkl`; none of the records added since (`byteorder`, `.data/serialization_id`,
+    `.format_version`, `.storage_alignment`). data.pkl's persistent ids, ('storage', torch.<T>Storage, 'N',
+    'cpu', numel), are the same then and now."""
+    with zipfile.ZipFile(src) as zf:
+        prefix = zf.namelist()[0].split("/")[0] + "/"
+        rec = {n[len(prefix):]: zf.read(n) for n in zf.namelist()}
+    dropped = {"byteorder", ".data/serialization_id", ".data/version", ".format_version", ".storage_alignment"}
+    order = (["version"] + sorted((n for n in rec if n.startswith("data/")), key=lambda n: int(n.split("/")[1]))
+             + ["data.pkl"] + sorted(n for n in rec if n.startswith("code/"))
+             + sorted(n for n in rec if n.startswith("constants/")) + ["constants.pkl"])
+    assert set(rec) - dropped == set(order), sorted(set(rec) - dropped - set(order))
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out:
+        for n in order:
+            out.writestr(f"{folder}/{n}", rec[n])
+
+
 @pytest.mark.filterwarnings("ignore:'torch.load' received a zip file")
-def test_torchscript_archives_are_read_without_running_them(tmp_path, capsys):
+@pytest.mark.parametrize("vintage", ["today", "2022"])
+def test_torchscript_archives_are_read_without_running_them(tmp_path, capsys, vintage):
     module = _ScriptedClip()
     with pytest.warns(FutureWarning):  # deprecated, but it is how OpenAI's files were made
         torch.jit.save(torch.jit.script(module), tmp_path / "m.pt")
+    if vintage == "2022":  # what ViT-L-14-336px.pt (April 2022) was written as; saved under another name
+        _as_2021_torch_jit_archive(tmp_path / "m.pt", tmp_path / "ViT-L-14-336px.pt", "model_export")
+        (tmp_path / "ViT-L-14-336px.pt").replace(tmp_path / "m.pt")
+        names = zipfile.ZipFile(tmp_path / "m.pt").namelist()
+        assert names[0] == "model_export/version" and "model_export/byteorder" not in names
     with pytest.raises(Exception, match="weights_only"):
         torch.load(tmp_path / "m.pt", weights_only=True)
     got = read_checkpoint(tmp_path / "m.pt")

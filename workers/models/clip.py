@@ -29,9 +29,11 @@ Weights:
     `token_embedding_m.*`, `ln_final_m.*`, `text_projection_m`, `positional_embedding_m`) and the queues
     (`image_queue`, `text_queue`, `idx_queue`, `ptr_queue`). Every other key must load strictly.
   Not verified (no released file was opened): the exact key set of the published checkpoints; a mismatch fails the
-  strict load naming the keys. Likewise the TorchScript reader is tested on archives that today's
-  `torch.jit.script`/`trace` write, not on OpenAI's 2021 files: anything unexpected in those (a global it does not
-  allow, an extra tensor) fails loudly rather than loading wrong weights.
+  strict load naming the keys. The TorchScript reader is tested on archives today's `torch.jit.save` writes and on
+  the same archives re-packed in the records of the 2021/2022 torch.jit that wrote OpenAI's files (folder named
+  after the file saved to, `version` first, no `byteorder`/`.data/`; torch.jit.load reads them), not on OpenAI's
+  files themselves: anything unexpected in those (a global it does not allow, an extra tensor) fails loudly rather
+  than loading wrong weights.
 
 `input_size` rebuilds the ViT on another patch grid (a multiple of the patch size); loaded weights then get their
 position embeddings resized as open_clip does (bicubic), and the row says so.
