@@ -87,13 +87,16 @@ def test_model_preprocessing_is_torchvisions_eval_transform(tmp_path):
     torch.testing.assert_close(seen[0][0], ref(Image.open(path)), rtol=0, atol=1e-6)
 
 
-def test_column_is_last_of_the_metrics_and_reports_show_it():
+def test_the_column_is_in_the_store_and_reports_show_it():
     import pandas as pd
-    from orchestrator import report
+    import pyarrow as pa
 
-    fields = list(RunResult.__dataclass_fields__)
-    assert fields.index("upstream_accuracy") == fields.index("n_test") + 1
-    rows = [dict(status="ok", model="resnet18", compression="gmp", compression_level=0.9, shots=None,
+    from orchestrator import report
+    from orchestrator.store import SCHEMA
+
+    assert SCHEMA.field("upstream_accuracy").type == pa.float64()
+    empty = {f: None for f in RunResult.__dataclass_fields__}  # a row of an older store: settings unknown
+    rows = [empty | dict(run_key=str(a), seed=int(10 * a), status="ok", model="resnet18", compression="gmp", compression_level=0.9, shots=None,
                  dataset="dtd", method="ilm", accuracy=a, ece=0.1, conf_correct=0.5, kl_incorrect=1.0,
                  upstream_accuracy=0.698) for a in (0.4, 0.6)]
     table = report.summary(pd.DataFrame(rows))
