@@ -112,3 +112,14 @@ def test_more_shots_than_a_class_has_fails_unless_capped(runs, tmp_path):
     assert row.status == "failed" and "shots" in row.error and "cap_shots: true" in row.error
     capped = run(dataclasses.replace(spec, dataset_args={"cap_shots": True}), Context(tmp_path, torch.device("cpu")))
     assert capped.status == "ok" and capped.n_train == 1257  # every training image of every class
+
+
+def test_a_trial_given_a_gpu_it_cannot_use_fails_instead_of_training_on_the_cpu(monkeypatch):
+    import torch
+
+    from workers.ray_adapter import trainable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pack = {"trial_id": "t1", "runs": [], "cpu": 1, "gpu": 0.5, "store": "/nonexistent", "cache": None}
+    with pytest.raises(RuntimeError, match="given 0.5 GPU but this worker cannot use CUDA.*refusing to train on the CPU"):
+        trainable({"pack": pack})
