@@ -118,6 +118,7 @@ def test_submit_with_the_store_on_s3_survives_a_worker_node_dying(cluster, s3_bu
     cluster.workers[0].kill_raylet()  # SIGKILL: its trial dies with it and Tune retries it on the other node
 
     assert wait_job(client, job) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
+    cluster.cluster.remove_node(cluster.workers[0], allow_graceful=False)  # the dead node's other processes
     expected = {r.run_key for r in expand(parse_grid(text))}
     versions = one_row_versions(bucket, "demo/runs/")
     assert set(versions) == expected and set(versions.values()) == {1}, "a run was published twice"
@@ -219,6 +220,7 @@ def test_runs_of_a_trial_out_of_retries_stay_pending_and_resume_finishes_them(cl
             time.sleep(0.2)
         extra.kill_raylet()
         out, err = p.communicate(timeout=400)
+        cluster.cluster.remove_node(extra, allow_graceful=False)
     finally:
         try:
             os.killpg(p.pid, signal.SIGKILL)
