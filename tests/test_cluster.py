@@ -118,6 +118,7 @@ def test_submit_with_the_store_on_s3_survives_a_worker_node_dying(cluster, s3_bu
     cluster.workers[0].kill_raylet()  # SIGKILL: its trial dies with it and Tune retries it on the other node
 
     assert wait_job(client, job) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
+    cluster.cluster.remove_node(cluster.workers[0], allow_graceful=False)  # the dead node's other processes
     expected = {r.run_key for r in expand(parse_grid(text))}
     versions = one_row_versions(bucket, "demo/runs/")
     assert set(versions) == expected and set(versions.values()) == {1}, "a run was published twice"
@@ -201,3 +202,34 @@ def test_a_launch_whose_own_node_dies_stops_in_bounded_time_with_one_line(tmp_pa
     assert last.startswith("error: the Ray cluster is gone") and f"vpgrid resume {tmp_path / 's'}" in last
     assert "Traceback" not in err
     assert len(Store(tmp_path / "s").statuses()) >= 1
+
+
+def test_runs_of_a_trial_out_of_retries_stay_pending_and_resume_finishes_them(cluster, tmp_path):
+    """With no retries, a trial whose node dies leaves its runs pending: the launch says so and exits 4."""
+    extra = cluster.cluster.add_node(num_cpus=1, temp_dir=tempfile.mkdtemp(prefix="rw-x-", dir="/tmp"))
+    cluster.cluster.wait_for_nodes()
+    text = grid(train={"epochs": 30, "batch_size": 8, "input_size": 8}, pack_size=3, resources={"cpu": 1})
+    g = write_grid(tmp_path, text)
+    p = subprocess.Popen(VPGRID + ["launch", str(g), "--store", "s", "--address", cluster.gcs, "-q",
+                                   "--max-failures", "0"], cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        t0 = time.time()
+        while len(Store(tmp_path / "s").statuses()) < 2 if (tmp_path / "s" / "runs").is_dir() else True:
+            assert p.poll() is None and time.time() - t0 < 300
+            time.sleep(0.2)
+        extra.kill_raylet()
+        out, err = p.communicate(timeout=400)
+        cluster.cluster.remove_node(extra, allow_graceful=False)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert p.returncode == 4, err[-3000:]
+    pending = 24 - len(Store(tmp_path / "s").statuses())
+    assert pending > 0 and f"{pending} runs are still pending" in err and "vpgrid resume" in err
+    r = subprocess.run(VPGRID + ["resume", "s", "--address", cluster.gcs, "-q"], cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0 and f"{pending} ok, 0 failed of {pending} runs launched" in r.stderr, r.stderr[-3000:]
+    assert sorted(Store(tmp_path / "s").statuses()) == sorted(x.run_key for x in expand(parse_grid(text)))

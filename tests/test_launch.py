@@ -97,7 +97,7 @@ def test_fractional_gpu_packing_on_a_logical_gpu(tmp_path, gpu, expected):
     assert concurrency(df) == expected
 
 
-def wait_for_rows(store: Path, n: int, p: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_rows(store: Path, n: int, p: subprocess.Popen, timeout: float = 400) -> None:
     t0 = time.time()
     while len(raw_keys(store)) < n if (store / "runs").is_dir() else True:
         assert p.poll() is None, "launch ended before the kill point"
@@ -117,7 +117,7 @@ def test_sigkill_the_driver_then_resume_runs_each_run_exactly_once(tmp_path):
         if kill_at is None:  # the store exists and Ray is starting: launch.json is written just before ray.init
             t0 = time.time()
             while not (store / "_vpgrid" / "launch.json").exists():
-                assert p.poll() is None and time.time() - t0 < 120
+                assert p.poll() is None and time.time() - t0 < 400
                 time.sleep(0.05)
         else:
             wait_for_rows(store, len(finished) + kill_at, p)

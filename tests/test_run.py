@@ -179,3 +179,14 @@ def test_a_vp_run_returns_its_learned_prompt(runs, tmp_path):
     assert (prompt[:, inner] == 0).all() and (prompt[:, ~inner] != 0).any()  # the border learned
     failed = run(dataclasses.replace(spec, shots=500), Context(tmp_path, torch.device("cpu")))
     assert failed.status == "failed" and prompt_of(failed) is None
+
+
+def test_a_trial_given_a_gpu_it_cannot_use_fails_instead_of_training_on_the_cpu(monkeypatch):
+    import torch
+
+    from workers.ray_adapter import trainable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pack = {"trial_id": "t1", "runs": [], "cpu": 1, "gpu": 0.5, "store": "/nonexistent", "cache": None}
+    with pytest.raises(RuntimeError, match="given 0.5 GPU but this worker cannot use CUDA.*refusing to train on the CPU"):
+        trainable({"pack": pack})
