@@ -9,6 +9,7 @@ import re
 import urllib.parse
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -51,43 +52,44 @@ def _verify(path: Path, expected: str | None, where: str) -> str:
     return actual
 
 
-def _download(url: str, dest: Path) -> None:
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-    from rich.console import Console
-
+@contextmanager
+def _written_whole(dest: Path, failure: str):
+    """A hidden temporary file beside `dest`, renamed onto it when the block ends well and removed otherwise
+    (as a CheckpointError starting with `failure`): the cache never holds half a file."""
     tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
     try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f, \
-                Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
-                         console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(dest.name, total=int(r.headers.get("Content-Length") or 0) or None)
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                f.write(chunk)
-                bar.advance(task, len(chunk))
+        with open(tmp, "wb") as f:
+            yield f
         os.replace(tmp, dest)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, Exception):
-            raise CheckpointError(f"could not download {url}: {e}") from None
+            raise CheckpointError(f"{failure}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
         raise
+
+
+def _download(url: str, dest: Path) -> None:
+    from rich.console import Console
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    with _written_whole(dest, f"could not download {url}") as f, urllib.request.urlopen(url, timeout=60) as r, \
+            Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                     console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(dest.name, total=int(r.headers.get("Content-Length") or 0) or None)
+        for chunk in iter(lambda: r.read(1 << 20), b""):
+            f.write(chunk)
+            bar.advance(task, len(chunk))
 
 
 def _copy_object(uri: str, dest: Path) -> None:
-    """An s3:// or gs:// object into this node's cache, whole or not at all."""
+    """An s3:// or gs:// object into this node's cache."""
     from workers.uri import open_uri
 
-    tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
-    try:
+    with _written_whole(dest, f"could not copy {uri}") as f:
         fs, path, _ = open_uri(uri)
-        with fs.open_input_stream(path) as src, open(tmp, "wb") as f:
+        with fs.open_input_stream(path) as src:
             for chunk in iter(lambda: src.read(1 << 22), b""):
                 f.write(chunk)
-        os.replace(tmp, dest)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, Exception):
-            raise CheckpointError(f"could not copy {uri}: {str(e).splitlines()[0]}") from None
-        raise
 
 
 def cache_path(url: str, cache_dir: Path) -> Path:
