@@ -259,12 +259,13 @@ def _status_view(rep, show_failed: bool = False):
             t.add_row(axis, v, str(c["done"]), str(c["failed"] or ""), str(c["pending"] or ""))
     parts.append(t)
     if show_failed:
+        from orchestrator.report import shots_text
         from orchestrator.store import Store
 
         df = Store(rep.store).frame()
         for _, r in df[df["status"] == "failed"].iterrows():
             parts.append(Text(f"{r['run_key']} {r['model']} {r['compression']} {r['method']} {r['dataset']} "
-                              f"shots={r['shots']} seed={r['seed']}: {r['error'].splitlines()[0]}", style="red"))
+                              f"shots={shots_text(r['shots'])} seed={r['seed']}: {r['error'].splitlines()[0]}", style="red"))
     return Group(*parts)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError,
+                      field_validator, model_validator)
 
 from workers.spec import RunSpec, TrainConfig
 
@@ -48,6 +48,7 @@ class Train(_Strict):
     gamma: PositiveFloat = 0.1
     eval_batch_size: PositiveInt = 256
     input_size: Optional[PositiveInt] = None
+    eval_every: Optional[NonNegativeInt] = None  # VP: test accuracy every N epochs; None or 0 = off
 
     @field_validator("milestones")
     @classmethod
@@ -293,7 +294,7 @@ def _train_for(grid: Grid, overrides: tuple[int, ...], shots: Optional[int], sou
                             f"(entries: {sorted(map(str, bs))})")
         bs = bs[key]
     return TrainConfig(epochs=t.epochs, lr=t.lr, batch_size=bs, milestones=tuple(t.milestones), gamma=t.gamma,
-                       eval_batch_size=t.eval_batch_size, input_size=t.input_size)
+                       eval_batch_size=t.eval_batch_size, input_size=t.input_size, eval_every=t.eval_every or None)
 
 
 def expand(grid: Grid, source: str = "<grid>") -> list[RunSpec]:

@@ -1,12 +1,37 @@
 """Summary tables from the store: mean ± std over seeds, dense next to compressed."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-METRICS = ("accuracy", "ece", "conf_correct", "kl_incorrect")  # the CLI reads this without importing pandas
+METRICS = ("accuracy", "ece", "ece_paper", "conf_correct", "kl_incorrect", "kl_incorrect_paper")  # read without pandas
+# Every setting that changes a run besides the summary's axes: runs that differ in any of them are never averaged
+# as seeds of one configuration. (compression and its level are in `variant`; seed is what is averaged over.)
+SETTINGS = ("weights", "model_args", "compression_args", "dataset_args", "epochs", "lr", "batch_size", "input_size",
+            "milestones", "gamma", "eval_batch_size", "eval_every", "prompt_kind")
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def shots_text(shots: Any) -> str:
+    """'full' for the whole training split, else the integer (pandas reads a nullable int column as float)."""
+    return "full" if _missing(shots) else str(int(shots))
+
+
+def _setting_text(v: Any) -> str:
+    """A hashable, readable form of one setting: '' for null, numbers as written, lists comma-joined."""
+    if _missing(v):
+        return ""
+    if isinstance(v, float):
+        return f"{v:g}"
+    if hasattr(v, "__len__") and not isinstance(v, str):  # a list column reads as a numpy array
+        return ",".join(_setting_text(x) for x in v)
+    return str(v)
 
 
 def _prepare(df: pd.DataFrame) -> pd.DataFrame:
@@ -18,6 +43,8 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
     level = ok["compression_level"].map(lambda v: "" if pd.isna(v) else f"@{v:g}")
     ok["variant"] = ok["model"] + " " + ok["compression"] + level
     ok["budget"] = ok["shots"].map(lambda s: "full" if pd.isna(s) else f"{int(s)}-shot")
+    for c in SETTINGS:  # a store written before a column existed reads it as null: one value, ""
+        ok[c] = ok[c].map(_setting_text) if c in ok else ""
     # dense first, then by compression and level; shots ascending with full last
     ok["_v"] = list(zip(ok["model"], ok["compression"] != "dense", ok["compression"], ok["compression_level"].fillna(0)))
     ok["_b"] = ok["shots"].fillna(float("inf"))
@@ -25,15 +52,17 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
-    """One row per (variant, dataset, method, shots): number of seeds, and mean and std of each metric."""
+    """One row per (variant, dataset, method, shots, SETTINGS): number of seeds, mean and std of each metric."""
     import pandas as pd
 
     ok = _prepare(df)
     if ok.empty:
         return pd.DataFrame()
-    keys = ["dataset", "variant", "method", "budget"]
+    keys = ["dataset", "variant", "method", "budget", *SETTINGS]
     g = ok.sort_values(["dataset", "_v", "method", "_b"]).groupby(keys, sort=False)
     out = g.size().rename("seeds").to_frame()
+    if "upstream_accuracy" in ok:  # the variant's ImageNet val top-1, beside its transfer numbers (null: not measured)
+        out["upstream_accuracy"] = g["upstream_accuracy"].first()
     for m in metrics:
         out[f"{m}_mean"] = g[m].mean()
         out[f"{m}_std"] = g[m].std(ddof=1)
@@ -43,7 +72,8 @@ def summary(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
 def _cell(mean: float, std: float, scale: float) -> str:
     import pandas as pd
 
-    return f"{scale * mean:.1f}" + ("" if pd.isna(std) else f" ± {scale * std:.1f}")
+    f = ".1f" if scale == 100 else ".4f"  # percentages, or small raw values (ece_paper, KL) that .1f would zero
+    return f"{scale * mean:{f}}" + ("" if pd.isna(std) else f" ± {scale * std:{f}}")
 
 
 def markdown(table: pd.DataFrame, metrics=("accuracy", "ece")) -> str:
@@ -54,15 +84,21 @@ def markdown(table: pd.DataFrame, metrics=("accuracy", "ece")) -> str:
     budgets = list(dict.fromkeys(table["budget"]))
     budgets.sort(key=lambda b: float("inf") if b == "full" else int(b.split("-")[0]))
     for dataset, t in table.groupby("dataset", sort=False):
+        varying = [c for c in SETTINGS if t[c].nunique() > 1]  # shown in the row label, so rows stay apart
+        t = t.assign(setup=t[varying].apply(lambda r: " ".join(f"{c}={r[c]}" for c in varying), axis=1)
+                     if varying else "")
         for m in metrics:
             scale = 100.0 if m in ("accuracy", "ece", "conf_correct") else 1.0
             unit = " (%)" if scale == 100 else ""
             seeds = f"{t['seeds'].min()}" + (f"–{t['seeds'].max()}" if t['seeds'].max() != t['seeds'].min() else "")
             parts.append(f"**{dataset} — {m}{unit}**, mean ± std over {seeds} seeds\n")
-            head = ["variant", "method"] + budgets
+            head = ["variant", "method"] + (["setup"] if varying else []) + budgets
             lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            for (variant, method), r in t.groupby(["variant", "method"], sort=False):
+            for (variant, method, setup), r in t.groupby(["variant", "method", "setup"], sort=False):
                 cells = {b: _cell(x, s, scale) for b, x, s in zip(r["budget"], r[f"{m}_mean"], r[f"{m}_std"])}
-                lines.append("| " + " | ".join([variant, method] + [cells.get(b, "") for b in budgets]) + " |")
+                up = r["upstream_accuracy"].dropna() if "upstream_accuracy" in r else r.iloc[0:0, 0]
+                name = variant + (f" (ImageNet {100 * up.iloc[0]:.1f})" if len(up) else "")
+                label = [name, method] + ([setup.replace("|", "\\|")] if varying else [])
+                lines.append("| " + " | ".join(label + [cells.get(b, "") for b in budgets]) + " |")
             parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)

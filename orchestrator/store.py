@@ -153,6 +153,16 @@ class Store:
         self._put(path, buf.getvalue().to_pybytes())
         return path
 
+    def put_prompt(self, run_key: str, data: bytes) -> str:
+        """Publish a run's learned prompt (safetensors bytes) whole, as ROOT/_prompts/<run_key>.safetensors; returns
+        its location. A '_' folder, so readers of the store's Parquet skip it."""
+        folder = f"{self._base}/_prompts"
+        if self.local:
+            self.fs.create_dir(folder, recursive=True)
+        path = f"{folder}/{run_key}.safetensors"
+        self._put(path, data)
+        return self._uri_of(path)
+
     def compact(self) -> tuple[int, int]:
         """Merge all run files into one deduplicated file with large row groups. Returns (before, after).
 

@@ -51,7 +51,7 @@ def test_bad_grid_is_refused_in_one_line_and_writes_nothing(grid, command, tmp_p
 
 # (arguments, exit code, text the one line must hold); GRID and STORE are filled in by the test
 CLI_USES = [
-    (["report", "STORE", "--metric", "acc"], 2, "--metric: unknown value 'acc' (valid: accuracy, ece, conf_correct, kl_incorrect)"),
+    (["report", "STORE", "--metric", "acc"], 2, "--metric: unknown value 'acc' (valid: accuracy, ece, ece_paper, conf_correct, kl_incorrect, kl_incorrect_paper)"),
     (["report", "STORE", "--metric", "accuracy", "--metric", "f1"], 2, "unknown value 'f1'"),
     (["launch", "GRID", "--num-cpus", "-2"], 2, "--num-cpus -2 must be > 0"),
     (["launch", "GRID", "--num-cpus", "0"], 2, "--num-cpus 0 must be > 0"),

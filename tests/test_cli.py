@@ -1,6 +1,9 @@
 """The CLI without Ray: plan, errors, status and report on a store filled by hand."""
+import dataclasses
 import json
+import re
 
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -87,6 +90,59 @@ def test_status_text_and_failed_listing(half_done):
     assert r.exit_code == 0, r.output
     assert "8 done, 4 failed, 12 pending of 24" in r.stdout and "vpgrid resume" in r.stdout
     assert r.stdout.count("RuntimeError: boom") == 4
+
+
+def test_failed_listing_prints_shots_as_integers(half_done):
+    """Store.frame() reads the nullable int column as float: the listing must not say shots=1.0 or shots=nan."""
+    st, runs = half_done
+    full = dataclasses.replace(runs[0], shots=None, seed=7)
+    st.publish(RunResult.for_spec(full, "failed", error="RuntimeError: boom", finished_at=99.0))
+    out = cli.invoke(app, ["status", str(st.root), "--failed"]).stdout
+    shots = re.findall(r"shots=(\S+)", out)
+    assert sorted(set(shots)) == ["1", "2", "full"] and shots.count("full") == 1
+
+
+def _two_dataset_args_store(tmp_path):
+    """Two seeds of each of two configurations that differ only in dataset_args."""
+    st = Store(tmp_path / "s2")
+    st.create(TINY)
+    spec = expand(parse_grid(TINY))[0]
+    accs = {}
+    for args, acc in (({}, 0.2), ({"cap_shots": True}, 0.8)):
+        for seed in (1, 2):
+            s = dataclasses.replace(spec, dataset_args=args, seed=seed)
+            accs[s.run_key] = acc + 0.01 * seed
+            st.publish(RunResult.for_spec(s, "ok", accuracy=acc + 0.01 * seed, ece=0.1, finished_at=1.0))
+    assert len(accs) == 4  # four distinct runs
+    return st
+
+
+def test_report_keeps_runs_with_different_dataset_args_apart(tmp_path):
+    st = _two_dataset_args_store(tmp_path)
+    rows = json.loads(cli.invoke(app, ["report", str(st.root), "--json"]).stdout)
+    # averaged together they would be one row of 4 "seeds" with mean 0.515
+    assert sorted((r["dataset_args"], r["seeds"], round(r["accuracy_mean"], 6)) for r in rows) == [
+        ("{\"cap_shots\":true}", 2, 0.815), ("{}", 2, 0.215)]
+    md = cli.invoke(app, ["report", str(st.root)]).stdout
+    assert "dataset_args={}" in md and 'dataset_args={"cap_shots":true}' in md
+    assert "| 21.5 ± 0.7 |" in md and "| 81.5 ± 0.7 |" in md
+
+
+def test_report_groups_by_every_setting(tmp_path):
+    """Each setting of SETTINGS, changed alone on one of two seeds, splits the group: no setting is averaged away."""
+    from orchestrator.report import SETTINGS, summary
+
+    spec = expand(parse_grid(TINY))[0]
+    base = RunResult.for_spec(spec, "ok", accuracy=0.5, prompt_kind="pad").to_row()
+    changed = {"weights": "pretrained", "model_args": "{}", "compression_args": '{"x":1}', "dataset_args": '{"a":1}',
+               "epochs": 3, "lr": 0.1, "batch_size": 4, "input_size": 16, "milestones": [0.5], "gamma": 0.5,
+               "eval_batch_size": 8, "eval_every": 1, "prompt_kind": "token_patches"}
+    assert set(changed) == set(SETTINGS)
+    for col, value in changed.items():
+        other = {**base, "seed": 2, col: value}
+        table = summary(pd.DataFrame([base, other]))
+        assert len(table) == 2 and list(table["seeds"]) == [1, 1], col
+    assert len(summary(pd.DataFrame([base, {**base, "seed": 2}]))) == 1  # the seed alone is averaged over
 
 
 def test_report_and_compact(half_done):

@@ -291,11 +291,38 @@ class _ScriptedClip(nn.Module):
         return self.transformer(x).half() @ self.text_projection
 
 
+def _as_2021_torch_jit_archive(src, dst, folder: str) -> None:
+    """Re-pack an archive of today's torch.jit.save in the records of the torch.jit that wrote OpenAI's 2021/2022
+    files (pytorch torch/csrc/jit/serialization/export_module.cpp and caffe2/serialize/inline_container.cc of that
+    time): the folder is the basename of the file the model was saved to (not the downloaded file's name);
+    `version` first; then each archive's tensors (`data/N`) before its pickle, the code, and `constants/N`
+    before `constants.pkl`; none of the records added since (`byteorder`, `.data/serialization_id`,
+    `.format_version`, `.storage_alignment`). data.pkl's persistent ids, ('storage', torch.<T>Storage, 'N',
+    'cpu', numel), are the same then and now."""
+    with zipfile.ZipFile(src) as zf:
+        prefix = zf.namelist()[0].split("/")[0] + "/"
+        rec = {n[len(prefix):]: zf.read(n) for n in zf.namelist()}
+    dropped = {"byteorder", ".data/serialization_id", ".data/version", ".format_version", ".storage_alignment"}
+    order = (["version"] + sorted((n for n in rec if n.startswith("data/")), key=lambda n: int(n.split("/")[1]))
+             + ["data.pkl"] + sorted(n for n in rec if n.startswith("code/"))
+             + sorted(n for n in rec if n.startswith("constants/")) + ["constants.pkl"])
+    assert set(rec) - dropped == set(order), sorted(set(rec) - dropped - set(order))
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out:
+        for n in order:
+            out.writestr(f"{folder}/{n}", rec[n])
+
+
 @pytest.mark.filterwarnings("ignore:'torch.load' received a zip file")
-def test_torchscript_archives_are_read_without_running_them(tmp_path, capsys):
+@pytest.mark.parametrize("vintage", ["today", "2022"])
+def test_torchscript_archives_are_read_without_running_them(tmp_path, capsys, vintage):
     module = _ScriptedClip()
     with pytest.warns(FutureWarning):  # deprecated, but it is how OpenAI's files were made
         torch.jit.save(torch.jit.script(module), tmp_path / "m.pt")
+    if vintage == "2022":  # what ViT-L-14-336px.pt (April 2022) was written as; saved under another name
+        _as_2021_torch_jit_archive(tmp_path / "m.pt", tmp_path / "ViT-L-14-336px.pt", "model_export")
+        (tmp_path / "ViT-L-14-336px.pt").replace(tmp_path / "m.pt")
+        names = zipfile.ZipFile(tmp_path / "m.pt").namelist()
+        assert names[0] == "model_export/version" and "model_export/byteorder" not in names
     with pytest.raises(Exception, match="weights_only"):
         torch.load(tmp_path / "m.pt", weights_only=True)
     got = read_checkpoint(tmp_path / "m.pt")
@@ -326,3 +353,79 @@ def test_torchscript_archives_are_read_without_running_them(tmp_path, capsys):
 def test_bad_args_are_refused(args, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         build_model("clip_vit_b32", "random", args, tmp_path)
+
+
+# ---------------------------------------------------------------- built-in compression on CLIP
+
+def small_clip() -> ClipClassifier:
+    """A two-block open_clip CLIP (random init, seed 0): fast enough to prune and quantise whole."""
+    torch.manual_seed(0)
+    clip = open_clip.CLIP(embed_dim=16, quick_gelu=True,
+                          vision_cfg={"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16},
+                          text_cfg={"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}).eval()
+    return ClipClassifier(clip, open_clip.get_tokenizer("ViT-B-32"), num_classes=20)
+
+
+def image_tower_weights(model: ClipClassifier) -> dict[str, torch.Tensor]:
+    """Written out by hand for open_clip's ViT: every weight a forward pass multiplies an input by."""
+    v = model.visual
+    out = {"visual.conv1": v.conv1.weight, "visual.proj": v.proj}
+    for i, block in enumerate(v.transformer.resblocks):
+        p = f"visual.transformer.resblocks.{i}."
+        assert isinstance(block.attn, nn.MultiheadAttention)
+        out |= {p + "attn.in_proj": block.attn.in_proj_weight, p + "attn.out_proj": block.attn.out_proj.weight,
+                p + "mlp.c_fc": block.mlp.c_fc.weight, p + "mlp.c_proj": block.mlp.c_proj.weight}
+    return out
+
+
+def test_clip_magnitude_pruning_covers_the_whole_image_tower_and_spares_the_text_tower():
+    from workers.compression import compress
+
+    model = small_clip()
+    text_before = {k: v.clone() for k, v in model.text.state_dict().items()}
+    before = {k: w.detach().clone() for k, w in image_tower_weights(model).items()}
+    model, report = compress(model, "magnitude", {"sparsity": 0.6, "scope": "global"})
+    after = image_tower_weights(model)
+    # an independent count over the image tower's prunable weights, in_proj and proj included
+    zeros = sum(int((w == 0).sum()) for w in after.values())
+    total = sum(w.numel() for w in after.values())
+    assert report.sparsity == zeros / total and abs(zeros / total - 0.6) < 1e-3
+    assert set(report.layer_sparsity) == set(after)
+    for i in range(2):
+        assert report.layer_sparsity[f"visual.transformer.resblocks.{i}.attn.in_proj"] > 0.3
+    assert (after["visual.proj"] == 0).any()
+    # one global threshold over exactly those weights: every zeroed one is no larger than every kept one
+    old = torch.cat([w.abs().flatten() for w in before.values()])
+    new = torch.cat([w.flatten() for w in after.values()])
+    assert old[new == 0].max() <= old[new != 0].min()
+    for k, v in model.text.state_dict().items():
+        assert torch.equal(v, text_before[k]), k
+
+
+def test_clip_fakequant_quantises_in_proj_and_proj_and_their_inputs():
+    from workers.compression import compress
+    from workers.compression.quant import QuantAct
+
+    model = small_clip()
+    text_before = {k: v.clone() for k, v in model.text.state_dict().items()}
+    calib = torch.randn(4, 3, 32, 32)
+    model, report = compress(model, "fakequant", {"bits": 4, "act_bits": 8}, calib=calib)
+    assert report.sparsity < 0.2  # 4 bits round some small weights to 0; counted over the image tower only
+    for name, w in image_tower_weights(model).items():
+        rows = (w.T if name == "visual.proj" else w).detach().double().flatten(1)  # proj's outputs: its columns
+        steps = rows / (rows.abs().amax(1, keepdim=True) / 7)
+        assert torch.allclose(steps, steps.round(), atol=1e-4), name  # on the symmetric 4-bit grid, per channel
+        assert len(rows[0].unique()) <= 15, name
+    for k, v in model.text.state_dict().items():
+        assert torch.equal(v, text_before[k]), k
+
+    # activations: the attention's input is quantised once and passed as query, key and value alike
+    seen = []
+    attn = model.visual.transformer.resblocks[1].attn
+    assert any(isinstance(h, QuantAct) for h in attn._forward_pre_hooks.values())
+    attn.register_forward_pre_hook(lambda m, args: seen.append(args))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    (q, k, v), = [a[:3] for a in seen]
+    scale = next(h for h in attn._forward_pre_hooks.values() if isinstance(h, QuantAct)).scale
+    assert k is q and v is q and torch.allclose(q / scale, (q / scale).round(), atol=1e-3)

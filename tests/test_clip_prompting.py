@@ -342,3 +342,38 @@ def test_end_to_end_run_row(context, method):
     else:
         assert len(row.label_mapping) == 10 and len(set(row.label_mapping)) == 10
         assert all(0 <= s < 81 * 10 for s in row.label_mapping)
+
+
+def test_runs_feed_clip_its_own_preprocessing_of_the_original_files(context, monkeypatch, tmp_path):
+    """clip_vp and clip_ilm get the dataset decoded at the model's side (64 here) by bicubic short side + centre
+    crop from the files, as open_clip's transform makes it; the VP methods keep their input_size squash."""
+    from PIL import Image
+    import numpy as np
+    from workers.data import Crop
+    from workers.run import data_input
+
+    for c, cls in enumerate(["AnnualCrop", "Forest"]):  # a EuroSAT layout, odd aspect ratios
+        for j, (h, w) in enumerate([(40, 90), (70, 31), (20, 20), (64, 65), (33, 50)]):
+            path = tmp_path / "data" / "eurosat" / "2750" / cls / f"{cls}_{j}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.random.default_rng(10 * c + j).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    ref = open_clip.image_transform(64, is_train=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    want = {(ref(Image.open(p)) * 255).round().to(torch.uint8).numpy().tobytes()
+            for p in (tmp_path / "data").rglob("*.jpg")}
+    seen = []
+    monkeypatch.setattr(cp, "train_clip_prompt", lambda model, meta, task, *a, **k: seen.append(task) or
+                        cp.TrainOutput({}, None, 0.0, 0.0, 0.0))
+    ctx = Context(context.cache_dir, CPU, data_root=str(tmp_path / "data"))
+    ctx.variants = context.variants  # the module's CLIP build
+    for method in ("clip_vp", "clip_ilm"):
+        spec = RunSpec(model="clip_vit_b32", method=method, dataset="eurosat", shots=2, seed=0, weights="random",
+                       model_args=ARGS, train=TrainConfig(epochs=1, input_size=16))
+        run(spec, ctx)
+        task = seen[-1]
+        assert data_input(spec, ctx.variant(spec).meta) == (64, Crop("bicubic", 1.0))
+        assert task.train_x.shape[1:] == (3, 64, 64) and task.test_x.dtype == torch.uint8
+        got = {x.numpy().tobytes() for x in torch.cat([task.train_x, task.test_x])}
+        assert len(got) == 2 * 2 + 2 and got <= want  # 2 shots a class, 1 test image a class; all open_clip's
+    vp = RunSpec(model="clip_vit_b32", method="ilm", dataset="eurosat", shots=2, seed=0, weights="random",
+                 model_args=ARGS, train=TrainConfig(epochs=1, input_size=16))
+    assert data_input(vp, ctx.variant(vp).meta) == (16, None)

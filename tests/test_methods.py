@@ -97,3 +97,43 @@ def test_image_methods_refuse_token_data(method, runs, tmp_path):
     built, meta = build_model("demo_cnn", "random", {"width": 4}, tmp_path)
     with pytest.raises(TypeError, match="needs images .* use method 'reprogram'"):
         METHODS.get(method)(built.model, meta, task, dataclasses.replace(runs[0], method=method), torch.device("cpu"))
+
+
+def test_eval_every_records_what_shorter_runs_reach_and_changes_nothing_else(runs, tmp_path):
+    """Test accuracy after epoch e (eval_every=1) equals the final accuracy of a run stopped after e epochs: with
+    the lr decay at the very end (milestone 1.0), both runs see the same prompts, mappings and batches."""
+    spec = next(r for r in runs if r.method == "ilm" and r.compression == "dense" and r.shots == 2)
+    train = dataclasses.replace(spec.train, epochs=3, milestones=(1.0,), lr=0.05)
+    ctx = Context(tmp_path, torch.device("cpu"))
+    on = run(dataclasses.replace(spec, train=dataclasses.replace(train, eval_every=1)), ctx)
+    off = run(dataclasses.replace(spec, train=train), ctx)
+    assert on.status == off.status == "ok", (on.error, off.error)
+    assert off.epoch_accuracy is None and off.eval_every is None and on.eval_every == 1
+    assert len(on.epoch_accuracy) == 3 and on.epoch_accuracy[-1] == on.accuracy
+    assert (on.accuracy, on.label_mapping, on.final_train_loss) == (off.accuracy, off.label_mapping, off.final_train_loss)
+    for e in (1, 2):
+        short = run(dataclasses.replace(spec, train=dataclasses.replace(train, epochs=e)), ctx)
+        assert on.epoch_accuracy[e - 1] == short.accuracy
+    every2 = run(dataclasses.replace(spec, train=dataclasses.replace(train, epochs=4, eval_every=2)), ctx)
+    assert len(every2.epoch_accuracy) == 2 and every2.epoch_accuracy[-1] == every2.accuracy
+
+
+def test_rows_say_what_ran(runs, tmp_path):
+    spec = next(r for r in runs if r.method == "ilm" and r.shots == 1)
+    spec = dataclasses.replace(spec, dataset_args={"cap_shots": True},
+                               train=dataclasses.replace(spec.train, milestones=(0.5,), gamma=0.5, eval_batch_size=7))
+    row = run(spec, Context(tmp_path, torch.device("cpu")))
+    assert row.status == "ok", row.error
+    assert (row.dataset_args, row.milestones, row.gamma, row.eval_batch_size, row.prompt_kind) == (
+        '{"cap_shots":true}', [0.5], 0.5, 7, "pad")
+    assert sum(row.reliability_count) == row.n_test and len(row.reliability_count) == 15
+    assert len(row.per_class_confidence) == 10 and row.ece_paper is not None and row.kl_incorrect_paper is not None
+    failed = run(dataclasses.replace(spec, method="nope"), Context(tmp_path, torch.device("cpu")))
+    assert failed.status == "failed" and failed.dataset_args == '{"cap_shots":true}' and failed.prompt_kind is None
+
+
+def test_every_method_declares_its_prompt():
+    kinds = {m: METHODS.meta(m).prompt for m in METHODS.names()}
+    assert {kinds[m] for m in METHODS.names() if METHODS.meta(m).kind == "vp"} == {"pad"}
+    assert (kinds["lp"], kinds["ff"], kinds["clip_vp"], kinds["clip_ilm"], kinds["reprogram"]) == (
+        None, None, "full_canvas_additive", "full_canvas_additive", "token_patches")

@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 import torch
 
-from workers.metrics import classification_metrics, expected_calibration_error
+from workers.metrics import classification_metrics, expected_calibration_error, paper_ece, reliability_bins
 
 
 def _two_class_logits(confs):
@@ -48,7 +48,8 @@ def test_hand_worked_case():
     assert m["kl_incorrect"] == pytest.approx((kl(0.95) + kl(0.55)) / 2)
     assert m["per_class_accuracy"] == [1.0, 0.0]
     assert m["n"] == 4
-    assert set(m) == {"accuracy", "ece", "conf_correct", "kl_incorrect", "nll", "per_class_accuracy", "n"}
+    assert set(m) == {"accuracy", "ece", "ece_paper", "conf_correct", "kl_incorrect", "kl_incorrect_paper", "nll",
+                      "per_class_accuracy", "per_class_confidence", "reliability", "n"}
 
 
 def test_ece_against_numpy():
@@ -152,3 +153,104 @@ def test_bad_inputs():
         classification_metrics(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError):
         classification_metrics(torch.zeros(2, 3), torch.tensor([0, 3]))
+
+
+# --- the paper's definitions, and the reliability data ------------------------------------------------------
+
+def test_paper_ece_hand_worked():
+    # batches of 2, in order. Batch 1: top logits 3 (right) and 2 (wrong), both > 1, so both in the package's
+    # last bin: |2.5 - 0.5| = 2.0. Batch 2: 0.5 (right) in (7/15, 8/15], -0.5 (wrong) in the first bin:
+    # 1/2 |0.5 - 1| + 1/2 |-0.5 - 0| = 0.5. Batch 3 (partial): 0.9 (right): |0.9 - 1| = 0.1.
+    logits = torch.tensor([[3.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.5, 0.2, 0.1], [-1.0, -2.0, -0.5], [0.2, 0.9, 0.0]],
+                          dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 0, 1])
+    assert paper_ece(logits[:4], labels[:4], 2) == pytest.approx((2.0 + 0.5) / 4)
+    assert paper_ece(logits, labels, 2) == pytest.approx((2.0 + 0.5 + 0.1) / 5)
+
+
+@pytest.mark.parametrize("batch", [64, 128, 50])
+@pytest.mark.parametrize("scale,shift", [(3.0, 0.0), (0.3, 0.0), (0.2, 0.5), (1.0, -2.0)])
+def test_paper_ece_against_the_papers_package(batch, scale, shift):
+    """The paper's own code path: cal.get_ece on each test batch's mapped logits, summed, divided by N."""
+    cal = pytest.importorskip("calibration")  # uncertainty-calibration, the package the paper's code used
+    rng = np.random.default_rng(batch)
+    n, k = 300, 10  # 300 is not a multiple of any batch: the last batch is partial, as in a test loader
+    logits = rng.normal(size=(n, k)) * scale + shift  # tops above 1, inside (0, 1) and below 0
+    labels = rng.integers(0, k, size=n)
+    expected = sum(cal.get_ece(logits[s:s + batch], labels[s:s + batch]) for s in range(0, n, batch)) / n
+    got = paper_ece(torch.from_numpy(logits), torch.from_numpy(labels), batch)
+    assert got == pytest.approx(expected, abs=1e-12)
+    m = classification_metrics(torch.from_numpy(logits), torch.from_numpy(labels), paper_batch=batch)
+    assert m["ece_paper"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_paper_ece_on_large_logits_is_gap_over_batch_size():
+    # The paper's regime: every top mapped logit > 1, one bin per batch, so each full batch adds
+    # |mean top logit - accuracy| and the sum / N is that gap averaged over batches / batch size.
+    rng = np.random.default_rng(3)
+    logits = torch.from_numpy(rng.normal(size=(256, 5)) + 5.0)
+    labels = torch.from_numpy(rng.integers(0, 5, size=256))
+    gaps = [float(logits[s:s + 128].max(1).values.mean()) - float((logits[s:s + 128].argmax(1) == labels[s:s + 128])
+                                                                   .double().mean()) for s in (0, 128)]
+    assert paper_ece(logits, labels, 128) == pytest.approx(sum(gaps) / 2 / 128)
+    assert paper_ece(logits, labels, 64) != pytest.approx(paper_ece(logits, labels, 128))
+
+
+def test_paper_test_batch_per_dataset():
+    from workers.data import DATASETS
+    from workers.metrics import run_metrics
+    from workers.spec import RunSpec
+
+    assert {n: DATASETS.meta(n).paper_test_batch for n in DATASETS.names() if DATASETS.meta(n).paper_test_batch != 128
+            } == {"oxford_pets": 64}
+    logits, labels = torch.randn(200, 37, dtype=torch.float64) * 2 + 3, torch.randint(0, 37, (200,))
+    pets = run_metrics(logits, labels, RunSpec("resnet18", "ilm", "oxford_pets", None, 0))
+    assert pets["ece_paper"] == pytest.approx(paper_ece(logits, labels, 64))
+    assert pets["ece_paper"] != pytest.approx(paper_ece(logits, labels, 128))
+
+
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")  # the paper's reduction, on purpose
+def test_kl_incorrect_paper_by_hand():
+    rng = np.random.default_rng(4)
+    logits = torch.from_numpy(rng.normal(size=(120, 6)) * 2)
+    labels = torch.from_numpy(rng.integers(0, 6, size=120))
+    m = classification_metrics(logits, labels)
+    values = []
+    for z, y in zip(logits.tolist(), labels.tolist()):
+        e = [math.exp(v) for v in z]
+        p = [v / sum(e) for v in e]
+        if max(range(6), key=lambda i: p[i]) != y:
+            # F.kl_div(log p, U, reduction='mean'): mean over the K elements of U_k (log U_k - log p_k)
+            values.append(sum((1 / 6) * (math.log(1 / 6) - math.log(pk)) for pk in p) / 6)
+    assert m["kl_incorrect_paper"] == pytest.approx(sum(values) / len(values), rel=1e-12)
+    wrong = logits.argmax(1) != labels
+    torch_value = torch.nn.functional.kl_div(torch.log_softmax(logits[wrong], 1), torch.full((int(wrong.sum()), 6), 1 / 6,
+                                             dtype=torch.float64), reduction="mean")
+    assert m["kl_incorrect_paper"] == pytest.approx(float(torch_value), rel=1e-12)
+    assert m["kl_incorrect_paper"] != pytest.approx(m["kl_incorrect"])  # KL(U||p)/K is not KL(p||U)
+
+
+def test_reliability_bins_and_per_class_confidence_against_numpy():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(500, 4)) * 2
+    labels = rng.integers(0, 3, size=500)  # class 3 absent
+    z = np.exp(logits - logits.max(1, keepdims=True))
+    p = z / z.sum(1, keepdims=True)
+    conf, correct = p.max(1), p.argmax(1) == labels
+    m = classification_metrics(torch.from_numpy(logits), torch.from_numpy(labels))
+    r = m["reliability"]
+    edges = np.linspace(0, 1, 16)
+    for b in range(15):
+        in_bin = (conf > edges[b]) & (conf <= edges[b + 1])
+        assert r["count"][b] == in_bin.sum()
+        if in_bin.any():
+            assert r["confidence"][b] == pytest.approx(conf[in_bin].mean(), rel=1e-12)
+            assert r["accuracy"][b] == pytest.approx(correct[in_bin].mean(), rel=1e-12)
+        else:
+            assert r["confidence"][b] is None and r["accuracy"][b] is None
+    assert sum(r["count"]) == 500 and r["count"][:3] == [0, 0, 0]  # K = 4: confidence >= 1/4
+    assert m["per_class_confidence"][:3] == pytest.approx([conf[labels == c].mean() for c in range(3)], rel=1e-12)
+    assert m["per_class_confidence"][3] is None
+    # the reliability data reproduce the ECE
+    assert m["ece"] == pytest.approx(sum(c / 500 * abs(a - f) for c, f, a in zip(*r.values()) if c), abs=1e-15)
+    assert reliability_bins(torch.from_numpy(conf), torch.from_numpy(correct)) == r

@@ -115,6 +115,113 @@ def test_gmp_layouts(tmp_path, layout):
     assert "(gmp)" in built.weights_source
 
 
+class _SparseMLBasicBlock(torch.nn.Module):
+    """SparseML's `_BasicBlock` (sparseml/pytorch/models/classification/resnet.py): module names and forward as
+    there; its ReLU subclass carries no tensors, so torch's ReLU stands in."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.identity = None  # SparseML's _IdentityModifier (.conv 1x1 strided, .bn) where the shape changes
+        if cin != cout or stride > 1:
+            self.identity = nn.Module()
+            self.identity.conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            self.identity.bn = nn.BatchNorm2d(cout)
+        self.act_out = nn.ReLU()
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        out = out + (self.identity.bn(self.identity.conv(x)) if self.identity is not None else x)
+        return self.act_out(out)
+
+
+class _SparseMLResNet(torch.nn.Module):
+    """SparseML's `ResNet` for resnet18/34: `input` (conv, bn, act, pool), `sections` of blocks, `classifier`
+    (avgpool, fc, softmax; forward returns (logits, classes))."""
+
+    def __init__(self, blocks: tuple[int, ...]) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.input = nn.Module()
+        self.input.conv = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.input.bn = nn.BatchNorm2d(64)
+        self.input.act = nn.ReLU()
+        self.input.pool = nn.MaxPool2d(3, 2, 1)
+        widths, sections, cin = (64, 128, 256, 512), [], 64
+        for i, (n, cout) in enumerate(zip(blocks, widths)):
+            sections.append(nn.Sequential(*[_SparseMLBasicBlock(cin if j == 0 else cout, cout,
+                                                                2 if (i > 0 and j == 0) else 1) for j in range(n)]))
+            cin = cout
+        self.sections = nn.Sequential(*sections)
+        self.classifier = nn.Module()
+        self.classifier.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier.fc = nn.Linear(512, 1000)
+        self.classifier.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        i = self.input
+        x = self.sections(i.pool(i.act(i.bn(i.conv(x)))))
+        logits = self.classifier.fc(self.classifier.avgpool(x).flatten(1))
+        return logits, self.classifier.softmax(logits)
+
+
+def _sparseml_save_model(path, model: torch.nn.Module, epoch: int) -> None:
+    """What SparseML's `save_model` (sparseml/pytorch/utils/model.py) writes: every state copied into a float32
+    `torch.zeros(state.shape)` (num_batches_tracked included), under 'state_dict', with the epoch and arch_key."""
+    from collections import OrderedDict
+
+    sd = OrderedDict()
+    for k, v in model.state_dict().items():
+        copy = torch.zeros(v.shape)
+        copy.copy_(v)
+        sd[k] = copy
+    torch.save({"state_dict": sd, "epoch": epoch, "arch_key": "resnet_v1-18",
+                "recipe": "!ScheduledModifierManager\n  modifiers: [!GMPruningModifier {final_sparsity: 0.8}]"}, path)
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet18", (2, 2, 2, 2)), ("resnet34", (3, 4, 6, 3))])
+def test_gmp_sparsezoo_sparseml_layout(tmp_path, name, blocks):
+    """SparseZoo's pruned-conservative ResNets are SparseML models saved by SparseML: every key maps onto
+    torchvision's, and the loaded torchvision model computes what SparseML's module computes."""
+    torch.manual_seed(3)
+    ref = _SparseMLResNet(blocks)
+    with torch.no_grad():  # sparse weights and non-trivial BatchNorm statistics, as a trained model has
+        for n_, m in ref.named_modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.mul_((torch.rand(m.weight.shape) > 0.8).float())
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 1.5), m.weight.normal_(1, 0.1)
+                m.num_batches_tracked.fill_(1234)
+    ref.eval()
+    _sparseml_save_model(tmp_path / "model.pth", ref, epoch=99)
+    sd = torch.load(tmp_path / "model.pth", weights_only=True)["state_dict"]
+    assert "input.conv.weight" in sd and "sections.1.0.identity.conv.weight" in sd and "classifier.fc.bias" in sd
+    built = _build(name, tmp_path, {"format": "gmp", "path": str(tmp_path / "model.pth")})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(built.model(x), ref(x)[0], atol=1e-5)
+    got = built.model.state_dict()
+    assert got["layer1.0.bn1.num_batches_tracked"].dtype == torch.long
+    assert int(got["layer1.0.bn1.num_batches_tracked"]) == 1234
+    assert float((got["layer2.0.conv1.weight"] == 0).float().mean()) > 0.7
+    assert "SparseML layout" in built.weights_source
+
+    bad = dict(sd)
+    bad["sections.0.0.squeeze.weight"] = torch.zeros(1)
+    torch.save({"state_dict": bad}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"not SparseML ResNet names: sections\.0\.0\.squeeze\.weight"):
+        _build(name, tmp_path, {"format": "gmp", "path": str(tmp_path / "bad.pth")})
+    del bad["sections.0.0.squeeze.weight"], bad["sections.0.0.bn2.running_var"]
+    torch.save({"state_dict": bad}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"missing: layer1\.0\.bn2\.running_var"):
+        _build(name, tmp_path, {"format": "gmp", "path": str(tmp_path / "bad.pth")})
+
+
 # --- lth -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("prefixed_checkpoint", [True, False])
@@ -129,7 +236,37 @@ def test_lth_weights_are_mask_times_weight(tmp_path, prefixed_checkpoint):
     got = built.model.state_dict()
     for k, m in masks.items():
         assert torch.equal(got[k] == 0, (m == 0) | (state[k] == 0)), k  # zero exactly where pruned
-    assert "_mask.pth" in built.weights_source and "(lth)" in built.weights_source
+    assert "_mask.pth" in built.weights_source and "(lth; masks applied)" in built.weights_source
+
+
+def test_lth_paper_loader_behaviour_is_an_explicit_compression_arg(tmp_path):
+    """The paper's loader overwrote the masked weights with the unmasked ones; `apply_mask: false` does the same,
+    on request only, and the row says so (compression_args holds the arg, weights_source the effect)."""
+    from workers.compression.base import resolve_args
+
+    state, masks = _sparse_state("resnet18")
+    torch.save({"model." + k: v for k, v in state.items()}, tmp_path / "resnet50_dyn4_3_checkpoint.pth")
+    torch.save({"model." + k: m for k, m in masks.items()}, tmp_path / "resnet50_dyn4_3_mask.pth")
+    spec = {"format": "lth", "path": str(tmp_path / "resnet50_dyn4_3_checkpoint.pth"),
+            "mask": str(tmp_path / "resnet50_dyn4_3_mask.pth")}
+
+    def build(args: dict):
+        assert resolve_args("lth", {"checkpoint": spec, **args})["apply_mask"] is args.get("apply_mask", True)
+        return build_model("resnet18", resolve(spec, args, tmp_path), {}, tmp_path)[0]
+
+    default, paper = build({}), build({"apply_mask": False})
+    _assert_loaded(default.model, _masked(state, masks))
+    _assert_loaded(paper.model, state)  # dense: the mask was read, checked, and not applied
+    assert "masks applied" in default.weights_source
+    assert "masks NOT applied (apply_mask: false" in paper.weights_source
+    _assert_loaded(build({"apply_mask": True}).model, _masked(state, masks))
+    with pytest.raises(ValueError, match="apply_mask"):
+        resolve_args("lth", {"checkpoint": spec, "apply_mask": "paper"})
+    bad = dict(masks)
+    bad["fc.weight"] = torch.full_like(bad["fc.weight"], 0.5)
+    torch.save({"model." + k: m for k, m in bad.items()}, tmp_path / "resnet50_dyn4_3_mask.pth")
+    with pytest.raises(CheckpointError, match="values other than 0 and 1"):  # checked even when not applied
+        build({"apply_mask": False})
 
 
 def test_lth_refuses_unknown_or_missing_masks(tmp_path):
@@ -171,6 +308,80 @@ def test_sparse_transfer_wrapped_layers_and_masks(tmp_path):
     built = _build("resnet18", tmp_path, {"format": "sparse_transfer", "path": str(tmp_path / "st.ckpt")})
     _assert_loaded(built.model, _masked(state, masks))
     assert isinstance(built.model.maxpool, torch.nn.MaxPool2d) and built.model.maxpool.padding == 1
+
+
+def _acdc_save_checkpoint(path, model_config: dict, state: dict, optimizer, lr_scheduler, epoch: int) -> None:
+    """IST-DASLab/ACDC utils/checkpoints.py `save_checkpoint`: the classes of the optimizer and the scheduler are
+    pickled by reference beside their state dicts."""
+    torch.save({"epoch": epoch, "model_config": model_config, "model_state_dict": state,
+                "optimizer": {"type": type(optimizer), "state_dict": optimizer.state_dict()},
+                "lr_scheduler": {"type": type(lr_scheduler), "state_dict": lr_scheduler.state_dict()}}, path)
+
+
+@pytest.mark.parametrize("classes", ["torch", "acdc_own"])
+def test_acdc_original_release_with_pickled_optimizer_classes(tmp_path, monkeypatch, classes):
+    """AC/DC's own files: weights_only alone refuses them; their tensors load, their classes are never imported."""
+    import sys
+    import types
+
+    state, masks = _sparse_state("resnet18")
+    sd = {f"module.{k}": v for k, v in _wrapped(state, masks).items()}  # WrappedLayer under DataParallel
+    params = [torch.nn.Parameter(torch.randn(3, 2))]
+    if classes == "torch":
+        opt_cls, sched = torch.optim.SGD, lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10)
+        names = {"torch.optim.sgd.SGD", "torch.optim.lr_scheduler.CosineAnnealingLR"}
+    else:  # AC/DC's optimization.sgd.SGD and optimization.lr_schedulers.CosineLR: not importable here at load time
+        pkg, sgd, lrs = (types.ModuleType(n) for n in ("optimization", "optimization.sgd",
+                                                       "optimization.lr_schedulers"))
+        opt_cls = type("SGD", (torch.optim.SGD,), {"__module__": "optimization.sgd"})
+        sched_cls = type("CosineLR", (torch.optim.lr_scheduler.CosineAnnealingLR,),
+                         {"__module__": "optimization.lr_schedulers"})
+        sgd.SGD, lrs.CosineLR, pkg.sgd, pkg.lr_schedulers = opt_cls, sched_cls, sgd, lrs
+        for m in (pkg, sgd, lrs):
+            monkeypatch.setitem(sys.modules, m.__name__, m)
+        sched = lambda o: sched_cls(o, T_max=10)  # noqa: E731
+        names = {"optimization.sgd.SGD", "optimization.lr_schedulers.CosineLR"}
+    opt = opt_cls(params, lr=0.1, momentum=0.9)
+    params[0].sum().backward()
+    opt.step()  # a momentum buffer: tensors in the optimizer state too
+    _acdc_save_checkpoint(tmp_path / "best_sparse_checkpoint.ckpt", {"arch": "resnet18", "dataset": "imagenet"},
+                          sd, opt, sched(opt), epoch=99)
+    monkeypatch.undo()  # the training code is gone when the file is loaded
+    assert "optimization" not in sys.modules
+    assert set(torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "best_sparse_checkpoint.ckpt")) == names
+    with pytest.raises(Exception, match="weights_only"):
+        torch.load(tmp_path / "best_sparse_checkpoint.ckpt", weights_only=True)
+    spec = {"format": "sparse_transfer", "path": str(tmp_path / "best_sparse_checkpoint.ckpt")}
+    built = _build("resnet18", tmp_path, spec)
+    _assert_loaded(built.model, _masked(state, masks))
+    assert "optimization" not in sys.modules  # never imported
+
+
+def test_acdc_stand_ins_run_nothing_and_are_never_weights(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    state, _ = _sparse_state("resnet18")
+    spec = {"format": "sparse_transfer", "path": str(tmp_path / "x.ckpt")}
+    # a global called with arguments (a REDUCE) is not a class pickled by reference: the load fails, nothing runs
+    torch.save({"model_config": {"arch": "resnet18", "dataset": "imagenet"}, "model_state_dict": state,
+                "optimizer": Evil()}, tmp_path / "x.ckpt")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*x\.ckpt.*re-download it or check its format"):
+        _build("resnet18", tmp_path, spec)
+    assert "pwned" not in capsys.readouterr().out
+    # a stand-in where a tensor should be is refused, naming the entry
+    sd = dict(state)
+    sd["fc.bias"] = torch.optim.SGD
+    torch.save({"model_config": {"arch": "resnet18", "dataset": "imagenet"}, "model_state_dict": sd},
+               tmp_path / "x.ckpt")
+    with pytest.raises(CheckpointError, match=r"x\.ckpt: model_state_dict holds entries that are not tensors: fc\.bias"):
+        _build("resnet18", tmp_path, spec)
+    # the generic loader still refuses such files outright
+    from workers.checkpoints import load_state_dict
+
+    with pytest.raises(CheckpointError, match=r"torch\.optim\.sgd\.SGD to unpickle, which vpgrid refuses"):
+        load_state_dict(tmp_path / "x.ckpt")
 
 
 def test_sparse_transfer_refuses_other_archs_datasets_and_layouts(tmp_path):

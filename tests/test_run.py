@@ -114,6 +114,73 @@ def test_more_shots_than_a_class_has_fails_unless_capped(runs, tmp_path):
     assert capped.status == "ok" and capped.n_train == 1257  # every training image of every class
 
 
+def _act_quant_pack(dataset: str, args: dict) -> list:
+    from workers.spec import RunSpec, TrainConfig
+
+    # 3-bit activations: the calibrated ranges matter, so a variant calibrated on other data gives other numbers
+    return [RunSpec("demo_cnn", method, dataset, shots=2, seed=1, weights="random", model_args={"width": 4},
+                    compression="fakequant", compression_args={"bits": 8, "act_bits": 3}, dataset_args=args,
+                    train=TrainConfig(epochs=2, batch_size=8, input_size=8)) for method in ("rlm", "ilm")]
+
+
+def test_act_calibrated_variants_do_not_leak_between_datasets_through_a_reused_context(tmp_path, monkeypatch):
+    """A reused Ray actor keeps its Context (run_pack's _LAST): the second dataset's pack must give the numbers
+    it gives in a fresh context, not those of a variant calibrated on the first dataset."""
+    import workers.run as wr
+
+    digits = _act_quant_pack("digits", {})
+    shapes = _act_quant_pack("shapes", {"n_train": 40, "n_test": 60})
+
+    def fresh(specs):
+        monkeypatch.setattr(wr, "_LAST", None)
+        return list(run_pack(specs, tmp_path))
+
+    alone = {r.run_key: r for r in fresh(digits) + fresh(shapes)}
+    monkeypatch.setattr(wr, "_LAST", None)
+    reused = list(run_pack(digits, tmp_path)) + list(run_pack(shapes, tmp_path))  # one actor, two packs
+    assert wr._LAST.variants is not None and all(r.status == "ok" for r in reused), [r.error for r in reused]
+    for r in reused:
+        a = alone[r.run_key]
+        assert (r.accuracy, r.nll, r.label_mapping) == (a.accuracy, a.nll, a.label_mapping), r.dataset
+
+    # The check can fail: the shapes pack run on the digits-calibrated variant gives other numbers.
+    ctx = Context(tmp_path, torch.device("cpu"))
+    stale = ctx.variant(digits[0])
+    monkeypatch.setattr(Context, "variant", lambda self, spec: stale)
+    leaked = run(shapes[0], ctx)
+    assert leaked.status == "ok" and leaked.nll != alone[shapes[0].run_key].nll
+
+
+def test_variants_without_data_dependence_are_reused_across_datasets(tmp_path, monkeypatch):
+    """Dense and weight-only variants do not depend on the data: a second dataset reuses the loaded model."""
+    import workers.run as wr
+    from workers.spec import RunSpec, TrainConfig
+
+    specs = [RunSpec("demo_cnn", "rlm", d, shots=1, seed=1, weights="random", model_args={"width": 4},
+                     compression="fakequant", compression_args={"bits": 8}, dataset_args=a,
+                     train=TrainConfig(epochs=1, batch_size=8, input_size=8))
+             for d, a in (("digits", {}), ("shapes", {"n_train": 40, "n_test": 40}))]
+    monkeypatch.setattr(wr, "_LAST", None)
+    ctx = Context(tmp_path, torch.device("cpu"))
+    first, second = ctx.variant(specs[0]), ctx.variant(specs[1])
+    assert first is second
+
+
+def test_a_vp_run_returns_its_learned_prompt(runs, tmp_path):
+    from workers.run import prompt_of
+
+    spec = next(r for r in runs if r.method == "ilm" and r.compression == "dense")
+    row = run(spec, Context(tmp_path, torch.device("cpu")))
+    (prompt,) = prompt_of(row).values()
+    assert row.status == "ok" and row.prompt_path is None  # the publisher sets it
+    assert prompt.shape == (3, 32, 32)
+    inner = torch.zeros(32, 32, dtype=torch.bool)
+    inner[12:20, 12:20] = True  # the 8-px image in the centre of the 32-px canvas: no gradient reaches it
+    assert (prompt[:, inner] == 0).all() and (prompt[:, ~inner] != 0).any()  # the border learned
+    failed = run(dataclasses.replace(spec, shots=500), Context(tmp_path, torch.device("cpu")))
+    assert failed.status == "failed" and prompt_of(failed) is None
+
+
 def test_a_trial_given_a_gpu_it_cannot_use_fails_instead_of_training_on_the_cpu(monkeypatch):
     import torch
 

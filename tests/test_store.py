@@ -227,3 +227,67 @@ def test_heartbeats_and_launch_info(st):
     assert [h["trial"] for h in st.heartbeats()] == ["t2"]
     st.clear_heartbeats()
     assert st.heartbeats() == []
+
+
+def _prompt() -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return {"prompt": torch.randn(3, 8, 8, generator=g), "embedding.weight": torch.randn(5, 12, generator=g).half()}
+
+
+def test_put_prompt_roundtrip_beside_the_rows(local):
+    import torch
+
+    from workers.prompts import prompt_file, read_prompt_file
+
+    key = result().run_key
+    path = local.put_prompt(key, prompt_file(_prompt()))
+    assert Path(path) == Path(local.root) / "_prompts" / f"{key}.safetensors"
+    back = read_prompt_file(Path(path).read_bytes())
+    assert back.keys() == _prompt().keys()
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in _prompt().items())
+    local.publish(result())
+    assert len(pd.read_parquet(local.root)) == 1  # readers of the store's Parquet do not trip on the prompts
+
+
+def test_put_prompt_is_atomic(local, monkeypatch):
+    from workers.prompts import prompt_file, read_prompt_file
+
+    data, seen = prompt_file(_prompt()), {}
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen["final_absent_before"] = not os.path.exists(dst)
+        seen["tmp_is_hidden_beside_it"] = os.path.basename(src).startswith(".") and Path(src).parent == Path(dst).parent
+        seen["tmp_complete"] = Path(src).read_bytes() == data and len(read_prompt_file(data)) == 2
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store_mod.os, "replace", spy)
+    local.put_prompt(result().run_key, data)
+    assert seen == {"final_absent_before": True, "tmp_is_hidden_beside_it": True, "tmp_complete": True}
+
+    def broken(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_mod.os, "fsync", broken)
+    with pytest.raises(OSError, match="disk full"):
+        local.put_prompt(result(2).run_key, data)
+    assert os.listdir(Path(local.root) / "_prompts") == [f"{result().run_key}.safetensors"]
+
+
+def test_the_worker_publishes_the_prompt_then_the_row_that_names_it(local):
+    import torch
+
+    from workers.prompts import read_prompt_file
+    from workers.ray_adapter import publish
+
+    row = result()
+    row.prompt = _prompt()  # as workers.run.run returns a VP run's row
+    publish(local, row)
+    (stored,) = local.frame()["prompt_path"]
+    assert stored == str(Path(local.root) / "_prompts" / f"{row.run_key}.safetensors")
+    assert torch.equal(read_prompt_file(Path(stored).read_bytes())["prompt"], _prompt()["prompt"])
+    publish(local, result(3))  # no prompt (LP, FF, a failed run): no file, a null path
+    assert local.frame().set_index("seed")["prompt_path"].isna().to_dict() == {1: False, 3: True}
+    assert os.listdir(Path(local.root) / "_prompts") == [f"{row.run_key}.safetensors"]

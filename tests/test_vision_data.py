@@ -18,7 +18,7 @@ import torchvision.datasets as tv
 from PIL import Image
 
 import workers.data.vision as vision
-from workers.data import DATASETS, cached_dataset, few_shot_indices, load_dataset
+from workers.data import DATASETS, Crop, as_float, cached_dataset, few_shot_indices, load_dataset
 
 NAMES = ["cifar10", "svhn", "gtsrb", "dtd", "flowers102", "oxford_pets", "eurosat", "caltech101"]
 ONE_SPLIT = ["eurosat", "caltech101"]  # torchvision gives one split; we cut train/test
@@ -31,7 +31,7 @@ def colour(k: int, label: int) -> tuple[int, int, int]:
 def identify(x: torch.Tensor) -> list[tuple[int, int]]:
     """(image id, label) of each decoded solid-colour image."""
     out = []
-    for r, g, b in (x.mean(dim=(2, 3)) * 255).tolist():
+    for r, g, b in (as_float(x).mean(dim=(2, 3)) * 255).tolist():
         label, k = round((r - 40) / 70), round((g - 16) / 14) + 16 * round((b - 16) / 14)
         assert max(abs(v - w) for v, w in zip((r, g, b), colour(k, label))) < 6, "not a written image"
         out.append((k, label))
@@ -223,9 +223,8 @@ def test_loads_real_layout(roots, name, size):
     s = load_dataset(name, size=size, root=str(root))
     side = size or DATASETS.meta(name).input_size
     for x, y in ((s.train_x, s.train_y), (s.test_x, s.test_y)):
-        assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.is_contiguous()
+        assert x.dtype == torch.uint8 and y.dtype == torch.int64 and x.is_contiguous()  # 4x smaller than float
         assert x.shape == (len(y), 3, side, side) and len(y) > 0
-        assert 0 <= x.min() and x.max() <= 1
     train, test = identify(s.train_x), identify(s.test_x)
     assert [lab for _, lab in train] == s.train_y.tolist() and [lab for _, lab in test] == s.test_y.tolist()
     if name in ONE_SPLIT:
@@ -274,7 +273,8 @@ def test_native_size_keeps_pixels_and_orientation(tmp_path, name):
     s = load_dataset(name, size=32, root=str(tmp_path))
     for x, ids in ((s.train_x, exp["train"]), (s.test_x, exp["test"])):
         want = np.stack([w.written[k] for k, _ in ids]).transpose(0, 3, 1, 2)
-        assert torch.equal((x * 255).round().to(torch.uint8), torch.from_numpy(want))
+        assert torch.equal(x, torch.from_numpy(want))
+        assert torch.equal(as_float(x), torch.from_numpy(want).float() / 255)  # what ToTensor gives
 
 
 def test_decode_matches_reference_resize_to_tensor():
@@ -283,14 +283,14 @@ def test_decode_matches_reference_resize_to_tensor():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (29, 37, 3), dtype=np.uint8))
     x, y = vision.decode([(img, 4), (img.convert("L"), 1)], 20)
     ref = T.Compose([T.Resize((20, 20)), T.ToTensor()])
-    assert torch.allclose(vision.to_float(x)[0], ref(img), atol=1e-6) and y.tolist() == [4, 1]
-    assert torch.allclose(vision.to_float(x)[1], ref(img.convert("L").convert("RGB")), atol=1e-6)
+    assert torch.equal(as_float(x)[0], ref(img)) and y.tolist() == [4, 1]  # bit for bit: the VP path is unchanged
+    assert torch.equal(as_float(x)[1], ref(img.convert("L").convert("RGB")))
 
 
 def test_caltech_grey_images_become_rgb(tmp_path):
     build_caltech101(tmp_path, grey=True)
     s = load_dataset("caltech101", size=8, root=str(tmp_path), test_fraction=0.5)
-    x = torch.cat([s.train_x, s.test_x])
+    x = as_float(torch.cat([s.train_x, s.test_x]))
     grey = x[(x[:, 0] - 77 / 255).abs().amax(dim=(1, 2)) < 3 / 255]
     assert len(grey) == 1 and torch.equal(grey[0, 0], grey[0, 1]) and torch.equal(grey[0, 0], grey[0, 2])
 
@@ -332,3 +332,159 @@ def test_cached_dataset_round_trips_without_decoding_again(roots, tmp_path, monk
                        (direct.train_x, direct.train_y, direct.test_x, direct.test_y)):
         assert torch.equal(a, b) and torch.equal(a, c)
     assert first.classes == second.classes == direct.classes
+
+
+# ---- CLIP's own preprocessing (a Crop), the uint8 memory-mapped cache ----
+
+ODD = [(61, 37), (41, 90), (13, 20), (50, 50), (336, 17)]  # (h, w): tall, wide, smaller than the crop, square, thin
+
+
+def noise(h: int, w: int, seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def as_uint8(t: torch.Tensor) -> torch.Tensor:
+    return (t * 255).round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("size", [64, 33])
+def test_crop_is_open_clips_own_preprocessing(size):
+    """Bicubic short side + centre crop, pixel for pixel what open_clip's eval transform gives (unnormalised)."""
+    open_clip = pytest.importorskip("open_clip")
+    ref = open_clip.image_transform(size, is_train=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    imgs = [noise(h, w, k) for k, (h, w) in enumerate(ODD)]
+    x, _ = vision.decode([(img, 0) for img in imgs], size, Crop("bicubic", 1.0))
+    for got, img in zip(x, imgs):
+        assert torch.equal(got, as_uint8(ref(img)))
+    squashed, _ = vision.decode([(imgs[0], 0)], size)  # the VP recipe's squash is another image
+    assert not torch.equal(squashed[0], x[0])
+
+
+def test_crop_pct_is_torchvisions_imagenet_eval():
+    from torchvision import transforms as T
+
+    ref = T.Compose([T.Resize(73, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(64), T.ToTensor()])
+    imgs = [noise(h, w, 10 + k) for k, (h, w) in enumerate(ODD)]
+    x, _ = vision.decode([(img, 0) for img in imgs], 64, Crop("bilinear", 0.875))  # floor(64 / 0.875) = 73
+    for got, img in zip(x, imgs):
+        assert torch.equal(got, as_uint8(ref(img)))
+
+
+def test_crop_of_float_tensors_matches_torchvision():
+    from torchvision.transforms import v2
+
+    x = torch.rand(2, 3, 8, 8)
+    ref = v2.Compose([v2.Resize(40, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(40)])
+    torch.testing.assert_close(vision_base().resize(x, 40, Crop()), ref(x).clamp(0, 1), rtol=0, atol=1e-6)
+    d = load_dataset("digits", 40, crop=Crop())
+    assert d.train_x.shape[1:] == (3, 40, 40) and d.train_x.dtype == torch.float32
+    with pytest.raises(ValueError, match="not images"):
+        load_dataset("splice", 16, root="/nonexistent", crop=Crop())
+
+
+def vision_base():
+    import workers.data.base as base
+
+    return base
+
+
+def build_pets_noise(root: Path) -> dict:
+    """An Oxford-IIIT Pet layout of noise images in odd aspect ratios: {split: [(path, label)]} in file order."""
+    base, exp = root / "oxford-iiit-pet", {}
+    (base / "annotations").mkdir(parents=True)
+    (base / "images").mkdir()
+    k = 0
+    for split, n in (("trainval", 2), ("test", 1)):
+        lines = []
+        for c, (breed, species) in enumerate(PETS):
+            for _ in range(n):
+                h, w = ODD[k % len(ODD)]
+                path = base / "images" / f"{breed}_{k + 1}.jpg"  # JPEG: the test decodes the same file
+                noise(h, w, k).save(path)
+                exp.setdefault(split, []).append((path, c))
+                lines.append(f"{breed}_{k + 1} {c + 1} {species} {k}\n")
+                k += 1
+        (base / "annotations" / f"{split}.txt").write_text("".join(lines))
+    return exp
+
+
+def test_dataset_with_crop_is_decoded_from_the_original_files(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    exp = build_pets_noise(tmp_path)
+    ref = open_clip.image_transform(48, is_train=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    s = cached_dataset("oxford_pets", 48, str(tmp_path), {}, tmp_path / "cache", Crop("bicubic", 1.0))
+    for x, y, files in ((s.train_x, s.train_y, exp["trainval"]), (s.test_x, s.test_y, exp["test"])):
+        assert y.tolist() == [c for _, c in files]
+        for got, (path, _) in zip(x, files):
+            assert torch.equal(got, as_uint8(ref(Image.open(path))))
+    squashed = cached_dataset("oxford_pets", 48, str(tmp_path), {}, tmp_path / "cache")  # its own cache entry
+    assert not torch.equal(squashed.train_x, s.train_x)
+    assert len(list((tmp_path / "cache" / "datasets").glob("*.pt"))) == 2
+
+
+def test_one_split_keeps_each_image_with_its_label_after_the_in_place_split(tmp_path):
+    w = Writer(noise=True)
+    files = []
+    for c, cls in enumerate(["AnnualCrop", "Forest", "SeaLake"]):
+        for j in range(7):
+            k, a = w.pixels(c, 12, 12)
+            path = tmp_path / "eurosat" / "2750" / cls / f"{cls}_{j + 1}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a).save(path)
+            files.append((a.transpose(2, 0, 1).tobytes(), c))
+    s = load_dataset("eurosat", 12, str(tmp_path))
+    xs, ys = torch.cat([s.train_x, s.test_x]), torch.cat([s.train_y, s.test_y])
+    got = [(x.numpy().tobytes(), int(y)) for x, y in zip(xs, ys)]
+    assert sorted(got) == sorted(files)
+    assert s.train_x.untyped_storage().data_ptr() == s.test_x.untyped_storage().data_ptr()  # one tensor, two views
+
+
+def test_permute_rows_in_place_is_indexing():
+    x = torch.arange(7 * 4).view(7, 4)
+    for seed in range(5):
+        order = torch.randperm(7, generator=torch.Generator().manual_seed(seed))
+        want = x[order]
+        assert torch.equal(vision.permute_rows_(x.clone(), order), want)
+
+
+def test_cache_is_uint8_memory_mapped_and_replaces_the_float_one(roots, tmp_path):
+    root = str(roots["dtd"][0])
+    s = cached_dataset("dtd", 16, root, {}, tmp_path)
+    files = list((tmp_path / "datasets").iterdir())
+    pt = [f for f in files if f.suffix == ".pt"]
+    assert len(pt) == 1 and not [f for f in files if f.name.startswith(".tmp")]  # renamed into place, no leftovers
+    n = len(s.train_y) + len(s.test_y)
+    assert s.train_x.dtype == torch.uint8 and pt[0].stat().st_size < n * 3 * 16 * 16 + 4096  # 1 byte a value
+    maps = Path("/proc/self/maps").read_text()
+    assert str(pt[0]) in maps  # the tensors are the file's pages (mmap), not a copy in this process
+    # A float32 cache written by the previous format, at the path it used, is not read back as this format.
+    import hashlib
+    import json
+
+    old_key = json.dumps({"name": "dtd", "size": 16, "root": root, "args": {}}, sort_keys=True, default=str)
+    old = tmp_path / "old" / "datasets" / f"dtd-16-{hashlib.sha256(old_key.encode()).hexdigest()[:12]}.pt"
+    old.parent.mkdir(parents=True)
+    torch.save({"train_x": as_float(s.train_x), "train_y": s.train_y, "test_x": as_float(s.test_x),
+                "test_y": s.test_y, "classes": s.classes}, old)
+    assert cached_dataset("dtd", 16, root, {}, tmp_path / "old").train_x.dtype == torch.uint8
+
+
+def test_uint8_vp_path_gives_what_the_float_path_gave(roots, tmp_path):
+    """The 32/128 px VP recipe on uint8 images converted per batch = the same run on the float32 tensors that
+    loading gave before (uint8 / 255 up front): same mapping, loss and metrics, bit for bit."""
+    from workers.models import build_model
+    from workers.spec import RunSpec, TrainConfig
+    from workers.train import Task, train_prompt
+
+    s = load_dataset("cifar10", 16, str(roots["cifar10"][0]))
+    built, meta = build_model("demo_cnn", "random", {"width": 4}, tmp_path)
+    spec = RunSpec(model="demo_cnn", method="ilm", dataset="cifar10", shots=None, seed=1, weights="random",
+                   train=TrainConfig(epochs=3, batch_size=4, eval_batch_size=3))
+    outs = []
+    for conv in (lambda t: t, lambda t: t.float() / 255):
+        task = Task(conv(s.train_x), s.train_y, conv(s.test_x), s.test_y, s.classes)
+        outs.append(train_prompt(built.model, meta, task, spec, torch.device("cpu")))
+    uint8, flt = outs
+    assert s.train_x.dtype == torch.uint8
+    assert uint8.mapping == flt.mapping and uint8.final_train_loss == flt.final_train_loss
+    assert uint8.metrics == flt.metrics

@@ -214,7 +214,8 @@ def test_vvtq_refuses_mismatched_or_uninitialised_files(tmp_path):
         _load_vvtq("deit_tiny", tmp_path / "w4a4.pth.tar", 32, tmp_path)
     with pytest.raises(ValueError, match=r"bits must be one of \(2, 3, 4\)"):
         _load_vvtq("deit_tiny", tmp_path / "w4a4.pth.tar", 8, tmp_path)
-    with pytest.raises(CheckpointError, match=r"blocks.0.attn.quant_input.nbits is \[4.0\] in the file but \[2.0\]"):
+    with pytest.raises(CheckpointError, match=r"blocks.0.attn.quant_input.nbits is \[4.0\] in the file \(4 bits\) but "
+                                              r"the model runs it at 2 bits"):
         _load_vvtq("deit_tiny", tmp_path / "w4a4.pth.tar", 2, tmp_path)
 
     bad = dict(sd, **{"blocks.3.mlp.fc2.init_state": torch.zeros(1)})
@@ -230,6 +231,58 @@ def test_vvtq_refuses_mismatched_or_uninitialised_files(tmp_path):
 
     with pytest.raises(RuntimeError, match="not initialised"):
         vvtq.create("deit_tiny", 4)(torch.zeros(1, 3, 224, 224))
+
+
+def test_vvtq_swin_learned_patch_merging_bits_as_the_original_reads_them(tmp_path):
+    """Swin's PatchMerging.reduction is QuantLinear(nbits=8) with the original's default mixpre=True, so training
+    moves its nbits off 8.0. The original runs every quantiser at round(clamp(nbits, 2, 8)) (`bit_pass`) and indexes
+    alpha with int() of that; it fails on NaN."""
+    src = _calibrate(vvtq.create("swin_tiny", 4), seed=4).eval()
+    sd = src.state_dict()
+    key = "layers.0.downsample.reduction.nbits"
+    assert torch.equal(sd[key], torch.tensor([8.0]))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        want = src(x)
+
+    def load(state, name):
+        _save_vvtq(state, tmp_path / name)
+        return _load_vvtq("swin_tiny", tmp_path / name, 4, tmp_path)[0].model
+
+    # one optimiser step's drift: still 8 bits, the same network
+    model = load(dict(sd, **{key: torch.tensor([7.9987])}), "drift.pth.tar")
+    assert vvtq.bit_widths(model)["layers.0.downsample.reduction"] == 8
+    with torch.no_grad():
+        assert torch.equal(model(x), want)
+
+    # a width learned down to 7.4 runs at 7 bits, alpha[5], as the original would run it
+    alpha = sd["layers.0.downsample.reduction.alpha"].clone()
+    alpha[5] *= 4  # a 7-bit step size of its own, so 7 and 8 bits differ here
+    model = load(dict(sd, **{key: torch.tensor([7.4]), "layers.0.downsample.reduction.alpha": alpha}), "seven.pth.tar")
+    red = model.layers[0].downsample.reduction
+    assert vvtq.bit_widths(model)["layers.0.downsample.reduction"] == 7 and red.bit_width == 7
+    a = red.alpha[5].double()
+    w_q = torch.clamp(torch.round(red.weight.double() / a), -64, 63) * a
+    inp = torch.randn(3, red.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(red(inp).double(), inp.double() @ w_q.T, rtol=1e-5, atol=1e-5)
+        assert not torch.equal(red(inp), src.layers[0].downsample.reduction(inp))  # not the 8-bit layer
+    # above 8 clamps to 8, as bit_pass does
+    model = load(dict(sd, **{key: torch.tensor([8.6])}), "high.pth.tar")
+    assert model.layers[0].downsample.reduction.bit_width == 8
+
+    # NaN: the original cannot run it (int(nan)), so it is refused, naming the key
+    _save_vvtq(dict(sd, **{key: torch.tensor([float("nan")])}), tmp_path / "nan.pth.tar")
+    with pytest.raises(CheckpointError, match=r"layers.0.downsample.reduction.nbits is \[nan\].*cannot run it"):
+        _load_vvtq("swin_tiny", tmp_path / "nan.pth.tar", 4, tmp_path)
+
+    # a width fixed in training (mixpre=False) is read the same way: 3.9999 is 4 bits, 3.0 is another model
+    fixed = "layers.0.blocks.0.mlp.fc1.nbits"
+    model = load(dict(sd, **{fixed: torch.tensor([3.9999])}), "fixed.pth.tar")
+    assert model.layers[0].blocks[0].mlp.fc1.bit_width == 4
+    _save_vvtq(dict(sd, **{fixed: torch.tensor([3.0])}), tmp_path / "w3.pth.tar")
+    with pytest.raises(CheckpointError, match=r"mlp.fc1.nbits is \[3.0\] in the file \(3 bits\) but the model runs it at 4"):
+        _load_vvtq("swin_tiny", tmp_path / "w3.pth.tar", 4, tmp_path)
 
 
 def test_vvtq_at_other_sizes_and_head_replacement(tmp_path):

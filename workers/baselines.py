@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.methods import METHODS, MethodMeta
-from workers.metrics import classification_metrics
+from workers.metrics import run_metrics
 from workers.models import ModelMeta, get_module, set_module
 from workers.spec import RunSpec
 from workers.train import Task, TrainOutput, fit, require_images, to_canvas
@@ -54,7 +54,7 @@ def linear_probe(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
     t0 = time.perf_counter()
     with torch.no_grad():
         logits = clf(_features(model, meta, test_x, spec.train.eval_batch_size, device))
-    return TrainOutput(classification_metrics(logits, test_y), None, loss, train_s, time.perf_counter() - t0)
+    return TrainOutput(run_metrics(logits, test_y, spec), None, loss, train_s, time.perf_counter() - t0)
 
 
 @METHODS.register("ff", meta=MethodMeta("ff"))
@@ -90,4 +90,4 @@ def full_finetune(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, 
     with torch.no_grad():
         logits = torch.cat([net(to_canvas(test_x[i:i + spec.train.eval_batch_size].to(device), meta)).float().cpu()
                             for i in range(0, len(test_x), spec.train.eval_batch_size)])
-    return TrainOutput(classification_metrics(logits, test_y), None, loss, train_s, time.perf_counter() - t0)
+    return TrainOutput(run_metrics(logits, test_y, spec), None, loss, train_s, time.perf_counter() - t0)

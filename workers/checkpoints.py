@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from contextlib import contextmanager
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -150,15 +151,17 @@ def resolve(weights: Union[str, dict], options: dict, cache_dir: Path) -> Union[
     return Checkpoint(spec.get("format", "state_dict"), files, dict(options), "; ".join(source))
 
 
-def load_state_dict(path: Union[str, Path], key: str | None = None) -> dict:
+def load_state_dict(path: Union[str, Path], key: str | None = None, stand_ins: bool = False) -> dict:
     """A state dict from .safetensors or a torch file (weights_only: no arbitrary unpickling).
 
-    With `key`, take obj[key]; otherwise unwrap a top-level "state_dict" if there is one.
+    With `key`, take obj[key]; otherwise unwrap a top-level "state_dict" if there is one. With `stand_ins`, globals
+    that weights_only refuses are read as inert `StandIn` classes (see `_stand_ins`): for training checkpoints that
+    pickle their optimizer's class beside the weights; the caller takes only the tensors.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    obj = _read(path)
+    obj = _read(path, stand_ins)
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             found = sorted(map(str, obj))[:10] if isinstance(obj, dict) else type(obj).__name__
@@ -174,13 +177,44 @@ def load_state_dict(path: Union[str, Path], key: str | None = None) -> dict:
 _FIX = "check the checkpoint's `format` in the grid, or re-download the file"
 
 
-def _read(path: Path):
+class StandIn:
+    """What a global that weights_only refuses becomes when a loader asks for stand-ins: a class with no behaviour.
+
+    `StandIn.name` is the global the file named. Nothing of the file's choosing is imported or called: the
+    unpickler is still torch's weights_only one, which calls only its own allow-list and these stand-ins (an
+    attempt to call a stand-in with arguments fails, and the load fails with it).
+    """
+
+    name = ""
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self.name}>"
+
+
+def _stand_ins(path: Path) -> list:
+    """(StandIn subclass, name) for every global the file names beyond weights_only's allow-list.
+
+    Why not a hand-written Unpickler that maps unknown globals to stand-ins: torch's weights_only unpickler already
+    refuses every opcode and callable outside its audited list, and `safe_globals` with (object, name) pairs lets
+    exactly these names through as inert classes, so the file's classes (AC/DC's `optimization.sgd.SGD`, which is not
+    even importable outside its repository, and torch's lr schedulers) are never imported, let alone run.
+    """
+    if not zipfile.is_zipfile(path):  # legacy (pre-1.6) files: torch lists globals only in zip archives
+        return []
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    return [(type(f"StandIn[{n}]", (StandIn,), {"name": n, "__module__": __name__}), n) for n in names]
+
+
+def _read(path: Path, stand_ins: bool = False):
     """torch.load (weights_only: never unpickle arbitrary code) or safetensors; any failure names the file."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
+        if stand_ins:
+            with torch.serialization.safe_globals(_stand_ins(path)):
+                return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a pickle, a forbidden global, a bad safetensors header, ...
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]

@@ -1,7 +1,9 @@
 """Visual prompting on CLIP: Bahng et al.'s VP ("clip_vp") and ILM-VP on CLIP ("clip_ilm").
 
-Both resize the target image to the model's full canvas (no shrinking), normalise it with CLIP's mean/std and
-ADD a learnable border prompt after the normalisation (`BorderPrompt`: a (3, H, W) parameter, zero init, masked to
+Both see the target image as CLIP's reference preprocessing makes it (`native_input`): decoded from the original
+file, short side resized bicubically to the model's resolution (224 or 336), centre crop, then CLIP's mean/std
+(`workers.data.Crop`, from ModelMeta's interpolation and crop_pct; `train.input_size` does not apply). Onto that
+whole image they ADD a learnable border prompt after the normalisation (`BorderPrompt`: a (3, H, W) parameter, zero init, masked to
 a border `pad` pixels wide on every side, no sigmoid). The classifier is text: logits = model.scale x cos(image
 embedding, text embeddings), the text embeddings computed once per run without gradients. SGD with momentum 0.9,
 weight decay 0, learning rate set before every step by `lr_at` (linear warm-up, then cosine to 0).
@@ -22,8 +24,8 @@ weight decay 0, learning rate set before every step by `lr_at` (linear warm-up, 
 Class names are refined as both reference repos do: lower case, '_' and '-' become spaces.
 Pad width (`pad_width`): 30 on canvases of 224 px or more (Bahng and ILM-VP used 30 at 224, the paper's UPop runs
 30 at 336); smaller canvases (CPU tests) scale it, max(1, round(30 H / 224)).
-The image is resized with `workers.train.to_canvas` (bilinear, as LP/FF see it); CLIP's own preprocessing
-resizes bicubically from the original image. bf16 autocast on CUDA only, as `train_prompt`.
+Images given at another side (a Task built by hand) are resized with `workers.train.to_canvas` (bilinear).
+bf16 autocast on CUDA only, as `train_prompt`.
 """
 from __future__ import annotations
 
@@ -37,10 +39,10 @@ from torch import nn
 from workers.methods import METHODS, MethodMeta  # first: methods imports baselines and the other method modules
 from workers.train import to_canvas
 from workers.mapping import frequency_matrix, greedy_mapping
-from workers.metrics import classification_metrics
+from workers.metrics import run_metrics
 from workers.models import ModelMeta
 from workers.spec import RunSpec
-from workers.train import Task, TrainOutput
+from workers.train import Task, TrainOutput, prompt_tensors
 
 VP_TEMPLATE = "This is a photo of a {}"  # Bahng et al.'s main_clip.py
 DEFAULT_TEMPLATE = "This is a photo of a {}."  # ILM-VP's tools/clip/templates.py
@@ -181,16 +183,16 @@ def train_clip_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSp
 
     t0 = time.perf_counter()
     logits = prompted_logits(model, meta, prompter, text[mapping.to(device)], task.test_x, cfg.eval_batch_size, device)
-    metrics = classification_metrics(logits, task.test_y)
+    metrics = run_metrics(logits, task.test_y, spec)
     return TrainOutput(metrics, mapping.tolist() if ilm else None, loss_sum / max(n_seen, 1), train_seconds,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, prompt=prompt_tensors(prompter))
 
 
-@METHODS.register("clip_vp", meta=MethodMeta("clip_vp"))
+@METHODS.register("clip_vp", meta=MethodMeta("clip_vp", prompt="full_canvas_additive", native_input=True))
 def clip_vp(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     return train_clip_prompt(model, meta, task, spec, device, ilm=False)
 
 
-@METHODS.register("clip_ilm", meta=MethodMeta("clip_ilm"))
+@METHODS.register("clip_ilm", meta=MethodMeta("clip_ilm", prompt="full_canvas_additive", native_input=True))
 def clip_ilm(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     return train_clip_prompt(model, meta, task, spec, device, ilm=True)

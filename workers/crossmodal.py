@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.methods import METHODS, MethodMeta
-from workers.metrics import classification_metrics
+from workers.metrics import run_metrics
 from workers.models import ModelMeta
 from workers.spec import RunSpec
-from workers.train import Task, TrainOutput, fit
+from workers.train import Task, TrainOutput, fit, prompt_tensors
 
 PATCH = 16
 SOURCES_PER_CLASS = 10
@@ -118,7 +118,7 @@ def calibration_inputs(tokens: torch.Tensor, meta: ModelMeta, seed: int = 0) -> 
     return prog(tokens.long())
 
 
-@METHODS.register("reprogram", meta=MethodMeta("crossmodal"))
+@METHODS.register("reprogram", meta=MethodMeta("crossmodal", prompt="token_patches"))
 def reprogram(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     cfg = spec.train
     vocab = _check_tokens(task)
@@ -140,5 +140,5 @@ def reprogram(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, devi
 
     t0 = time.perf_counter()
     logits = max_mapped_logits(_source_logits(model, prog, task.test_x, cfg.eval_batch_size, device), sources.cpu())
-    metrics = classification_metrics(logits, task.test_y)
-    return TrainOutput(metrics, None, loss, train_seconds, time.perf_counter() - t0)
+    metrics = run_metrics(logits, task.test_y, spec)
+    return TrainOutput(metrics, None, loss, train_seconds, time.perf_counter() - t0, prompt=prompt_tensors(prog))

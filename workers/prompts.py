@@ -11,14 +11,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from workers.data.base import as_float
 from workers.registry import Registry
 
 PROMPTS: Registry[type[torch.nn.Module]] = Registry("prompt")
 
 
+def prompt_file(tensors: dict[str, Tensor]) -> bytes:
+    """A learned prompt's tensors as one safetensors file (the store publishes it beside the rows)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def read_prompt_file(data: bytes) -> dict[str, Tensor]:
+    from safetensors.torch import load
+
+    return load(data)
+
+
 @PROMPTS.register("pad", meta=None)
 class PadPrompter(torch.nn.Module):
-    """Place a [0,1] image in the centre of a `canvas` square and learn the border around it.
+    """Place an image (uint8, or float in [0,1]) in the centre of a `canvas` square and learn the border around it.
 
     forward: pad with zeros -> add sigmoid(prompt) on the border only -> normalise with mean/std.
     The prompt is added before normalising, as in the reference code, so the border stays in [0,1]
@@ -51,6 +65,6 @@ class PadPrompter(torch.nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected images of side {self.image_size}, got shape {tuple(x.shape)}")
-        x = F.pad(x, (self.l_pad, self.r_pad, self.l_pad, self.r_pad), value=0)
+        x = F.pad(as_float(x), (self.l_pad, self.r_pad, self.l_pad, self.r_pad), value=0)
         x = x + torch.sigmoid(self.prompt) * self.mask
         return (x - self.mean) / self.std

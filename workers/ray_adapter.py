@@ -15,6 +15,17 @@ REPORTED = ("accuracy", "ece", "conf_correct", "kl_incorrect", "nll", "final_tra
             "train_seconds", "eval_seconds")
 
 
+def publish(store, result) -> None:
+    """A VP run's learned prompt first, then the row that names it: a row never points at a missing file."""
+    from workers.prompts import prompt_file
+    from workers.run import prompt_of
+
+    prompt = prompt_of(result)
+    if prompt is not None:
+        result.prompt_path = store.put_prompt(result.run_key, prompt_file(prompt))
+    store.publish(result)
+
+
 def trainable(config: dict) -> None:
     config = config["pack"]
     import torch
@@ -42,7 +53,7 @@ def trainable(config: dict) -> None:
     try:
         for i, result in enumerate(run_pack(specs, cache, trial=trial, data_root=config.get("data_root")), 1):
             result.node = node
-            store.publish(result)
+            publish(store, result)
             store.heartbeat(trial, {"runs_total": len(specs), "runs_done": i, "current": result.run_key})
             metrics = {k: getattr(result, k) for k in REPORTED if getattr(result, k) is not None}
             tune.report({"run_key": result.run_key, "ok": int(result.status == "ok"), "runs_done": i,

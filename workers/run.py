@@ -17,13 +17,14 @@ from typing import Iterable, Iterator
 import torch
 
 from workers.checkpoints import resolve
-from workers.compression import compress
-from workers.data import Splits, cached_dataset
+from workers.compression import compress, data_dependent
+from workers.data import Crop, Splits, cached_dataset
 from workers.data.fewshot import few_shot_indices
 from workers.models import ModelMeta, build_model
 from workers.spec import RunResult, RunSpec
 from workers.methods import METHODS
 from workers.train import Task
+from workers.upstream import upstream_accuracy
 
 _PACKAGES = ("vpgrid", "torch", "torchvision", "timm", "open_clip_torch", "ray", "numpy")
 
@@ -49,6 +50,7 @@ class Variant:
     weight_bits: int | None
     act_bits: int | None
     setup_seconds: float
+    upstream_accuracy: float | None = None
 
 
 @dataclass
@@ -62,16 +64,27 @@ class Context:
     variants: dict = field(default_factory=dict)
     datasets: dict = field(default_factory=dict)
 
-    def dataset(self, spec: RunSpec, size: int) -> Splits:
-        args = {k: v for k, v in spec.dataset_args.items() if k != "cap_shots"}  # a sampling option, not the loader's
-        key = (spec.dataset, size, json.dumps(args, sort_keys=True), self.data_root)
+    def dataset(self, spec: RunSpec, size: int, crop: Crop | None = None) -> Splits:
+        key = (spec.dataset, size, crop, json.dumps(_loader_args(spec), sort_keys=True), self.data_root)
         if key not in self.datasets:
-            self.datasets.clear()  # packs are grouped by dataset: keep one in memory
-            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, args, self.cache_dir)
+            self.datasets.clear()  # packs are grouped by dataset: keep one in memory (memory-mapped pages)
+            self.datasets[key] = cached_dataset(spec.dataset, size, self.data_root, _loader_args(spec), self.cache_dir,
+                                                crop)
         return self.datasets[key]
 
+    def _variant_key(self, spec: RunSpec) -> tuple:
+        """Everything the variant is built from. A compression that calibrates on the run's data (fakequant's
+        act_bits) also depends on the dataset, its args and the input size (the calibration batch's canvas): a
+        reused actor's next pack, on another dataset, must not get this one's ranges."""
+        if not data_dependent(spec.compression, spec.compression_args):
+            return (spec.variant_key,)
+        native = spec.method in METHODS and METHODS.meta(spec.method).native_input  # calibrated at the model's size
+        return (spec.variant_key, spec.dataset, json.dumps(_loader_args(spec), sort_keys=True), spec.train.input_size,
+                native, self.data_root)
+
     def variant(self, spec: RunSpec) -> Variant:
-        if spec.variant_key not in self.variants:
+        key = self._variant_key(spec)
+        if key not in self.variants:
             self.variants.clear()
             t0 = time.perf_counter()
             args = dict(spec.compression_args)
@@ -85,24 +98,31 @@ class Context:
                 args["checkpoint"] = checkpoint  # the file-backed entries check it is there
             model, report = compress(model, spec.compression, args, calib=calib)
             model = _channels_last(model).eval().requires_grad_(False).to(self.device)
-            self.variants[spec.variant_key] = Variant(model, meta, built.weights_source, report.sparsity,
-                                                      json.dumps(report.layer_sparsity),
-                                                      sum(p.numel() for p in model.parameters()), report.weight_bits,
-                                                      report.act_bits, time.perf_counter() - t0)
-        return self.variants[spec.variant_key]
+            upstream = upstream_accuracy(model, meta, hash_json([str(k) for k in key]), self.data_root,
+                                         self.cache_dir, self.device)
+            self.variants[key] = Variant(model, meta, built.weights_source, report.sparsity,
+                                         json.dumps(report.layer_sparsity), sum(p.numel() for p in model.parameters()),
+                                         report.weight_bits, report.act_bits, time.perf_counter() - t0, upstream)
+        return self.variants[key]
 
     def _calibration_batch(self, spec: RunSpec, meta: ModelMeta) -> torch.Tensor:
         """Activation ranges come from target training images on the zero prompt, as the run will see them."""
         from workers.prompts import PadPrompter
 
-        data = self.dataset(spec, spec.train.input_size or _default_size(spec))
+        data = self.dataset(spec, *data_input(spec, meta))
         x = data.train_x[torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:64]]
-        if not x.is_floating_point():  # token ids: the canvases reprogramming starts from
+        if x.ndim != 4:  # token ids: the canvases reprogramming starts from
             from workers.crossmodal import calibration_inputs
 
             return calibration_inputs(x, meta)
         with torch.no_grad():
             return PadPrompter(meta.input_size, x.shape[-1], meta.mean, meta.std)(x)
+
+
+def hash_json(obj) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _to_channels_last(module: torch.nn.Module, args: tuple) -> tuple:
@@ -119,21 +139,33 @@ def _channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _loader_args(spec: RunSpec) -> dict:
+    return {k: v for k, v in spec.dataset_args.items() if k != "cap_shots"}  # a sampling option, not the loader's
+
+
 def _default_size(spec: RunSpec) -> int:
     from workers.data import DATASETS
 
     return DATASETS.meta(spec.dataset).input_size
 
 
+def data_input(spec: RunSpec, meta: ModelMeta) -> tuple[int, Crop | None]:
+    """(side, crop) the run's images are decoded at: the model's resolution and own preprocessing for methods that
+    feed it whole images as its reference does (CLIP's), else the VP recipe's squash to train.input_size."""
+    if METHODS.meta(spec.method).native_input:
+        return meta.input_size, Crop(meta.interpolation, meta.crop_pct)
+    return spec.train.input_size or _default_size(spec), None
+
+
 def run(spec: RunSpec, ctx: Context) -> RunResult:
     """One run; never raises: a failure becomes a failed row carrying the error."""
     started = time.time()
     common = dict(started_at=started, trial=ctx.trial, host=socket.gethostname(), pid=os.getpid(),
-                  device=str(ctx.device), versions=versions())
+                  device=str(ctx.device), versions=versions(), prompt_kind=_prompt_kind(spec.method))
     variant = None
     try:
         variant = ctx.variant(spec)
-        data = ctx.dataset(spec, spec.train.input_size or _default_size(spec))
+        data = ctx.dataset(spec, *data_input(spec, variant.meta))
         # cap_shots: take every image of a class that has fewer than `shots` (n_train records what was used)
         try:
             idx = few_shot_indices(data.train_y, spec.shots, spec.seed, cap=bool(spec.dataset_args.get("cap_shots")))
@@ -142,13 +174,18 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
                              f"{{cap_shots: true}}}}` takes all images of such classes instead") from None
         task = Task(data.train_x[idx], data.train_y[idx], data.test_x, data.test_y, list(data.classes))
         out = METHODS.get(spec.method)(variant.model, variant.meta, task, spec, ctx.device)
-        m = out.metrics
-        return RunResult.for_spec(
+        m, r = out.metrics, out.metrics["reliability"]
+        row = RunResult.for_spec(
             spec, "ok", accuracy=m["accuracy"], ece=m["ece"], conf_correct=m["conf_correct"],
             kl_incorrect=m["kl_incorrect"], nll=m["nll"], per_class_accuracy=m["per_class_accuracy"],
+            ece_paper=m["ece_paper"], kl_incorrect_paper=m["kl_incorrect_paper"], reliability_count=r["count"],
+            reliability_confidence=r["confidence"], reliability_accuracy=r["accuracy"],
+            per_class_confidence=m["per_class_confidence"], epoch_accuracy=out.epoch_accuracy,
             label_mapping=out.mapping, final_train_loss=out.final_train_loss, n_train=len(idx),
             n_test=len(data.test_y), train_seconds=out.train_seconds, eval_seconds=out.eval_seconds,
             finished_at=time.time(), **_variant_fields(variant), **common)
+        row.prompt = out.prompt  # not a column: whoever publishes the row saves it and sets prompt_path (prompt_of)
+        return row
     except Exception as e:  # one failing run must not take down the pack
         if isinstance(e, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
@@ -157,11 +194,20 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
                                   finished_at=time.time(), **_variant_fields(variant), **common)
 
 
+def _prompt_kind(method: str) -> str | None:
+    return METHODS.meta(method).prompt if method in METHODS else None  # an unknown method fails in the run
+
+
+def prompt_of(result: RunResult) -> dict[str, torch.Tensor] | None:
+    """The learned prompt tensors `run` returned with a VP run's row; None for other methods and failed runs."""
+    return getattr(result, "prompt", None)
+
+
 def _variant_fields(v: Variant | None) -> dict:
     if v is None:
         return {}
     return dict(sparsity=v.sparsity, layer_sparsity=v.layer_sparsity, params=v.params, weight_bits=v.weight_bits,
-                act_bits=v.act_bits,
+                act_bits=v.act_bits, upstream_accuracy=v.upstream_accuracy,
                 weights_source=v.weights_source, setup_seconds=v.setup_seconds)
 
 

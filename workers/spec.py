@@ -80,11 +80,19 @@ class TrainConfig:
     gamma: float = 0.1
     eval_batch_size: int = 256
     input_size: Optional[int] = None  # target image side inside the canvas; None = dataset default
+    eval_every: Optional[int] = None  # VP: test accuracy every N epochs into the row; None or 0 = off
+
+    def key_fields(self) -> dict:
+        """The fields that make the run key. `eval_every` joins only when on: stores made before it keep their keys."""
+        d = dataclasses.asdict(self)
+        if not d["eval_every"]:
+            del d["eval_every"]
+        return d
 
     @_cached
     def canonical(self) -> str:
-        """Canonical JSON of the fields, computed once per config (a grid's runs share a few configs)."""
-        return _canonical(dataclasses.asdict(self))
+        """Canonical JSON of the key fields, computed once per config (a grid's runs share a few configs)."""
+        return _canonical(self.key_fields())
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ class RunSpec:
     def semantic(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("grid")
+        d["train"] = self.train.key_fields()
         return d
 
     # The keys are computed once per spec (status and plan ask for them several times per run; recomputing them
@@ -148,7 +157,9 @@ class RunSpec:
         return None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["train"] = self.train.key_fields()  # eval_every only when on, as in the key; from_dict restores it
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
@@ -194,6 +205,22 @@ class RunResult:
     final_train_loss: Optional[float] = None
     n_train: Optional[int] = None
     n_test: Optional[int] = None
+    # the paper's definitions, reliability data and every setting that changes a run (issue 8)
+    ece_paper: Optional[float] = None  # the paper code's ECE: per-batch package ECE on mapped logits, / N
+    kl_incorrect_paper: Optional[float] = None  # F.kl_div(log p, U, 'mean') = KL(U || p) / K, over incorrect
+    reliability_count: Optional[list[int]] = None  # per 15 equal-width confidence bins over (0, 1]
+    reliability_confidence: Optional[list[Optional[float]]] = None  # mean confidence per bin; null when empty
+    reliability_accuracy: Optional[list[Optional[float]]] = None  # accuracy per bin; null when empty
+    per_class_confidence: Optional[list[Optional[float]]] = None  # mean top probability per true class
+    epoch_accuracy: Optional[list[float]] = None  # test accuracy after epochs N, 2N, ... (N = eval_every)
+    dataset_args: Optional[str] = None  # canonical JSON
+    milestones: Optional[list[float]] = None  # fractions of the epochs where lr *= gamma
+    gamma: Optional[float] = None
+    eval_batch_size: Optional[int] = None
+    eval_every: Optional[int] = None  # null = off
+    prompt_kind: Optional[str] = None  # the method's prompt (MethodMeta.prompt); null for lp, ff
+    prompt_path: Optional[str] = None  # the learned prompt (safetensors) of a VP run, beside the store
+    upstream_accuracy: Optional[float] = None  # the variant's top-1 on ImageNet val; null: no val set under the root
     # the loaded model, as measured
     sparsity: Optional[float] = None  # fraction of zero weights in conv/linear layers
     layer_sparsity: Optional[str] = None  # JSON {layer name: fraction of zero weights}
@@ -235,6 +262,11 @@ class RunResult:
             lr=spec.train.lr,
             batch_size=spec.train.batch_size,
             input_size=spec.train.input_size,
+            dataset_args=_canonical(spec.dataset_args),
+            milestones=list(spec.train.milestones),
+            gamma=spec.train.gamma,
+            eval_batch_size=spec.train.eval_batch_size,
+            eval_every=spec.train.eval_every or None,
             **kw,
         )
 

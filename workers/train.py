@@ -9,15 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.data.base import as_float
 from workers.mapping import LABEL_MAPPINGS, compute_mapping, map_logits
-from workers.metrics import classification_metrics
+from workers.metrics import run_metrics
 from workers.models import ModelMeta
 from workers.prompts import PadPrompter
 from workers.spec import RunSpec
 
 
 def to_canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
-    """[0,1] target images -> normalised model inputs at the model's canvas size."""
+    """Target images (uint8, or float in [0,1]) -> normalised model inputs at the model's canvas size."""
+    x = as_float(x)
     if x.shape[-1] != meta.input_size:
         x = F.interpolate(x, size=(meta.input_size, meta.input_size), mode="bilinear", align_corners=False)
     mean = torch.tensor(meta.mean, device=x.device).view(1, 3, 1, 1)
@@ -29,7 +31,7 @@ def to_canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
 class Task:
     """One run's data: the few-shot training subset and the whole test split, with the target class names."""
 
-    train_x: torch.Tensor  # images (N, 3, s, s) in [0, 1], or token ids (N, L) for cross-modal tasks
+    train_x: torch.Tensor  # images (N, 3, s, s), uint8 or float in [0, 1]; or token ids (N, L) for cross-modal tasks
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
@@ -47,6 +49,8 @@ class TrainOutput:
     final_train_loss: float
     train_seconds: float
     eval_seconds: float
+    epoch_accuracy: list[float] | None = None  # test accuracy after epochs N, 2N, ... (train.eval_every = N)
+    prompt: dict[str, torch.Tensor] | None = None  # VP: the learned prompt's tensors, saved beside the store
 
 
 @torch.no_grad()
@@ -55,9 +59,20 @@ def _source_logits(model: nn.Module, prompter: PadPrompter, x: torch.Tensor, bs:
     return torch.cat(out)
 
 
+def _test_accuracy(model: nn.Module, prompter: PadPrompter, task: Task, mapping: torch.Tensor, bs: int,
+                   device) -> float:
+    pred = map_logits(_source_logits(model, prompter, task.test_x, bs, device), mapping.cpu()).argmax(1)
+    return float((pred == task.test_y).double().mean())
+
+
+def prompt_tensors(prompt: nn.Module) -> dict[str, torch.Tensor]:
+    """The learned parameters of a prompt, by name, on the CPU."""
+    return {n: p.detach().cpu().contiguous() for n, p in prompt.named_parameters()}
+
+
 def require_images(task: Task, method: str) -> None:
     """Image methods on token data would fail deep inside with a shape error; say what is wrong instead."""
-    if task.train_x.ndim != 4 or not task.train_x.is_floating_point():
+    if task.train_x.ndim != 4:
         raise TypeError(f"method {method!r} needs images (N, 3, H, W); this dataset gives token ids "
                         f"{tuple(task.train_x.shape)}: use method 'reprogram' for text and DNA tasks")
 
@@ -86,6 +101,7 @@ def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
     amp = device.type == "cuda"  # bf16 autocast on GPU, as the reference used AMP
     t0 = time.perf_counter()
     loss_sum, n_seen = 0.0, 0
+    epoch_acc = [] if cfg.eval_every else None
     for epoch in range(cfg.epochs):
         if schedule == "every_epoch" or (schedule == "once" and epoch == 0):
             mapping = remap()
@@ -104,13 +120,15 @@ def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
         sched.step()
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training loss is not finite at epoch {epoch + 1}/{cfg.epochs}")
-    train_seconds = time.perf_counter() - t0
+        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:  # no grad, no RNG: training is unchanged
+            epoch_acc.append(_test_accuracy(model, prompter, task, mapping, cfg.eval_batch_size, device))
+    train_seconds = time.perf_counter() - t0  # includes the per-epoch evaluations, if any
 
     t0 = time.perf_counter()
     logits = map_logits(_source_logits(model, prompter, task.test_x, cfg.eval_batch_size, device), mapping.cpu())
-    metrics = classification_metrics(logits, task.test_y)
+    metrics = run_metrics(logits, task.test_y, spec)
     return TrainOutput(metrics, mapping.cpu().tolist(), loss_sum / max(n_seen, 1), train_seconds,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, epoch_accuracy=epoch_acc, prompt=prompt_tensors(prompter))
 
 
 def multistep(opt, spec: RunSpec):

@@ -6,8 +6,9 @@ from workers.compression.base import (
     COMPRESSIONS,
     CompressionReport,
     compress,
+    data_dependent,
     measure_sparsity,
 )
 from workers.compression import files, prune, quant, structured  # noqa: F401  (registration side effects)
 
-__all__ = ["COMPRESSIONS", "CompressionReport", "compress", "measure_sparsity"]
+__all__ = ["COMPRESSIONS", "CompressionReport", "compress", "data_dependent", "measure_sparsity"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workers.compression.base import COMPRESSIONS, target_layers
+from workers.compression.base import COMPRESSIONS, compression_targets
 
 
 def _zero_flat(weights: list[Tensor], drop: Tensor) -> None:
@@ -30,7 +30,7 @@ def _smallest(scores: Tensor, k: int) -> Tensor:
 @COMPRESSIONS.register("magnitude")
 @torch.no_grad()
 def magnitude(model: nn.Module, calib: Tensor | None, sparsity: float, scope: str) -> nn.Module:
-    weights = [m.weight for _, m in target_layers(model)]
+    weights = [t.weight for t in compression_targets(model)]
     if scope == "global":
         # One threshold over all layers: small layers may end up far sparser than big ones.
         scores = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights])
@@ -45,7 +45,7 @@ def magnitude(model: nn.Module, calib: Tensor | None, sparsity: float, scope: st
 @COMPRESSIONS.register("random")
 @torch.no_grad()
 def random_prune(model: nn.Module, calib: Tensor | None, sparsity: float, seed: int) -> nn.Module:
-    weights = [m.weight for _, m in target_layers(model)]
+    weights = [t.weight for t in compression_targets(model)]
     total = sum(w.numel() for w in weights)
     # CPU generator: the same seed prunes the same weights on any device.
     perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workers.compression.base import COMPRESSIONS, target_layers
+from workers.compression.base import COMPRESSIONS, CompressionMeta, compression_targets
 
 
 def quantise_weight(w: Tensor, bits: int) -> Tensor:
@@ -43,8 +43,13 @@ class QuantAct:
     def quantise(self, x: Tensor) -> Tensor:
         return torch.clamp(torch.round(x / self.scale), self.qmin, self.qmax) * self.scale
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (self.quantise(args[0]),) + tuple(args[1:])
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        # Self-attention is called attn(x, x, x): its key and value are the same input, quantised the same
+        # (and still the same object, so MultiheadAttention keeps its self-attention path).
+        x = args[0]
+        q = self.quantise(x)
+        same = lambda a: q if a is x else a  # noqa: E731
+        return (q,) + tuple(map(same, args[1:])), {k: same(v) for k, v in kwargs.items()}
 
 
 @torch.no_grad()
@@ -73,17 +78,20 @@ def _calibrate(model: nn.Module, layers: list[nn.Module], calib: Tensor) -> list
     return [(lo, hi) for lo, hi in ranges]
 
 
-@COMPRESSIONS.register("fakequant")
+@COMPRESSIONS.register("fakequant", meta=CompressionMeta(lambda args: args["act_bits"] is not None))
 @torch.no_grad()
 def fakequant(model: nn.Module, calib: Tensor | None, bits: int, act_bits: int | None) -> nn.Module:
     if act_bits is not None and calib is None:
         raise ValueError("compression 'fakequant': act_bits needs a calibration batch (calib)")
-    layers = [m for _, m in target_layers(model)]
-    for m in layers:
-        m.weight.copy_(quantise_weight(m.weight, bits))
+    targets = compression_targets(model)
+    for t in targets:
+        t.weight.copy_(quantise_weight(t.weight, bits))
     if act_bits is not None:
+        # Activations are quantised where they enter a module (q/k/v projections' included); a weight no module
+        # call feeds (CLIP's `x @ proj`, MultiheadAttention's out_proj) is quantised but its input is not.
+        layers = list({id(t.module): t.module for t in targets if t.module is not None}.values())
         # Calibrate after weight quantisation: the ranges are those the quantised model produces.
         for m, (lo, hi) in zip(layers, _calibrate(model, layers, calib)):
             if lo <= hi:  # a layer the calibration never reached keeps float inputs
-                m.register_forward_pre_hook(QuantAct(lo, hi, act_bits))
+                m.register_forward_pre_hook(QuantAct(lo, hi, act_bits), with_kwargs=True)
     return model

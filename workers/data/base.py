@@ -4,8 +4,9 @@ Kept apart from __init__ so the dataset modules can import it without a cycle.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -16,19 +17,41 @@ from workers import schemas
 from workers.registry import Registry
 from workers.schema import resolve
 
+CACHE_FORMAT = 2  # 2: images uint8 (N,3,H,W), read back memory-mapped; 1 (float32, read into memory) is not reused
+
 
 @dataclass(frozen=True)
 class DatasetMeta:
     input_size: int  # default side the target images are resized to inside the canvas; tokens per text
     num_classes: int
     description: str
-    modality: str = "image"  # "image": float (N,3,s,s) in [0,1]; "text" / "dna": int64 token ids (N, L)
+    modality: str = "image"  # "image": (N,3,s,s) uint8 or float in [0,1] (see Splits); "text"/"dna": int64 ids (N, L)
     bundled: bool = False  # needs no files (generated or shipped with a package)
+    paper_test_batch: int = 128  # the paper's test batch size, which its ECE depends on (`metrics.paper_ece`)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A model's own evaluation preprocessing, instead of the VP recipe's squash to (size, size): resize the short
+    side to floor(size / crop_pct) with `interpolation`, keeping the aspect ratio, then take the centre
+    size x size (torchvision's Resize(int) + CenterCrop). CLIP: bicubic, crop_pct 1.0."""
+
+    interpolation: str = "bicubic"  # "bilinear" | "bicubic"
+    crop_pct: float = 1.0
+
+    def sizes(self, size: int, h: int, w: int) -> tuple[int, int, int, int]:
+        """(resized h, resized w, top, left) of the centre crop, rounded as torchvision rounds them."""
+        short = math.floor(size / self.crop_pct)
+        nh, nw = (int(short * h / w), short) if w <= h else (short, int(short * w / h))
+        return nh, nw, int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
 
 
 @dataclass
 class Splits:
-    train_x: Tensor  # images: float32 (N,3,H,W) in [0,1] at the requested size; text: int64 token ids (N, L)
+    """Images: uint8 (N,3,H,W) for decoded files (4x smaller than float; `as_float` where used), or float32 in
+    [0,1] for generated sets; text: int64 token ids (N, L)."""
+
+    train_x: Tensor
     train_y: Tensor  # int64 (N,)
     test_x: Tensor
     test_y: Tensor
@@ -38,42 +61,80 @@ class Splits:
 DATASETS: Registry[Callable[..., Splits]] = Registry("dataset", schemas.DATASETS)
 
 
-def resize(x: Tensor, size: int) -> Tensor:
-    """Bilinear resize of (N,C,H,W), done once at load time so training never resizes per batch."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+def as_float(x: Tensor) -> Tensor:
+    """A batch of images as float32 in [0,1]: uint8 / 255, exactly what decoding to float did before (the same
+    rounding, so results do not change); float images pass through."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
-def load_dataset(name: str, size: int | None = None, root: str | None = None, **args) -> Splits:
+def resize(x: Tensor, size: int, crop: Crop | None = None) -> Tensor:
+    """Float (N,C,H,W) in [0,1] to size x size: bilinear squash (the VP recipe), or `crop`'s resize and centre
+    crop. Done once at load time so training never resizes per batch."""
+    if crop is None:
+        if x.shape[-2:] == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+    nh, nw, top, left = crop.sizes(size, *x.shape[-2:])
+    if (nh, nw) != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=(nh, nw), mode=crop.interpolation, align_corners=False, antialias=True).clamp_(0, 1)
+    return x[..., top:top + size, left:left + size].contiguous()
+
+
+def load_dataset(name: str, size: int | None = None, root: str | None = None, crop: Crop | None = None,
+                 **args) -> Splits:
     entry = DATASETS.entry(name)
     # Defaults and checks come from workers/schemas/datasets.py; cap_shots is for the few-shot sampler.
     args = {k: v for k, v in resolve(entry.schema, args, f"dataset {name!r}").items() if k != "cap_shots"}
+    meta = DATASETS.meta(name)
     if size is None:
-        size = DATASETS.meta(name).input_size
+        size = meta.input_size
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"dataset {name!r}: size must be a positive int, got {size!r}")
-    return entry.obj(size, root, **args)
+    if crop is None:
+        return entry.obj(size, root, **args)
+    if meta.modality != "image":
+        raise ValueError(f"dataset {name!r} holds {meta.modality}, not images: it has no crop preprocessing")
+    return entry.obj(size, root, crop=crop, **args)
 
 
-def cached_dataset(name: str, size: int, root: str | None, args: dict, cache_dir: Path) -> Splits:
-    """load_dataset, decoded and resized once: later calls (other trials, other nodes sharing the cache)
-    read the tensors back instead of decoding images again."""
+def _fsync_replace(tmp: Path, path: Path) -> None:
+    """Make tmp durable, then put it at path in one step: a reader sees the whole file or none."""
+    import os
+
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def cached_dataset(name: str, size: int, root: str | None, args: dict, cache_dir: Path,
+                   crop: Crop | None = None) -> Splits:
+    """load_dataset, decoded and resized once: later calls (other trials, other nodes sharing the cache) read the
+    tensors back instead of decoding images again.
+
+    The file is read memory-mapped (torch.load mmap=True): the tensors' pages are the file's pages in the OS page
+    cache, shared by every actor on the node instead of copied into each, and only the pages a run touches (its
+    few-shot images, the test batches) are read. Written to a hidden temporary, fsynced, then renamed."""
     import fcntl
     import hashlib
     import json
     import os
 
-    key = json.dumps({"name": name, "size": size, "root": str(root), "args": args}, sort_keys=True, default=str)
-    path = Path(cache_dir) / "datasets" / f"{name}-{size}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    key = json.dumps({"name": name, "size": size, "root": str(root), "args": args, "format": CACHE_FORMAT,
+                      "crop": asdict(crop) if crop else None}, sort_keys=True, default=str)
+    tag = f"{name}-{size}" + ("-crop" if crop else "")
+    path = Path(cache_dir) / "datasets" / f"{tag}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process decodes; trials starting together wait and read
         if not path.exists():
-            d = load_dataset(name, size, root, **args)
+            d = load_dataset(name, size, root, crop=crop, **args)
             tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-            torch.save({"train_x": d.train_x, "train_y": d.train_y, "test_x": d.test_x, "test_y": d.test_y,
-                        "classes": list(d.classes)}, tmp)
-            os.replace(tmp, path)
-    t = torch.load(path, weights_only=True)
+            try:
+                torch.save({"train_x": d.train_x, "train_y": d.train_y, "test_x": d.test_x, "test_y": d.test_y,
+                            "classes": list(d.classes)}, tmp)
+                _fsync_replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            del d
+    t = torch.load(path, mmap=True, weights_only=True)
     return Splits(t["train_x"], t["train_y"], t["test_x"], t["test_y"], list(t["classes"]))

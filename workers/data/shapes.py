@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from workers.data.base import DATASETS, DatasetMeta, Splits
+from workers.data.base import DATASETS, Crop, DatasetMeta, Splits
 
 
 def _plus(u: Tensor, v: Tensor) -> Tensor:
@@ -85,7 +85,8 @@ def _split(n: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
     "shapes",
     meta=DatasetMeta(32, len(CLASSES), "procedural shapes: 10 shapes x warm/cool colours, noisy background", bundled=True),
 )
-def shapes(size: int, root: str | None, n_train: int, n_test: int, seed: int) -> Splits:
+def shapes(size: int, root: str | None, n_train: int, n_test: int, seed: int, crop: Crop | None = None) -> Splits:
+    # Rendered at `size` itself: a crop (a model's own preprocessing) has no larger original to start from.
     # Separate streams per split, so changing n_train does not change the test set.
     train_x, train_y = _split(n_train, size, 2 * seed)
     test_x, test_y = _split(n_test, size, 2 * seed + 1)

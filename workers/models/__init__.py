@@ -33,6 +33,10 @@ class ModelMeta:
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})  # per trial, grid may override
     head: str = "fc"  # attribute path of the final classifier (linear probing and fine-tuning replace it)
     formats: tuple[str, ...] = ("state_dict",)  # checkpoint formats the builder accepts
+    # The model's own evaluation preprocessing: short side to floor(input_size / crop_pct) with this
+    # interpolation, centre crop (torchvision's ImageNet eval: bilinear, 224/256; CLIP: bicubic, 1.0)
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
 
 
 Weights = Union[str, Checkpoint]

@@ -29,9 +29,11 @@ Weights:
     `token_embedding_m.*`, `ln_final_m.*`, `text_projection_m`, `positional_embedding_m`) and the queues
     (`image_queue`, `text_queue`, `idx_queue`, `ptr_queue`). Every other key must load strictly.
   Not verified (no released file was opened): the exact key set of the published checkpoints; a mismatch fails the
-  strict load naming the keys. Likewise the TorchScript reader is tested on archives that today's
-  `torch.jit.script`/`trace` write, not on OpenAI's 2021 files: anything unexpected in those (a global it does not
-  allow, an extra tensor) fails loudly rather than loading wrong weights.
+  strict load naming the keys. The TorchScript reader is tested on archives today's `torch.jit.save` writes and on
+  the same archives re-packed in the records of the 2021/2022 torch.jit that wrote OpenAI's files (folder named
+  after the file saved to, `version` first, no `byteorder`/`.data/`; torch.jit.load reads them), not on OpenAI's
+  files themselves: anything unexpected in those (a global it does not allow, an extra tensor) fails loudly rather
+  than loading wrong weights.
 
 `input_size` rebuilds the ViT on another patch grid (a multiple of the patch size); loaded weights then get their
 position embeddings resized as open_clip does (bicubic), and the row says so.
@@ -220,6 +222,17 @@ class ClipClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def compression_targets(self) -> list:
+        """What built-in pruning and quantisation act on and sparsity is measured over: the image tower's weights,
+        all that run (attention's in_proj and the output projection included). The text tower is not the
+        classifier that is compressed: the zero-shot head was computed from it before, and it stays dense."""
+        from workers.compression.base import Target, module_targets
+
+        targets = module_targets(self.visual, "visual.")
+        if isinstance(getattr(self.visual, "proj", None), nn.Parameter):
+            targets.append(Target("visual.proj", self.visual.proj.T, None))  # x @ proj: outputs are its columns
+        return targets
+
 
 def zero_shot_weights(model: ClipClassifier, classnames: Sequence[str],
                       templates: Sequence[Callable[[str], str]]) -> torch.Tensor:
@@ -352,7 +365,7 @@ def _create_clip(name: str, oc_name: str, weights: str | Checkpoint, args: dict,
 def _meta(input_size: int, gpu: float) -> ModelMeta:
     return ModelMeta(input_size=input_size, num_classes=1000, source="ImageNet-1k class names via CLIP text embeddings",
                      mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, resources={"cpu": 2, "gpu": gpu}, head="head",
-                     formats=("state_dict", "upop"))
+                     formats=("state_dict", "upop"), interpolation="bicubic", crop_pct=1.0)
 
 
 @MODELS.register("clip_vit_b32", meta=_meta(224, 0.25))

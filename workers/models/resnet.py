@@ -147,6 +147,38 @@ _RIGL_KEYS = [  # layer names of the RigL port (sparse-imagenet-transfer models/
 ]
 
 
+_SPARSEML_KEYS = [  # SparseML's ResNet (sparseml/pytorch/models/classification/resnet.py), as SparseZoo's files hold it
+    (re.compile(r"input\.conv\.(weight)"), r"conv1.\1"),
+    (re.compile(r"input\.bn\.(.+)"), r"bn1.\1"),
+    (re.compile(r"sections\.(\d+)\.(\d+)\.(conv[123]|bn[123])\.(.+)"), lambda m: f"layer{int(m[1]) + 1}.{m[2]}.{m[3]}.{m[4]}"),
+    (re.compile(r"sections\.(\d+)\.(\d+)\.identity\.conv\.(weight)"), lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0.{m[3]}"),
+    (re.compile(r"sections\.(\d+)\.(\d+)\.identity\.bn\.(.+)"), lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1.{m[3]}"),
+    (re.compile(r"classifier\.fc\.(weight|bias)"), r"fc.\1"),
+]
+
+
+def is_sparseml_layout(state: dict) -> bool:
+    return any(k.startswith(("input.", "sections.", "classifier.")) for k in state)
+
+
+def _sparseml_to_torchvision(state: dict, where: str) -> dict:
+    """SparseML names -> torchvision's; a key that maps to nothing is an error (load_strict then checks that every
+    torchvision key was filled). SparseML's save_model stores every tensor as a float32 copy, BatchNorm's
+    `num_batches_tracked` too: it goes back to torchvision's int64."""
+    def rename(k: str) -> str | None:
+        for pattern, repl in _SPARSEML_KEYS:
+            if pattern.fullmatch(k):
+                return pattern.sub(repl, k)
+        return None
+
+    unknown = sorted(k for k in state if rename(k) is None)
+    if unknown:
+        more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        raise CheckpointError(f"{where}: keys that are not SparseML ResNet names: {', '.join(unknown[:5])}{more}")
+    out = _rekey(state, rename, where)
+    return {k: v.round().long() if k.endswith("num_batches_tracked") else v for k, v in out.items()}
+
+
 def _rigl_to_torchvision(state: dict, where: str) -> dict:
     def rename(k: str) -> str:
         for pattern, repl in _RIGL_KEYS:
@@ -251,13 +283,23 @@ def state_dict_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
 
 
 def gmp_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
-    """GMP ResNet-18/34 (GraNet's ImageNet code: {'epoch', 'arch', 'state_dict', ...}, 'module.' under DDP).
+    """GMP ResNet-18/34: SparseZoo's `resnet_v1-{18,34}/pytorch/sparseml/imagenet/pruned-conservative` files (the
+    paper's upstream accuracies, 69.8% / 73.3%, are theirs), or a torchvision-named state dict (GraNet's layout).
 
-    GraNet keeps its masks outside the state dict (the saved weights are already zero); mask buffers next to the
-    weights (WrappedLayer or torch.nn.utils.prune layout) are folded in if a checkpoint carries them.
+    SparseZoo's files are what SparseML's `save_model` writes: {'state_dict': {SparseML name: float32 tensor}, and
+    maybe 'optimizer', 'epoch', 'recipe', 'arch_key'}. SparseML's ResNet names (`input.conv/bn`,
+    `sections.i.j.conv1/bn1/conv2/bn2[/conv3/bn3]`, `sections.i.j.identity.conv/bn`, `classifier.fc`) map one to one
+    onto torchvision's (`conv1/bn1`, `layer{i+1}.j.*`, `downsample.0/1`, `fc`): the blocks compute the same thing.
+    The paper's fork loaded these files with strict=False, which silently kept torchvision's random init for every
+    key it did not recognise; here every key must map and every torchvision key must be filled.
+
+    Pruned weights are stored as zeros; mask buffers next to the weights (WrappedLayer or torch.nn.utils.prune
+    layout) are folded in if a checkpoint carries them.
     """
     where = str(ckpt.files["weights"])
     state = _rekey(load_state_dict(ckpt.files["weights"]), lambda k: _bare_key(k, ("module.",)), where)
+    if is_sparseml_layout(state):
+        return Mapped(_sparseml_to_torchvision(state, where), "SparseML layout")
     return Mapped(_fold_masks(state, where))
 
 
@@ -266,6 +308,10 @@ def lth_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
 
     Both files are flat dicts keyed by parameter name with a 'model.' prefix (the paper's loader indexes the
     checkpoint with the mask's keys, then drops 'model.'); an unprefixed checkpoint is accepted too.
+
+    The paper's loader then wrote the unmasked weights over the masked ones, so its "lottery tickets" ran dense.
+    The compression arg `apply_mask: false` reproduces that (the mask is still read and checked); the default
+    applies the masks. The row's `compression_args` and `weights_source` say which.
     """
     where = str(ckpt.files["weights"])
     if "mask" not in ckpt.files:
@@ -277,24 +323,35 @@ def lth_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
     if unknown:
         more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
         raise CheckpointError(f"{mask_where}: mask keys with no weight in {where}: {', '.join(unknown[:5])}{more}")
+    apply = ckpt.options.get("apply_mask", True)
     for k, mask in _rekey(masks, _bare_key, mask_where).items():
         _check_mask(mask, state[k], k, k, mask_where)
-        state[k] = _masked(state[k], mask)
-    return Mapped(state)
+        if apply:
+            state[k] = _masked(state[k], mask)
+    return Mapped(state, "masks applied" if apply else "masks NOT applied (apply_mask: false, as the paper's loader)")
 
 
 def sparse_transfer_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
-    """Iofinova et al.: {'model_config': {'arch', 'dataset'}, 'model_state_dict'}.
+    """Iofinova et al.: {'model_config': {'arch', 'dataset'}, 'model_state_dict'}, and AC/DC's original release.
 
     The state dict may come from DataParallel ('module.'), hold WrappedLayer names and masks (`x._layer.weight`,
     `x._weight_mask`), use RigL's layer names (`initial_conv`, `layerN.block.i.convK.conv`, `shortcut`) or STR's
     1x1-conv classifier.
+
+    AC/DC's own files (IST-DASLab/ACDC `utils/checkpoints.py` `save_checkpoint`) add 'epoch', and 'optimizer' and
+    'lr_scheduler' as {'type': type(optimizer), 'state_dict': ...}: classes pickled by reference (AC/DC's own
+    `optimization.sgd.SGD`, torch's or its own schedulers), which weights_only refuses. They are read as inert
+    stand-ins (`load_state_dict(stand_ins=True)`) and ignored; only 'model_state_dict', all tensors, is used.
     """
     where = str(ckpt.files["weights"])
-    obj = load_state_dict(ckpt.files["weights"])
+    obj = load_state_dict(ckpt.files["weights"], stand_ins=True)
     if not isinstance(obj.get("model_config"), dict) or not isinstance(obj.get("model_state_dict"), dict):
         raise CheckpointError(f"{where}: a sparse_transfer checkpoint holds 'model_config' and 'model_state_dict'; "
-                              f"found {sorted(obj)[:10]}")
+                              f"found {sorted(map(str, obj))[:10]}")
+    not_tensors = sorted(k for k, v in obj["model_state_dict"].items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{where}: model_state_dict holds entries that are not tensors: "
+                              f"{', '.join(map(str, not_tensors[:5]))}; {_REDOWNLOAD}")
     arch, dataset = obj["model_config"].get("arch"), obj["model_config"].get("dataset")
     if arch not in SPARSE_TRANSFER_ARCHS[name]:
         raise CheckpointError(f"{where}: model_config arch is {arch!r}; model {name!r} loads "
@@ -309,6 +366,9 @@ def sparse_transfer_filter_fn(ckpt: Checkpoint, name: str) -> Mapped:
         state = _str_fc_to_linear(state, where)
     tf = arch.endswith("_rigl")
     return Mapped(state, f"arch {arch}" + ("; TensorFlow 'SAME' stem max-pool" if tf else ""), tf_same_maxpool=tf)
+
+
+_REDOWNLOAD = "re-download the file, or check that the compression's checkpoint `format` is right"
 
 
 CHECKPOINT_FILTERS: dict[str, Callable[[Checkpoint, str], Mapped]] = {

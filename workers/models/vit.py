@@ -86,7 +86,8 @@ def _create_vit(name: str, weights: str | Checkpoint, args: dict, cache_dir: Pat
 
 
 _META = dict(num_classes=1000, source="ImageNet-1k", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-             resources={"cpu": 2, "gpu": 0.25}, formats=("state_dict", "vvtq"))
+             resources={"cpu": 2, "gpu": 0.25}, formats=("state_dict", "vvtq"), interpolation="bicubic",
+             crop_pct=0.9)  # timm's pretrained_cfg for both
 
 
 @MODELS.register("deit_tiny", meta=ModelMeta(input_size=224, head="head", **_META))

@@ -55,8 +55,19 @@ def _levels(bits: int, signed: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
 
+def effective_bits(nbits: torch.Tensor) -> int:
+    """The bit width the original runs a quantiser at: its `bit_pass` clamps nbits to [2, 8] and rounds, and
+    `int(nbits)` indexes alpha. NaN has no width (the original's int() raises on it)."""
+    value = float(nbits.detach().reshape(-1)[0])
+    if math.isnan(value):
+        raise ValueError("nbits is NaN")
+    return int(round(min(max(value, 2.0), 8.0)))
+
+
 class _Quantiser:
     """The state every VVTQ quantiser carries, under the original names."""
+
+    learned_bits = False  # the original's `mixpre`: True where its nbits is a trained parameter
 
     def _init_quantiser(self, bits: int, offset: bool = False) -> None:
         self.nbits = nn.Parameter(torch.tensor([float(bits)]), requires_grad=False)
@@ -73,7 +84,7 @@ class _Quantiser:
 
     def _load_from_state_dict(self, *args) -> None:
         super()._load_from_state_dict(*args)
-        self._bits = int(self.nbits.detach().clamp(2, 8).round().item())  # the original's bit_pass
+        self._bits = effective_bits(self.nbits)
         self._ready = False  # read init_state again at the next forward
 
     def _step(self, name: str) -> torch.Tensor:
@@ -303,6 +314,9 @@ class PatchMerging(nn.Module):
         self.res = res
         self.norm = nn.LayerNorm(4 * dim)
         self.reduction = QuantLinear(4 * dim, 2 * dim, HIGH_BITS, bias=False)
+        # The original builds it as QuantLinear(nbits=8) with the default mixpre=True: its nbits is trained (mixed
+        # precision), so a released file may hold 7.9987 or any other value the run reached.
+        self.reduction.learned_bits = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
@@ -414,9 +428,20 @@ def checkpoint_filter_fn(state: dict, model: nn.Module) -> dict:
         if mine is None:
             out[k] = v  # load_strict names it
             continue
-        if k.endswith(".nbits") and not torch.equal(v.float(), mine.float()):
-            raise CheckpointError(f"vvtq: {k} is {v.tolist()} in the file but {mine.tolist()} in the model; "
-                                  f"the file was trained at another bit width than the one requested")
+        if k.endswith(".nbits") and v.shape == mine.shape:
+            # As the original: a quantiser runs at round(clamp(nbits, 2, 8)), so 7.9987 is 8 bits. Where nbits was
+            # fixed in training (mixpre=False), that width must be the model's: another one means the file was
+            # trained at another bit width than the one requested. Where it was learned (Swin's patch merging), the
+            # file's width is the one it runs at. NaN has no width: the original fails on it, so does this.
+            try:
+                got = effective_bits(v)
+            except ValueError:
+                raise CheckpointError(f"vvtq: {k} is {v.tolist()} in the file; the original code cannot run it "
+                                      f"either (int(nan)): the file is damaged, re-download it") from None
+            want = effective_bits(mine)
+            if got != want and not getattr(model.get_submodule(k[:-len(".nbits")]), "learned_bits", False):
+                raise CheckpointError(f"vvtq: {k} is {v.tolist()} in the file ({got} bits) but the model runs it at "
+                                      f"{want} bits; the file was trained at another bit width than the one requested")
         if k.endswith(".init_state") and getattr(model.get_submodule(k[:-len(".init_state")]), "used", True) \
                 and not bool((v == 1).all()):
             raise CheckpointError(f"vvtq: {k} is {v.tolist()}: that quantiser was never initialised in the file")

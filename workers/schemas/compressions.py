@@ -29,7 +29,9 @@ COMPRESSIONS = {
     "acdc": _published("AC/DC"),
     "rigl": _published("RigL"),
     "str": _published("soft threshold reparameterisation"),
-    "lth": _published("lottery ticket (IMP rounds)", round=Arg("int", None, "the IMP round", lo=0, nullable=True)),
+    "lth": _published("lottery ticket (IMP rounds)", round=Arg("int", None, "the IMP round", lo=0, nullable=True),
+                      apply_mask=Arg("bool", True, "weight = mask x weight; false loads the unmasked weights as the "
+                                                   "paper's loader did (its masks were never applied)")),
     "upop": Schema("UPop structured CLIP pruning (from a published checkpoint)", {
         "checkpoint": _CHECKPOINT, "ratio": Arg("float", None, "the compression ratio, e.g. 2 or 4", lo=1, nullable=True)}),
     "vvtq": Schema("VVTQ quantised DeiT/Swin, WnAn (from a published checkpoint)", {
