@@ -69,6 +69,14 @@ def summary(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     return out.reset_index()
 
 
+def _distinguishing(t: pd.DataFrame) -> list[str]:
+    """The settings that tell apart configurations of one (variant, method, budget) cell. A setting that is a
+    function of the budget (the demo's batch_size per shots) varies across columns, not within a cell: labelling
+    rows by it would split one configuration's row into one per budget."""
+    cells = t.groupby(["variant", "method", "budget"], sort=False)
+    return [c for c in SETTINGS if (cells[c].nunique() > 1).any()]
+
+
 def _cell(mean: float, std: float, scale: float) -> str:
     import pandas as pd
 
@@ -84,7 +92,7 @@ def markdown(table: pd.DataFrame, metrics=("accuracy", "ece")) -> str:
     budgets = list(dict.fromkeys(table["budget"]))
     budgets.sort(key=lambda b: float("inf") if b == "full" else int(b.split("-")[0]))
     for dataset, t in table.groupby("dataset", sort=False):
-        varying = [c for c in SETTINGS if t[c].nunique() > 1]  # shown in the row label, so rows stay apart
+        varying = _distinguishing(t)  # shown in the row label, so rows stay apart
         t = t.assign(setup=t[varying].apply(lambda r: " ".join(f"{c}={r[c]}" for c in varying), axis=1)
                      if varying else "")
         for m in metrics:

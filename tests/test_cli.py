@@ -145,6 +145,24 @@ def test_report_groups_by_every_setting(tmp_path):
     assert len(summary(pd.DataFrame([base, {**base, "seed": 2}]))) == 1  # the seed alone is averaged over
 
 
+def test_report_rows_do_not_split_on_settings_that_follow_the_budget(tmp_path):
+    """batch_size per shots (as in the demo) differs across the budget columns but not within one cell: one
+    configuration is one row with a cell per budget, and no setup column appears."""
+    from orchestrator.report import markdown, summary
+
+    spec = expand(parse_grid(TINY))[0]
+    rows = []
+    for shots, bs, acc in ((1, 8, 0.30), (10, 32, 0.60)):
+        for seed in (1, 2):
+            s = dataclasses.replace(spec, shots=shots, seed=seed,
+                                    train=dataclasses.replace(spec.train, batch_size=bs))
+            rows.append(RunResult.for_spec(s, "ok", accuracy=acc + 0.01 * seed, ece=0.1, finished_at=1.0).to_row())
+    md = markdown(summary(pd.DataFrame(rows)), metrics=("accuracy",))
+    body = [l for l in md.splitlines() if l.startswith("| ") and "variant" not in l]
+    assert len(body) == 1 and "setup" not in md and "batch_size=" not in md
+    assert body[0].endswith("| 31.5 ± 0.7 | 61.5 ± 0.7 |")
+
+
 def test_report_and_compact(half_done):
     st, runs = half_done
     r = cli.invoke(app, ["report", str(st.root), "--json"])
