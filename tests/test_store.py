@@ -251,6 +251,26 @@ def test_put_prompt_roundtrip_beside_the_rows(local):
     assert len(pd.read_parquet(local.root)) == 1  # readers of the store's Parquet do not trip on the prompts
 
 
+def test_worker_publishes_prompt_and_row_on_either_filesystem(st):
+    """On S3 too: the row's prompt_path is a location any node can open, and the object holds the prompt."""
+    import torch
+
+    from workers.prompts import read_prompt_file
+    from workers.ray_adapter import publish
+    from workers.uri import open_uri
+
+    row = result()
+    row.prompt = _prompt()
+    publish(st, row)
+    (stored,) = st.frame()["prompt_path"]
+    fs, path, _ = open_uri(stored)
+    assert path.endswith(f"/_prompts/{row.run_key}.safetensors")
+    with fs.open_input_stream(path) as f:
+        back = read_prompt_file(f.read())
+    assert all(torch.equal(back[k], v) for k, v in _prompt().items())
+    assert len(st.frame()) == 1  # the _prompts folder is not read as rows
+
+
 def test_put_prompt_is_atomic(local, monkeypatch):
     from workers.prompts import prompt_file, read_prompt_file
 
