@@ -111,11 +111,12 @@ def decode(ds, size: int, crop: Crop | None = None) -> tuple[Tensor, Tensor]:
     """
     x = torch.empty((len(ds), 3, size, size), dtype=torch.uint8)
     y = torch.empty(len(ds), dtype=torch.int64)
+    xs = x.numpy()
     for i in range(len(ds)):
         img, label = ds[i]
         img = img.convert("RGB")
         img = img.resize((size, size), Image.Resampling.BILINEAR) if crop is None else crop_image(img, size, crop)
-        x[i] = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        np.copyto(xs[i], np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))  # ~7x faster than torch's strided copy
         y[i] = int(label)
     return x, y
 
