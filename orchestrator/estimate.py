@@ -259,14 +259,14 @@ def render(parts: list[Part], total: Part, table: Optional[Table]) -> list[str]:
     """The estimate as lines of text for `vpgrid plan --estimate`."""
     where = (f"{table.card} ({table.device}, {table.dtype}; {table.path})" if table else "no throughput table")
     out = [f"estimate: image-passes through the frozen model, hours on {where}",
-           f"  {'study':<12}{'runs':>7}{'fwd+bwd':>11}{'forward':>11}{'hours':>12}"
-           f"{'ref. forward':>14}{'ref. hours':>13}{'ref/vpgrid':>11}"]
+           f"  {'study':<12}{'runs':>7}{'fwd+bwd':>11}{'forward':>11}{'hours':>15}"
+           f"{'ref. forward':>14}{'ref. hours':>15}{'ref/vpgrid':>11}"]
     for p in parts + ([total] if len(parts) > 1 else []):
         d = p.to_dict()
         le = "" if p.exact else "<="
         ratio = f"{d['reference_over_vpgrid']:.2f}x" if d["reference_over_vpgrid"] else "-"
-        out.append(f"  {p.name:<12}{p.runs:>7}{le + _si(p.train):>11}{le + _si(p.forward):>11}{_hours(p.hours):>12}"
-                   f"{le + _si(p.ref_forward):>14}{_hours(p.ref_hours):>13}{ratio:>11}")
+        out.append(f"  {p.name:<12}{p.runs:>7}{le + _si(p.train):>11}{le + _si(p.forward):>11}{_hours(p.hours):>15}"
+                   f"{le + _si(p.ref_forward):>14}{_hours(p.ref_hours):>15}{ratio:>11}")
     out.append("  vpgrid: test split once at the end (+ every train.eval_every epochs); model built once per trial "
                "at most")
     out.append("  reference protocol: test split after every epoch; one process per run, each paying the start-up")
