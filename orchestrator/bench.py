@@ -1,4 +1,5 @@
-"""Benchmarks behind `vpgrid bench`: numbers for the README, never assertions in tests."""
+"""Control-plane benchmarks behind `vpgrid bench`: numbers for the README, never assertions in tests. The
+model-speed benchmarks (train, loop, protocol, batching) live in the data plane, workers/bench.py."""
 from __future__ import annotations
 
 import os
@@ -264,45 +265,9 @@ def bench_cluster(trials: int = 8, runs_per_trial: int = 4, workers: int = 2) ->
         shutil.rmtree(root, ignore_errors=True)
 
 
-def bench_train(model: str = "demo_cnn", image_size: int = 16, batch: int = 64, steps: int = 20) -> dict:
-    """Prompt-training and forward throughput on the frozen model (images per second)."""
-    import torch
-
-    from workers.models import build_model
-    from workers.prompts import PadPrompter
-    from workers.run import _channels_last, default_device
-
-    device = default_device()
-    built, meta = build_model(model, "random", {}, Path(tempfile.gettempdir()))
-    net = _channels_last(built.model).to(device)
-    prompter = PadPrompter(meta.input_size, image_size, meta.mean, meta.std).to(device)
-    opt = torch.optim.Adam(prompter.parameters(), lr=0.01)
-    x = torch.rand(batch, 3, image_size, image_size, device=device)
-
-    def step():
-        loss = net(prompter(x)).logsumexp(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def timed(fn) -> float:
-        for _ in range(3):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()  # wait for queued kernels before reading the clock
-        return batch * steps / (time.perf_counter() - t0)
-
-    with torch.no_grad():
-        fwd = timed(lambda: net(prompter(x)))
-    return {"bench": "train", "model": model, "device": str(device), "threads": torch.get_num_threads(),
-            "batch": batch, "train_img_s": timed(step), "forward_img_s": fwd}
-
-
 BENCHES = {"plan": bench_plan, "store": bench_store, "status": bench_status, "status_s3": bench_status_s3,
-           "launch": bench_launch,
-           "cluster": bench_cluster, "train": bench_train}
+           "launch": bench_launch, "cluster": bench_cluster}
+# Measured in the data plane (workers/bench.py, which imports torch): `vpgrid bench` imports it only for these.
+# "batching" is benchmark (b), workers/bench_batching.py; "gpu" runs `python -m workers.gpu_check`.
+DATA_BENCHES = ("train", "loop", "protocol", "batching")
+GPU_CHECK = "gpu"

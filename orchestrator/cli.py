@@ -91,7 +91,12 @@ def _known_errors() -> tuple[type[Exception], ...]:
 
 
 @app.command()
-def plan(grid: Path, as_json: JsonOpt = False) -> None:
+def plan(grid: Path, as_json: JsonOpt = False,
+         estimate: Annotated[bool, typer.Option("--estimate", help="Also count the image-passes per study and the hours "
+                                                "they take, for vpgrid and for the reference scripts' protocol.")] = False,
+         throughput: Annotated[Optional[Path], typer.Option("--throughput", metavar="FILE", help="Throughput table "
+                               "(JSON, from `vpgrid bench train --json`) for the hours; implies --estimate "
+                               "[default: the table shipped for this repository's CPU].")] = None) -> None:
     """Count the runs and trials of GRID, with a breakdown per axis. Runs nothing."""
     from orchestrator.grid import expand, load_grid
     from orchestrator.plan import breakdown, pack
@@ -110,6 +115,9 @@ def plan(grid: Path, as_json: JsonOpt = False) -> None:
         resources[m] = res.model_dump() if res else "model default"
     out = {"grid": g.name, "runs": len(runs), "trials": len(trials), "by_axis": breakdown(runs),
            "resources_per_trial": resources}
+    cost = _estimate(g, str(grid), throughput) if estimate or throughput else None
+    if cost:
+        out["estimate"] = {"throughput": cost[2], "studies": [p.to_dict() for p in cost[0]], "total": cost[1].to_dict()}
     if as_json:
         typer.echo(json.dumps(out, indent=1))
         return
@@ -118,6 +126,24 @@ def plan(grid: Path, as_json: JsonOpt = False) -> None:
         typer.echo(f"  {axis:<12} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     typer.echo("  per trial    " + ", ".join(
         f"{m}: " + (f"cpu {r['cpu']:g}, gpu {r['gpu']:g}" if isinstance(r, dict) else r) for m, r in resources.items()))
+    if cost:
+        from orchestrator.estimate import render
+
+        typer.echo("\n".join(render(*cost[:2], cost[3])))
+
+
+def _estimate(g, source: str, throughput: Optional[Path]):
+    """(per-study parts, total, the table's header as a dict, the table) for `plan --estimate`. A table given with
+    --throughput must hold every model of the grid (exit 2 otherwise); the shipped default may lack some."""
+    from orchestrator.estimate import DEFAULT_TABLE, TableError, estimate, load_table
+
+    try:
+        table = load_table(throughput or DEFAULT_TABLE)
+        parts, total = estimate(g, source, table, strict=throughput is not None)
+    except TableError as e:
+        _usage(str(e))
+    header = {k: getattr(table, k) for k in ("path", "machine", "device", "card", "dtype", "measured_at")}
+    return parts, total, header, table
 
 
 def _launch(source: str, grid_text: str, store: str, opts: dict) -> None:
@@ -340,26 +366,77 @@ def report(store: StoreArg, as_json: JsonOpt = False,
 
 
 @app.command()
-def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster, train.")] = None,
-          as_json: JsonOpt = False) -> None:
-    """Measure planning, the store, launch overhead and prompt-training speed on this machine."""
-    from orchestrator.bench import BENCHES, machine
+def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster "
+                                                         "(orchestration); train, loop, protocol, batching (model speed, "
+                                                         "measured by workers/bench.py); gpu (the GPU check) "
+                                                         "[default: all but batching and gpu].", show_default=False)] = None,
+          as_json: JsonOpt = False,
+          models: Annotated[Optional[str], typer.Option("--models", metavar="A,B", help="Models `train` measures "
+                            "[default: those of --grid, else the paper's and the demo's].")] = None,
+          grid: Annotated[Optional[Path], typer.Option("--grid", help="`train` measures this grid's models.")] = None,
+          out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Also write the throughput table "
+                         "that `train` (or `gpu`) measures to FILE.")] = None) -> None:
+    """Measure planning, the store, launch overhead and model speed on this machine. `train --json` prints the
+    throughput table that `vpgrid plan --estimate --throughput` reads."""
+    from orchestrator.bench import BENCHES, DATA_BENCHES, GPU_CHECK, machine
 
-    what = what or list(BENCHES)
-    unknown = [w for w in what if w not in BENCHES]
+    valid = [*BENCHES, *DATA_BENCHES, GPU_CHECK]
+    what = what or [w for w in valid if w not in ("batching", GPU_CHECK)]
+    unknown = [w for w in what if w not in valid]
     if unknown:
-        err(f"error: unknown benchmark {unknown[0]!r}; valid: {', '.join(BENCHES)}")
-        raise typer.Exit(2)
+        _usage(f"unknown benchmark {unknown[0]!r}; valid: {', '.join(valid)}")
+    names = _bench_models(models, grid)
+    if GPU_CHECK in what:
+        if what != [GPU_CHECK]:
+            _usage("run `vpgrid bench gpu` alone: it measures on the GPU and prints its own JSON summary")
+        import subprocess
+        import sys
+
+        args = ["--out", str(out)] if out else []
+        raise typer.Exit(subprocess.call([sys.executable, "-m", "workers.gpu_check", *args]))
     results = []
     for w in what:
         err(f"running {w} ...")
-        results.append(BENCHES[w]())
+        if w in BENCHES:
+            results.append(BENCHES[w]())
+            continue
+        import workers.bench as data_bench  # torch is imported here, in the data plane, for these only
+
+        try:
+            results.append(data_bench.bench_train(names) if w == "train" else data_bench.BENCHES[w]())
+        except RuntimeError as e:
+            _fail(e)
+        if w == "train" and out:
+            out.write_text(json.dumps(results[-1], indent=1) + "\n")
     if as_json:
-        typer.echo(json.dumps({"machine": machine(), "results": results}, indent=1))
+        typer.echo(json.dumps(results[0] if what == ["train"] else {"machine": machine(), "results": results}, indent=1))
         return
     typer.echo(f"machine: {machine()}")
     for r in results:
+        r = {**r, "models": {m: ", ".join(f"{k}={v:.3g}" for k, v in e.items()) for m, e in r["models"].items()}} \
+            if "models" in r else r
         typer.echo("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+
+
+def _bench_models(models: Optional[str], grid: Optional[Path]) -> Optional[list[str]]:
+    """The models `bench train` measures: --models, else --grid's, else None (the default set)."""
+    from workers.schemas import MODELS
+
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    if grid is not None and names is None:
+        from orchestrator.grid import load_grid
+
+        try:
+            g, _ = load_grid(grid)
+        except _known_errors() as e:
+            _fail(e)
+        names = list(dict.fromkeys(m.name for part in g.parts() for m in part.models))
+    for n in names or []:
+        if n not in MODELS:
+            from workers.schema import did_you_mean
+
+            _usage(f"--models: unknown model {n!r}{did_you_mean(n, MODELS)} (valid: {', '.join(sorted(MODELS))})")
+    return names
 
 
 def _schema_rows(kinds: list[str]) -> list[dict]:
