@@ -1,0 +1,538 @@
+"""`vpgrid report STORE --out DIR`: every figure and table that the store's axes allow, and an index.
+
+Plans from the run table (orchestrator.figures): a figure family is drawn once per model (with its setup, in its
+study) and compression, so a user's own model, compression or dataset appears with no change here. What cannot
+be drawn is listed in the index with the reason; pending and failed runs are counted in each caption and listed
+(and all of them in DIR/missing.csv), never averaged in.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
+
+from orchestrator import figures as F
+
+from orchestrator.report import FAMILIES, VARIANTS, VECTOR_FORMATS  # noqa: F401  (the CLI reads them without pandas)
+FAMILY_TITLES = {
+    "accuracy": "Transfer accuracy vs data budget (the paper's Figs. 2–6)",
+    "ece": "Calibration error vs compression level (Figs. 7–9)",
+    "confidence": "Mean confidence of the true class vs compression level (Figs. 10, 12)",
+    "kl": "Distance to uniform on incorrect predictions vs compression level (Figs. 11, 13)",
+    "reliability": "Reliability diagrams, dense vs compressed",
+    "mapping": "Label mapping, dense vs compressed (Fig. 1)",
+    "table1": "Table 1: accuracy drop per architecture and compression",
+    "table2": "Table 2: accuracy at the largest data budget, dense vs compressed, per method",
+    "table3": "Tables 3–4: accuracy across models (per study and method, largest data budget)",
+}
+MAX_LISTED = 25  # missing runs listed under each item; all of them are in missing.csv
+MAX_TARGETS = 30  # target classes drawn in a label-mapping figure; all are in its CSV
+MAX_LEVELS = 3  # compressed levels drawn beside dense in a label-mapping figure
+
+
+@dataclass
+class Options:
+    select: dict = field(default_factory=dict)
+    ece: str = "proper"
+    kl: str = "proper"
+    families: tuple = FAMILIES
+    vector: str = "svg"
+    metrics: tuple = ("accuracy", "ece")
+
+
+@dataclass
+class Entry:
+    """One figure or table of the index (or one that could not be made: `skipped` says why)."""
+
+    family: str
+    title: str
+    runs: pd.DataFrame  # the runs in its scope, every state
+    what: str = ""
+    files: list = field(default_factory=list)  # paths relative to DIR
+    table_md: str = ""
+    table_html: str = ""
+    skipped: str = ""
+    draw: Optional[Callable] = None  # () -> matplotlib figure
+    stem: str = ""
+    note: str = ""
+    csv: Optional[pd.DataFrame] = None  # the data behind a figure or table
+
+    def counts(self) -> tuple[int, int, int]:
+        st = self.runs["state"] if len(self.runs) else pd.Series(dtype=str)
+        return int((st == "ok").sum()), int((st == "pending").sum()), int((st == "failed").sum())
+
+
+def slug(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", "_".join(p for p in parts if p)).strip("-")
+
+
+def _fmt(v: float, scale: float) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{scale * v:.1f}" if scale == 100 else f"{v:.4g}"
+
+
+def _n_text(ns) -> str:
+    ns = sorted({int(x) for x in ns})
+    return "none" if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+
+
+def load(store: str, opts: Options):
+    """(store, grid, run table after --select) from a store location."""
+    from orchestrator.grid import expand, parse_grid
+    from orchestrator.store import Store
+
+    s = Store(store)
+    text = s.grid_text()
+    grid = parse_grid(text, f"{s.root}/_vpgrid/grid.yaml")
+    specs, study_of = [], {}
+    names = [st.name for st in grid.studies] or [""]
+    for name, part in zip(names, grid.parts()):
+        for spec in expand(part):
+            specs.append(spec)
+            study_of[spec.run_key] = name
+    runs = F.run_table(s.frame(), specs, study_of)
+    for axis, values in opts.select.items():  # a value that selects nothing is a usage error, not an empty report
+        have = {F.axis_value(axis, v) for v in runs[axis]} if len(runs) else set()
+        for v in values:
+            if v not in have:
+                shown = ", ".join(sorted(map(str, have))) or "none"
+                raise F.SelectError(f"--select {axis}={v}: no run of the grid or store has it ({axis}: {shown})")
+    return s, grid, F.select(runs, opts.select) if opts.select else runs
+
+
+# ------------------------------------------------------------------------------------------- planning
+
+def _top_budget(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs at each (method, dataset)'s largest data budget in the grid (pending included)."""
+    if runs.empty:
+        return runs
+    top = runs.groupby(["method", "dataset"])["budget_rank"].transform("max")
+    return runs[runs["budget_rank"] == top]
+
+
+def _budget_phrase(runs: pd.DataFrame) -> str:
+    b = list(dict.fromkeys(runs["budget"]))
+    return "at the full training split" if b == ["full"] else f"at {b[0]}" if len(b) == 1 else \
+        "at each dataset's largest data budget"
+
+
+def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.DataFrame, opts: Options) -> list[Entry]:
+    from orchestrator import plots as P
+
+    out: list[Entry] = []
+    fams = F.families_of(runs) if len(runs) else []
+    ece_metric = "ece" if opts.ece == "proper" else "ece_paper"
+    kl_metric = "kl_incorrect" if opts.kl == "proper" else "kl_incorrect_paper"
+    for study, model, setup, comp in fams:
+        fam_runs = F.in_family(runs, study, model, setup, comp)
+        fam_sum = F.in_family(summary, study, model, setup, comp)
+        name = F.name_of(study, model, setup)
+        head = f"{name}, {comp}" if comp != "dense" else f"{name}, dense only"
+        lk = next((k for k in fam_runs["level_key"] if k), "")
+        xlabel = F.LEVEL_NAMES.get(lk, "compression level") if comp != "dense" else ""
+        methods = list(dict.fromkeys(fam_runs["method"]))
+        if "accuracy" in opts.families:
+            label, scale, what = F.METRIC_INFO["accuracy"]
+            for m in methods:
+                r = fam_runs[fam_runs["method"] == m]
+                e = Entry("accuracy", f"{head}, {m}: accuracy vs data budget", r, what=what + ", mean ± std over seeds",
+                          stem=f"accuracy/{slug(study, model, setup, comp, m)}")
+                d = fam_sum[(fam_sum["metric"] == "accuracy") & (fam_sum["method"] == m)]
+                if r["budget"].nunique() < 2:
+                    e.skipped = f"one data budget ({r['budget'].iloc[0]}) in the grid: see Table 2"
+                elif d.empty:
+                    e.skipped = "no finished run yet"
+                else:
+                    e.draw = (lambda d=d, t=e.title, lab=label, sc=scale: P.lines_vs_budget(d, t, lab, sc))
+                out.append(e)
+        for fam, metric in (("ece", ece_metric), ("confidence", "conf_correct"), ("kl", kl_metric)):
+            if fam not in opts.families:
+                continue
+            label, scale, what = F.METRIC_INFO[metric]
+            r = _top_budget(fam_runs)
+            phrase = _budget_phrase(r)
+            e = Entry(fam, f"{head}: {metric} vs {xlabel or 'compression'} {phrase}", r, what=f"{what}, {phrase}",
+                      stem=f"{fam}/{slug(study, model, setup, comp)}")
+            d = fam_sum.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
+            d = d[d["metric"] == metric]
+            if comp == "dense":
+                e.skipped = "no compressed variant of this model"
+            elif d.empty:
+                e.skipped = "no finished run yet" if not (fam_runs["state"] == "ok").any() else \
+                    f"no finished run with {metric} at the largest data budget"
+            else:
+                e.draw = (lambda d=d, t=e.title, lab=label, sc=scale, xl=xlabel: P.lines_vs_level(d, t, lab, sc, xl))
+            out.append(e)
+        if "reliability" in opts.families:
+            for m in methods:
+                r = _top_budget(fam_runs[fam_runs["method"] == m])
+                phrase = _budget_phrase(r)
+                e = Entry("reliability", f"{head}, {m}: reliability {phrase}", r,
+                          what=f"accuracy against confidence in 15 confidence bins (stored per run, pooled over seeds), {phrase}",
+                          stem=f"reliability/{slug(study, model, setup, comp, m)}")
+                d = F.in_family(rel, study, model, setup, comp)
+                d = d.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
+                if d.empty or not (d["count"] > 0).any():
+                    e.skipped = "no finished run with stored reliability bins yet"
+                else:
+                    e.draw = (lambda d=d, t=e.title: P.reliability_diagrams(d, t))
+                out.append(e)
+        if "mapping" in opts.families:
+            out += _mapping_entries(fam_runs, maps, study, model, setup, comp, head)
+    if "table1" in opts.families:
+        out.append(_table1(runs, summary))
+    if "table2" in opts.families:
+        out += _table2(runs, summary)
+    if "table3" in opts.families:
+        out += _table3(runs, summary)
+    return out
+
+
+def _mapping_entries(fam_runs, maps, study, model, setup, comp, head) -> list[Entry]:
+    from orchestrator import plots as P
+    from workers.classnames import mapped_name, source_names, target_name_or_index
+
+    out = []
+    for ds in dict.fromkeys(fam_runs["dataset"]):
+        r = _top_budget(fam_runs[fam_runs["dataset"] == ds])
+        phrase = _budget_phrase(r)
+        e = Entry("mapping", f"{head}, {ds}: label mapping {phrase}", r,
+                  what=f"the source class each target class is mapped to, most common over seeds (k/n: chosen by k of n "
+                       f"seeds), {phrase}", stem=f"mapping/{slug(study, model, setup, comp, ds)}")
+        d = F.in_family(maps, study, model, setup, comp)
+        d = d.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
+        out.append(e)
+        if d.empty:
+            e.skipped = "no finished run with a label mapping (methods without one: clip_vp, lp, ff, reprogram)" \
+                if (r["state"] == "ok").any() else "no finished run yet"
+            continue
+        ranks = sorted(d["rank"].unique())
+        comp_ranks = [x for x in ranks if x > 0]
+        if len(comp_ranks) > MAX_LEVELS:  # evenly spaced, the most compressed always in
+            idx = [round(i * (len(comp_ranks) - 1) / (MAX_LEVELS - 1)) for i in range(MAX_LEVELS)]
+            keep = [0] + [comp_ranks[i] for i in dict.fromkeys(idx)]
+            e.note = f"{len(keep) - 1} of {len(comp_ranks)} compressed levels drawn; all are in the CSV. "
+            d = d[d["rank"].isin(keep)]
+        n_targets = int(d["target"].max()) + 1
+        names, why = source_names(model)
+        d = d.assign(source_label=[mapped_name(model, m, ds, s, n_targets) for m, s in zip(d["method"], d["source"])],
+                     target_label=[target_name_or_index(t, ds) for t in d["target"]])
+        e.csv = d
+        if n_targets > MAX_TARGETS:
+            e.note += f"First {MAX_TARGETS} of {n_targets} target classes drawn; all are in the CSV. "
+            d = d[d["target"] < MAX_TARGETS]
+        if names is None:
+            e.note += why + ": source classes shown by index. "
+        if target_name_or_index(0, ds).startswith("class "):
+            e.note += "Target class names are not in the store: shown by index. "
+        e.draw = (lambda d=d, t=e.title, note=e.note.strip(): P.label_map_table(d, t, note))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+def _md(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _verdict(drop: float) -> str:
+    return "" if math.isnan(drop) else "High" if drop >= 10 else "Moderate" if drop >= 2 else "Low"
+
+
+def _table1(runs, summary) -> Entry:
+    from workers.schemas import COMPRESSIONS
+
+    e = Entry("table1", FAMILY_TITLES["table1"], runs, stem="tables/table1_drops",
+              what="accuracy drop (dense minus compressed, points) averaged over every matched method, dataset and "
+                   "data budget; verdict on the mean over levels: Low < 2, Moderate 2–10, High ≥ 10 points")
+    t = F.table_drops(summary)
+    if t.empty:
+        e.skipped = "needs a dense and a compressed variant of one model with finished runs in the same cells"
+        return e
+    rows = []
+    for (study, model, setup, comp), g in t.groupby(["study", "model", "setup", "compression"], sort=False):
+        g = g.sort_values("rank")
+        schema = COMPRESSIONS.get(comp)
+        mean = float((g["mean_drop"] * g["cells"]).sum() / g["cells"].sum())
+        rows.append({**({"study": study} if t["study"].ne("").any() else {}),
+                     "model": model + (f" ({setup})" if setup else ""), "compression": comp,
+                     "type": schema.help if schema else "",
+                     "levels": ", ".join(v.split(" ")[-1] if v != comp else v for v in g["variant"]),
+                     "upstream dense → compressed (%)": _upstream_text(g),
+                     "mean drop per level (pts)": ", ".join(f"{100 * x:.1f}" for x in g["mean_drop"]),
+                     "max drop (pts)": f"{100 * g['max_drop'].max():.1f}", "cells": int(g["cells"].sum()),
+                     "performance drop": _verdict(100 * mean)})
+    shown = pd.DataFrame(rows)
+    e.table_md, e.table_html = _md(shown), shown.to_html(index=False, escape=True)
+    e.csv = t
+    return e
+
+
+def _upstream_text(g) -> str:
+    dense = g["upstream_dense"].dropna()
+    comp = [f"{100 * x:.1f}" if not math.isnan(x) else "–" for x in g["upstream"]]
+    if dense.empty and all(c == "–" for c in comp):
+        return "not measured"
+    return (f"{100 * dense.iloc[0]:.1f}" if len(dense) else "–") + " → " + ", ".join(comp)
+
+
+def _cell(mean, std, drop=None) -> str:
+    s = f"{100 * mean:.1f}" + ("" if std is None or math.isnan(std) else f" ± {100 * std:.1f}")
+    if drop is not None and not math.isnan(drop):
+        s += f" ({100 * abs(drop):.1f} {'↓' if drop > 0 else '↑'})"
+    return s
+
+
+def _variant_header(g: pd.DataFrame) -> str:
+    v = g["variant"].iloc[0]
+    bits = []
+    p = g["params"].dropna()
+    if len(p):
+        bits.append(f"{p.iloc[0] / 1e6:.1f}M params")
+    u = g["upstream_accuracy"].dropna()
+    if len(u):
+        bits.append(f"ImageNet {100 * u.iloc[0]:.1f}%")
+    return v + (f" ({', '.join(bits)})" if bits else "")
+
+
+def _table2(runs, summary) -> list[Entry]:
+    out = []
+    acc = summary[summary["metric"] == "accuracy"]
+    for (study, model, setup), r in runs.groupby(["study", "model", "setup"], sort=False):
+        name = F.name_of(study, model, setup)
+        top = _top_budget(r)
+        e = Entry("table2", f"{name}: accuracy {_budget_phrase(top)}, dense vs compressed", top,
+                  stem=f"tables/table2_{slug(study, model, setup)}",
+                  what=f"test accuracy (%) mean ± std over seeds, (drop vs dense ↓), {_budget_phrase(top)}; "
+                       "header: parameters and upstream ImageNet top-1 where measured")
+        out.append(e)
+        s = acc[(acc["study"] == study) & (acc["model"] == model) & (acc["setup"] == setup)]
+        s = s.merge(top[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
+        if (r["compression"] == "dense").all():
+            e.skipped = "no compressed variant of this model"
+            continue
+        if s.empty:
+            e.skipped = "no finished run yet"
+            continue
+        comp_order = {c: i for i, c in enumerate(dict.fromkeys(["dense", *r["compression"]]))}
+        s = s.assign(_c=s["compression"].map(comp_order)).sort_values(["_c", "rank"], kind="stable")
+        cols = list(dict.fromkeys(s["variant"]))
+        headers = {v: _variant_header(s[s["variant"] == v]) for v in cols}
+        rows = []
+        for (ds, m), g in s.groupby(["dataset", "method"], sort=False):
+            dense = g[g["compression"] == "dense"]["mean"]
+            base = dense.iloc[0] if len(dense) else math.nan
+            row = {"dataset": ds, "method": m}
+            for v in cols:
+                x = g[g["variant"] == v]
+                row[headers[v]] = "" if x.empty else _cell(x["mean"].iloc[0], x["std"].iloc[0],
+                                                           None if v == "dense" else base - x["mean"].iloc[0])
+            rows.append(row)
+        shown = pd.DataFrame(rows)
+        e.table_md, e.table_html = _md(shown), shown.to_html(index=False, escape=True)
+        e.csv = s.drop(columns="_c")
+    return out
+
+
+def _table3(runs, summary) -> list[Entry]:
+    out = []
+    acc = summary[summary["metric"] == "accuracy"]
+    for (study, m), r in runs.groupby(["study", "method"], sort=False):
+        top = _top_budget(r)
+        e = Entry("table3", f"{'[' + study + '] ' if study else ''}{m}: accuracy across models {_budget_phrase(top)}",
+                  top, stem=f"tables/table3_{slug(study, m)}",
+                  what=f"test accuracy (%) mean ± std over seeds, every model and variant side by side, {_budget_phrase(top)}")
+        out.append(e)
+        models = r[["model", "setup"]].drop_duplicates()
+        if len(models) < 2:
+            e.skipped = f"one model only ({models['model'].iloc[0]}) for this method"
+            continue
+        s = acc[(acc["study"] == study) & (acc["method"] == m)]
+        s = s.merge(top[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
+        if s.empty:
+            e.skipped = "no finished run yet"
+            continue
+        s = s.sort_values(["model", "setup", "rank"], kind="stable")
+        s = s.assign(col=[F.name_of("", a, b) + " " + v for a, b, v in zip(s["model"], s["setup"], s["variant"])])
+        cols = list(dict.fromkeys(s["col"]))
+        headers = {c: c + _variant_header(s[s["col"] == c])[len(s[s["col"] == c]["variant"].iloc[0]):] for c in cols}
+        rows = []
+        for ds, g in s.groupby("dataset", sort=False):
+            row = {"task": ds}
+            for c in cols:
+                x = g[g["col"] == c]
+                row[headers[c]] = "–" if x.empty else _cell(x["mean"].iloc[0], x["std"].iloc[0])
+            rows.append(row)
+        shown = pd.DataFrame(rows)
+        e.table_md, e.table_html = _md(shown), shown.to_html(index=False, escape=True)
+        e.csv = s
+    return out
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+def caption(e: Entry) -> str:
+    """One line: what was measured, on how many runs, what is missing."""
+    ok, pending, failed = e.counts()
+    okr = e.runs[e.runs["state"] == "ok"] if len(e.runs) else e.runs
+    if ok:
+        per = okr.groupby(F.KEYS, dropna=False).size()
+        runs = f"{ok} finished runs in {len(per)} configurations, {_n_text(per)} seeds each"
+    else:
+        runs = "no finished runs"
+    missing = "nothing missing" if not (pending or failed) else \
+        f"missing: {pending} pending, {failed} failed (listed below)"
+    return f"{e.what[:1].upper() + e.what[1:]}. {runs}; {missing}." + (f" {e.note.strip()}" if e.note else "")
+
+
+def _missing_lines(e: Entry) -> list[str]:
+    m = e.runs[e.runs["state"] != "ok"] if len(e.runs) else e.runs
+    lines = []
+    for _, r in m.head(MAX_LISTED).iterrows():
+        err = f": {str(r['error']).splitlines()[0][:160]}" if r["state"] == "failed" and isinstance(r.get("error"), str) else ""
+        lines.append(f"{r['state']}: {r['model']} {r['variant']} {r['method']} {r['dataset']} {r['budget']} "
+                     f"seed {int(r['seed'])}{err}")
+    if len(m) > MAX_LISTED:
+        lines.append(f"… and {len(m) - MAX_LISTED} more (all in missing.csv)")
+    return lines
+
+
+def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Write the report; returns {'index', 'written', 'skipped', 'seconds', ...}."""
+    from orchestrator.report import markdown, summary as summary_table
+
+    t0 = time.perf_counter()
+    s, grid, runs = load(store, opts)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = F.summarize(runs)
+    rel = F.reliability(runs) if "reliability" in opts.families else F.reliability(runs.iloc[0:0])
+    maps = F.label_maps(runs) if "mapping" in opts.families else F.label_maps(runs.iloc[0:0])
+    entries = plan(runs, summary, rel, maps, opts)
+    t_plan = time.perf_counter()
+    formats = ("png", opts.vector)
+    for i, e in enumerate(entries):
+        if e.draw is not None:
+            from orchestrator import plots as P
+
+            progress(f"[{i + 1}/{len(entries)}] {e.stem}")
+            e.files = [str(p.relative_to(out)) for p in P.save(e.draw(), out / "figures" / e.stem, formats)]
+            e.draw = None
+        csv = e.csv
+        if csv is not None:
+            base = out / ("figures" if e.family not in ("table1", "table2", "table3") else "") / e.stem
+            base.parent.mkdir(parents=True, exist_ok=True)
+            csv.to_csv(base.with_suffix(".csv"), index=False)
+            e.files.append(str(base.with_suffix(".csv").relative_to(out)))
+        if e.table_md:
+            p = out / f"{e.stem}.md"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(f"**{e.title}**\n\n{caption(e)}\n\n{e.table_md}\n")
+            e.files.insert(0, str(p.relative_to(out)))
+    t_draw = time.perf_counter()
+    summary.to_csv(out / "summary.csv", index=False)
+    ok_rows = runs[runs["state"] == "ok"]
+    (out / "tables").mkdir(exist_ok=True)
+    (out / "tables" / "summary.md").write_text(markdown(summary_table(ok_rows), tuple(opts.metrics)) + "\n")
+    missing = runs[runs["state"] != "ok"]
+    cols = ["state", "study", "model", "compression", "level", "method", "dataset", "budget", "seed", "error", "run_key"]
+    missing.reindex(columns=cols).to_csv(out / "missing.csv", index=False)
+    info = {"store": s.root, "grid": grid.name, "select": opts.select, "ece": opts.ece, "kl": opts.kl,
+            "ok": int((runs["state"] == "ok").sum()) if len(runs) else 0,
+            "failed": int((runs["state"] == "failed").sum()) if len(runs) else 0,
+            "pending": int((runs["state"] == "pending").sum()) if len(runs) else 0,
+            "not_in_grid": int((~runs["in_grid"]).sum()) if len(runs) else 0}
+    (out / "README.md").write_text(_index_md(entries, info))
+    (out / "index.html").write_text(_index_html(entries, info))
+    drawn = sum(1 for e in entries if not e.skipped)
+    return {"index": str(out / "index.html"), "written": drawn, "skipped": len(entries) - drawn,
+            "figures": sum(1 for e in entries if not e.skipped and e.family not in ("table1", "table2", "table3")),
+            "rows": len(runs), "plan_s": t_plan - t0, "draw_s": t_draw - t_plan, "seconds": time.perf_counter() - t0,
+            "entries": entries, **info}
+
+
+def _header(info: dict) -> list[str]:
+    sel = ", ".join(f"{k}={'|'.join(map(str, v))}" for k, v in info["select"].items()) or "none"
+    lines = [f"Store `{info['store']}`, grid `{info['grid']}`: {info['ok']} finished, {info['failed']} failed, "
+             f"{info['pending']} pending runs (selection: {sel}).",
+             f"ECE: {'proper (`ece`)' if info['ece'] == 'proper' else 'the paper code variant (`ece_paper`)'}; "
+             f"KL: {'KL(p ‖ U) (`kl_incorrect`)' if info['kl'] == 'proper' else 'the paper code variant (`kl_incorrect_paper`)'}. "
+             "Only finished runs are averaged; runs that differ in any setting are never averaged as seeds.",
+             "Every pending and failed run: [missing.csv](missing.csv); all means and stds: [summary.csv](summary.csv); "
+             "the Markdown tables of `vpgrid report`: [tables/summary.md](tables/summary.md)."]
+    if info["not_in_grid"]:
+        lines.append(f"{info['not_in_grid']} stored rows belong to runs no longer in the grid; they are included.")
+    return lines
+
+
+def _index_md(entries: list[Entry], info: dict) -> str:
+    parts = ["# vpgrid report", "", *[f"{x}  " for x in _header(info)], ""]
+    for fam in FAMILIES:
+        es = [e for e in entries if e.family == fam]
+        if not es:
+            continue
+        parts += [f"## {FAMILY_TITLES[fam]}", ""]
+        for e in es:
+            parts.append(f"### {e.title}")
+            parts.append("")
+            if e.skipped:
+                parts.append(f"*Not drawn: {e.skipped}.* {caption(e)}")
+            else:
+                parts.append(caption(e))
+                parts.append("")
+                for f in e.files:
+                    if f.endswith(".png"):
+                        parts.append(f"![{e.title}]({f})")
+                if e.table_md:
+                    parts += ["", e.table_md]
+                parts.append("")
+                parts.append("Files: " + ", ".join(f"[{Path(f).suffix[1:]}]({f})" for f in e.files))
+            miss = _missing_lines(e)
+            if miss:
+                parts += ["", "<details><summary>missing runs</summary>", "", *[f"- {x}" for x in miss], "", "</details>"]
+            parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def _index_html(entries: list[Entry], info: dict) -> str:
+    h = html.escape
+    body = ["<h1>vpgrid report</h1>", *[f"<p>{_md_links(h(x))}</p>" for x in _header(info)], "<nav><ul>"]
+    fams = [f for f in FAMILIES if any(e.family == f for e in entries)]
+    body += [f'<li><a href="#{f}">{h(FAMILY_TITLES[f])}</a></li>' for f in fams] + ["</ul></nav>"]
+    for fam in fams:
+        body.append(f'<h2 id="{fam}">{h(FAMILY_TITLES[fam])}</h2>')
+        for e in (x for x in entries if x.family == fam):
+            body.append(f"<section><h3>{h(e.title)}</h3>")
+            if e.skipped:
+                body.append(f"<p><em>Not drawn: {h(e.skipped)}.</em> {h(caption(e))}</p>")
+            else:
+                body.append(f"<p>{h(caption(e))}</p>")
+                body += [f'<img src="{h(f)}" alt="{h(e.title)}">' for f in e.files if f.endswith(".png")]
+                if e.table_html:
+                    body.append(e.table_html)
+                body.append("<p>Files: " + ", ".join(f'<a href="{h(f)}">{h(Path(f).suffix[1:])}</a>' for f in e.files) + "</p>")
+            miss = _missing_lines(e)
+            if miss:
+                body.append("<details><summary>missing runs</summary><ul>" + "".join(f"<li>{h(x)}</li>" for x in miss)
+                            + "</ul></details>")
+            body.append("</section>")
+    style = ("body{font-family:sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;color:#222}"
+             "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}section{margin-bottom:2em}")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>vpgrid report</title>"
+            f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+
+
+def _md_links(text: str) -> str:
+    """[name](href) and `code` in the header lines, as HTML."""
+    text = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
