@@ -156,7 +156,7 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
             label, scale, what = F.METRIC_INFO[metric]
             r = _top_budget(fam_runs)
             phrase = _budget_phrase(r)
-            e = Entry(fam, f"{head}: {metric} vs {xlabel or 'compression'} {phrase}", r, what=f"{what}, {phrase}",
+            e = Entry(fam, f"{head}: {metric} vs {lk or 'compression'} {phrase}", r, what=f"{what}, {phrase}",
                       stem=f"{fam}/{slug(study, model, setup, comp)}")
             d = fam_sum.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
             d = d[d["metric"] == metric]

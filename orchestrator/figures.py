@@ -89,6 +89,8 @@ def run_table(stored: pd.DataFrame, specs: Iterable = (), study_of: Optional[dic
     df["in_grid"] = df["run_key"].isin(order.keys()) if specs else True
     df = df.iloc[df["run_key"].map(order).fillna(len(order)).argsort(kind="stable")].reset_index(drop=True)
     df["study"] = df["run_key"].map(study_of).fillna("") if study_of else ""
+    for c in (*METRIC_INFO, "upstream_accuracy", "params"):  # an all-null column reads as objects
+        df[c] = pd.to_numeric(df[c], errors="coerce") if c in df else math.nan
     df["level"] = pd.to_numeric(df["compression_level"], errors="coerce")
     df["shots"] = pd.to_numeric(df["shots"], errors="coerce")
     df["budget"] = df["shots"].map(budget_text)
