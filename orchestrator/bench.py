@@ -306,3 +306,53 @@ def bench_train(model: str = "demo_cnn", image_size: int = 16, batch: int = 64, 
 BENCHES = {"plan": bench_plan, "store": bench_store, "status": bench_status, "status_s3": bench_status_s3,
            "launch": bench_launch,
            "cluster": bench_cluster, "train": bench_train}
+
+
+def bench_report(repeats: int = 1) -> dict:
+    """`vpgrid report --out` over a store holding every run of grids/paper.yaml (~15,000 rows, every metric,
+    reliability bins and label mappings filled, 1 run in 10 failed), compacted as a launch leaves it."""
+    import random
+
+    from orchestrator.deliver import Options, write
+    from orchestrator.grid import expand, parse_grid
+    from orchestrator.store import Store
+    from workers.spec import RunResult
+
+    text = PAPER.read_text()
+    runs = expand(parse_grid(text))
+    root = Path(tempfile.mkdtemp(prefix="vpgrid-bench-"))
+    rng = random.Random(0)
+    try:
+        st = Store(root / "store")
+        st.create(text)
+        bins = [0] * 5 + [50] * 10
+        for i, spec in enumerate(runs):
+            ok = i % 10 != 3
+            metrics = dict(accuracy=rng.random(), ece=rng.random() / 4, ece_paper=rng.random() / 100,
+                           conf_correct=rng.random(), kl_incorrect=rng.random(), kl_incorrect_paper=rng.random() / 100,
+                           reliability_count=bins, reliability_confidence=[None] * 5 + [(b + .5) / 15 for b in range(5, 15)],
+                           reliability_accuracy=[None] * 5 + [rng.random() for _ in range(10)],
+                           label_mapping=[rng.randrange(1000) for _ in range(10)], per_class_accuracy=[0.5] * 10,
+                           upstream_accuracy=0.7, params=25_000_000) if ok else {}
+            st.publish(RunResult.for_spec(spec, "ok" if ok else "failed", error=None if ok else "RuntimeError: boom",
+                                          finished_at=time.time(), **metrics))
+        st.compact()
+        out: dict = {"bench": "report", "rows": len(runs)}
+
+        def once():
+            shutil.rmtree(root / "report", ignore_errors=True)
+            return write(str(root / "store"), root / "report", Options())
+
+        times = []
+        for _ in range(repeats):
+            info = once()
+            times.append(info["seconds"])
+        out.update({"report_s": min(times), "read_and_plan_s": info["plan_s"], "draw_s": info["draw_s"],
+                    "figures": info["figures"], "written": info["written"], "not_drawn": info["skipped"],
+                    "report_cli_s": _cli_seconds(["report", str(root / "store"), "--out", str(root / "report-cli")], 1)})
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+BENCHES["report"] = bench_report

@@ -394,7 +394,7 @@ def _axis(axis: str, v):
 
 
 @app.command()
-def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster, train.")] = None,
+def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster, train, report.")] = None,
           as_json: JsonOpt = False) -> None:
     """Measure planning, the store, launch overhead and prompt-training speed on this machine."""
     from orchestrator.bench import BENCHES, machine

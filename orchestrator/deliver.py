@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class Entry:
     table_md: str = ""
     table_html: str = ""
     skipped: str = ""
-    draw: Optional[Callable] = None  # () -> matplotlib figure
+    draw: Optional[tuple] = None  # (plots.KINDS name, its keyword arguments): drawn by plots.render
     stem: str = ""
     note: str = ""
     csv: Optional[pd.DataFrame] = None  # the data behind a figure or table
@@ -122,8 +123,6 @@ def _budget_phrase(runs: pd.DataFrame) -> str:
 
 
 def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.DataFrame, opts: Options) -> list[Entry]:
-    from orchestrator import plots as P
-
     out: list[Entry] = []
     fams = F.families_of(runs) if len(runs) else []
     ece_metric = "ece" if opts.ece == "proper" else "ece_paper"
@@ -148,7 +147,7 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
                 elif d.empty:
                     e.skipped = "no finished run yet"
                 else:
-                    e.draw = (lambda d=d, t=e.title, lab=label, sc=scale: P.lines_vs_budget(d, t, lab, sc))
+                    e.draw = ("lines_vs_budget", dict(data=d, title=e.title, ylabel=label, scale=scale))
                 out.append(e)
         for fam, metric in (("ece", ece_metric), ("confidence", "conf_correct"), ("kl", kl_metric)):
             if fam not in opts.families:
@@ -166,7 +165,7 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
                 e.skipped = "no finished run yet" if not (fam_runs["state"] == "ok").any() else \
                     f"no finished run with {metric} at the largest data budget"
             else:
-                e.draw = (lambda d=d, t=e.title, lab=label, sc=scale, xl=xlabel: P.lines_vs_level(d, t, lab, sc, xl))
+                e.draw = ("lines_vs_level", dict(data=d, title=e.title, ylabel=label, scale=scale, xlabel=xlabel))
             out.append(e)
         if "reliability" in opts.families:
             for m in methods:
@@ -180,7 +179,7 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
                 if d.empty or not (d["count"] > 0).any():
                     e.skipped = "no finished run with stored reliability bins yet"
                 else:
-                    e.draw = (lambda d=d, t=e.title: P.reliability_diagrams(d, t))
+                    e.draw = ("reliability_diagrams", dict(data=d, title=e.title))
                 out.append(e)
         if "mapping" in opts.families:
             out += _mapping_entries(fam_runs, maps, study, model, setup, comp, head)
@@ -194,7 +193,6 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
 
 
 def _mapping_entries(fam_runs, maps, study, model, setup, comp, head) -> list[Entry]:
-    from orchestrator import plots as P
     from workers.classnames import mapped_name, source_names, target_name_or_index
 
     out = []
@@ -230,7 +228,7 @@ def _mapping_entries(fam_runs, maps, study, model, setup, comp, head) -> list[En
             e.note += why + ": source classes shown by index. "
         if target_name_or_index(0, ds).startswith("class "):
             e.note += "Target class names are not in the store: shown by index. "
-        e.draw = (lambda d=d, t=e.title, note=e.note.strip(): P.label_map_table(d, t, note))
+        e.draw = ("label_map_table", dict(cells=d, title=e.title, note=e.note.strip()))
     return out
 
 
@@ -406,6 +404,36 @@ def _missing_lines(e: Entry) -> list[str]:
     return lines
 
 
+def workers() -> int:
+    """Processes that draw figures: the CPUs this process may use (drawing is CPU-bound and independent)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _render_all(jobs: list, progress: Callable[[str], None]):
+    """(index, files) per job (index, kind, kwargs, stem, formats); in a pool of fresh processes (spawn: no fork
+    of pyarrow's threads) when there is more than a handful of figures and more than one CPU."""
+    from orchestrator import plots as P
+
+    n = min(workers(), len(jobs))
+    if n < 2 or len(jobs) < 6:
+        for k, (i, kind, kwargs, stem, formats) in enumerate(jobs):
+            progress(f"[{k + 1}/{len(jobs)}] {stem.parent.name}/{stem.name}")
+            yield i, P.render(kind, kwargs, stem, formats)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [(i, stem, pool.submit(P.render, kind, kwargs, stem, formats)) for i, kind, kwargs, stem, formats in jobs]
+        for k, (i, stem, f) in enumerate(futures):
+            files = f.result()
+            progress(f"[{k + 1}/{len(jobs)}] {stem.parent.name}/{stem.name}")
+            yield i, files
+
+
 def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Write the report; returns {'index', 'written', 'skipped', 'seconds', ...}."""
     from orchestrator.report import markdown, summary as summary_table
@@ -420,18 +448,15 @@ def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] 
     entries = plan(runs, summary, rel, maps, opts)
     t_plan = time.perf_counter()
     formats = ("png", opts.vector)
-    for i, e in enumerate(entries):
-        if e.draw is not None:
-            from orchestrator import plots as P
-
-            progress(f"[{i + 1}/{len(entries)}] {e.stem}")
-            e.files = [str(p.relative_to(out)) for p in P.save(e.draw(), out / "figures" / e.stem, formats)]
-            e.draw = None
-        csv = e.csv
-        if csv is not None:
+    jobs = [(i, e.draw[0], e.draw[1], out / "figures" / e.stem, formats) for i, e in enumerate(entries) if e.draw]
+    for i, files in _render_all(jobs, progress):
+        entries[i].files = [str(p.relative_to(out)) for p in files]
+        entries[i].draw = None
+    for e in entries:
+        if e.csv is not None:
             base = out / ("figures" if e.family not in ("table1", "table2", "table3") else "") / e.stem
             base.parent.mkdir(parents=True, exist_ok=True)
-            csv.to_csv(base.with_suffix(".csv"), index=False)
+            e.csv.to_csv(base.with_suffix(".csv"), index=False)
             e.files.append(str(base.with_suffix(".csv").relative_to(out)))
         if e.table_md:
             p = out / f"{e.stem}.md"

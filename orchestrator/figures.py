@@ -206,57 +206,79 @@ def summarize(runs: pd.DataFrame, metrics: Iterable[str] = tuple(METRIC_INFO)) -
                            kind="stable")[cols].reset_index(drop=True)
 
 
+def _lists(col: pd.Series) -> pd.Series:
+    """True where a list column holds a non-empty list (null reads as None or NaN)."""
+    return col.map(lambda v: v is not None and not isinstance(v, float) and len(v) > 0)
+
+
+def _matrix(values, width: int, dtype=float):
+    """Ragged lists -> a (n, width) array, padded with NaN (None -> NaN)."""
+    import numpy as np
+
+    out = np.full((len(values), width), np.nan)
+    for i, v in enumerate(values):
+        row = np.asarray(list(v)[:width], dtype=float)  # None -> nan
+        out[i, :len(row)] = row
+    return out
+
+
 def reliability(runs: pd.DataFrame) -> pd.DataFrame:
     """Reliability diagram data pooled over seeds: one row per (configuration, bin) with count (images in the
     bin, summed over seeds), confidence and accuracy (count-weighted means over seeds), `runs` (ok runs with
-    bins) and `bins` (bin count). Bin b of B covers ((b)/B, (b+1)/B]."""
+    bins) and `bins` (bin count). Bin b of B covers (b/B, (b+1)/B]."""
+    import numpy as np
+
     cols = KEYS + ["variant", "rank", "budget", "bin", "bins", "lo", "hi", "count", "confidence", "accuracy", "runs"]
-    ok = runs[(runs["state"] == "ok")] if len(runs) else runs
+    ok = runs[runs["state"] == "ok"] if len(runs) else runs
     if ok.empty or "reliability_count" not in ok:
         return pd.DataFrame(columns=cols)
-    ok = ok[ok["reliability_count"].map(lambda v: v is not None and not (isinstance(v, float)) and len(v) > 0)]
+    ok = ok[_lists(ok["reliability_count"])]
     if ok.empty:
         return pd.DataFrame(columns=cols)
-    rows = []
-    for key, g in ok.groupby(KEYS, dropna=False, sort=False):
-        nb = len(g["reliability_count"].iloc[0])
-        count = [0] * nb
-        conf = [0.0] * nb
-        acc = [0.0] * nb
-        for c, f, a in zip(g["reliability_count"], g["reliability_confidence"], g["reliability_accuracy"]):
-            for b in range(min(nb, len(c))):
-                if c[b]:
-                    count[b] += int(c[b])
-                    conf[b] += int(c[b]) * float(f[b])
-                    acc[b] += int(c[b]) * float(a[b])
-        first = g.iloc[0]
-        for b in range(nb):
-            rows.append((*key, first["variant"], first["rank"], first["budget"], b, nb, b / nb, (b + 1) / nb, count[b],
-                         conf[b] / count[b] if count[b] else math.nan, acc[b] / count[b] if count[b] else math.nan,
-                         len(g)))
-    return pd.DataFrame(rows, columns=cols)
+    nb = int(ok["reliability_count"].map(len).max())
+    count = np.nan_to_num(_matrix(ok["reliability_count"], nb))
+    conf = np.nan_to_num(_matrix(ok["reliability_confidence"], nb)) * count  # an empty bin's null weighs 0
+    acc = np.nan_to_num(_matrix(ok["reliability_accuracy"], nb)) * count
+    cfg = ok.groupby(KEYS, dropna=False, sort=False).ngroup().to_numpy()
+    n_cfg = int(cfg.max()) + 1
+    sums = [np.zeros((n_cfg, nb)) for _ in range(3)]
+    for total, part in zip(sums, (count, conf, acc)):
+        np.add.at(total, cfg, part)
+    first = ok.groupby(cfg, sort=True)[KEYS + ["variant", "rank", "budget"]].first()
+    n_runs = np.bincount(cfg, minlength=n_cfg)
+    rep = first.loc[first.index.repeat(nb)].reset_index(drop=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c, f, a = (x.ravel() for x in sums)
+        rep = rep.assign(bin=np.tile(np.arange(nb), n_cfg), bins=nb, count=c.astype(int),
+                         confidence=np.where(c > 0, f / c, np.nan), accuracy=np.where(c > 0, a / c, np.nan),
+                         runs=np.repeat(n_runs, nb))
+    rep["lo"], rep["hi"] = rep["bin"] / nb, (rep["bin"] + 1) / nb
+    return rep[cols]
 
 
 def label_maps(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (configuration, target class): the source class most seeds mapped it to (`source`; ties go
     to the smallest index), `agree` seeds of `runs` that chose it."""
+    import numpy as np
+
     cols = KEYS + ["variant", "rank", "budget", "target", "source", "agree", "runs"]
     ok = runs[runs["state"] == "ok"] if len(runs) else runs
     if ok.empty or "label_mapping" not in ok:
         return pd.DataFrame(columns=cols)
-    ok = ok[ok["label_mapping"].map(lambda v: v is not None and not isinstance(v, float) and len(v) > 0)]
-    rows = []
-    for key, g in ok.groupby(KEYS, dropna=False, sort=False):
-        maps = [list(m) for m in g["label_mapping"]]
-        first = g.iloc[0]
-        for t in range(max(len(m) for m in maps)):
-            votes: dict[int, int] = {}
-            for m in maps:
-                if t < len(m):
-                    votes[int(m[t])] = votes.get(int(m[t]), 0) + 1
-            best = min(votes, key=lambda s: (-votes[s], s))
-            rows.append((*key, first["variant"], first["rank"], first["budget"], t, best, votes[best], len(maps)))
-    return pd.DataFrame(rows, columns=cols)
+    ok = ok[_lists(ok["label_mapping"])]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    cfg = ok.groupby(KEYS, dropna=False, sort=False).ngroup().to_numpy()
+    lengths = ok["label_mapping"].map(len).to_numpy()
+    long = pd.DataFrame({"cfg": np.repeat(cfg, lengths), "target": np.concatenate([np.arange(n) for n in lengths]),
+                         "source": np.concatenate([np.asarray(m, dtype=np.int64) for m in ok["label_mapping"]])})
+    votes = long.groupby(["cfg", "target", "source"]).size().rename("agree").reset_index()
+    best = votes.sort_values(["cfg", "target", "agree", "source"], ascending=[True, True, False, True], kind="stable")
+    best = best.drop_duplicates(["cfg", "target"])
+    first = ok.groupby(cfg, sort=True)[KEYS + ["variant", "rank", "budget"]].first()
+    first["runs"] = np.bincount(cfg)
+    out = best.join(first, on="cfg")
+    return out[cols].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------- tables

@@ -33,15 +33,31 @@ def colours(n: int) -> list[str]:
     return [matplotlib.colors.to_hex(cmap(0.9 * i / max(n - 1, 1))) for i in range(n)]
 
 
-def _grid(n: int, extra_h: float = 1.3):
+def _legend_cols(width: float, labels: list[str]) -> int:
+    per = max((len(x) for x in labels), default=1) * 0.075 + 0.6  # inches per entry at the legend's font size
+    return max(1, min(len(labels), int(width // per)))
+
+
+def _figure(n: int, title: str, sub: str, labels: list[str], rotated: bool = False):
+    """A figure of n panels (at most MAX_COLS a row) with fixed margins: the title on top, the legend (`labels`)
+    at the bottom. Margins are computed, not solved: constrained layout cost a third of the drawing time."""
     cols = min(MAX_COLS, max(n, 1))
     rows = math.ceil(max(n, 1) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(PANEL_W * cols, MIN_W), PANEL_H * rows + extra_h),
-                             squeeze=False, layout="constrained")
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
+    width = max(PANEL_W * cols, MIN_W)
+    lines = textwrap.wrap(title, int(width * 12)) + [sub]  # ~12 title characters per inch
+    leg_rows = math.ceil(len(labels) / _legend_cols(width, labels)) if labels else 0
+    top, bottom = 0.25 + 0.19 * len(lines) + 0.25, 0.15 + 0.2 * leg_rows + (0.95 if rotated else 0.6)
+    gap_w, gap_h = 0.8, (1.25 if rotated else 0.95)
+    height = (PANEL_H - 0.6) * rows + gap_h * (rows - 1) + top + bottom
+    fig = plt.figure(figsize=(width, height))
+    left, right = 0.75, 0.2
+    ax_w = (width - left - right - gap_w * (cols - 1)) / cols
+    ax_h = (height - top - bottom - gap_h * (rows - 1)) / rows
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=gap_w / ax_w, hspace=gap_h / ax_h)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+    fig.suptitle("\n".join(lines), y=1 - 0.12 / height, va="top")
+    return fig, axes
 
 
 def _n_text(ns) -> str:
@@ -51,21 +67,24 @@ def _n_text(ns) -> str:
 
 def _legend(fig, handles, labels) -> None:
     if handles:
-        width = fig.get_figwidth()
-        per = max(len(x) for x in labels) * 0.075 + 0.6  # inches per entry at the legend's font size
-        fig.legend(handles, labels, loc="outside lower center", ncol=max(1, min(len(labels), int(width // per))),
-                   frameon=False)
+        fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.08 / fig.get_figheight()),
+                   ncol=_legend_cols(fig.get_figwidth(), labels), frameon=False)
 
 
-def _title(fig, title: str, sub: str) -> None:
-    chars = int(fig.get_figwidth() * 12)  # characters per line at the title's size
-    fig.suptitle("\n".join(textwrap.wrap(title, chars) + [sub]))
+def _rotated(labels: list[str]) -> bool:
+    return sum(len(x) for x in labels) > 28
 
 
 def _ticks(ax, labels: list[str]) -> None:
     ax.set_xticks(range(len(labels)))
-    long = sum(len(x) for x in labels) > 28
+    long = _rotated(labels)
     ax.set_xticklabels(labels, rotation=35 if long else 0, ha="right" if long else "center")
+
+
+def render(kind: str, kwargs: dict, stem: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Draw `KINDS[kind](**kwargs)` and save it as stem.<format> for each format: a plain function of picklable
+    arguments, so a process pool can run it."""
+    return save(KINDS[kind](**kwargs), Path(stem), tuple(formats))
 
 
 def save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -79,35 +98,45 @@ def save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
     return out
 
 
+SEEDS_SUB = "mean ± std over seeds (n = seeds per point)"
+
+
+def _variant_colours(data: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """Variants dense first, then least -> most compressed; dense black, the rest in order."""
+    variants = data.drop_duplicates("variant").sort_values("rank", kind="stable")
+    names = variants["variant"].tolist()
+    comp = [v for v, r in zip(names, variants["rank"]) if r > 0]
+    return names, {**dict(zip(comp, colours(len(comp)))), "dense": DENSE}
+
+
 def lines_vs_budget(data: pd.DataFrame, title: str, ylabel: str, scale: float):
     """One panel per dataset; x: data budget (categorical, ascending, 'full' last); one line per variant
     (dense black, then least -> most compressed); band: ± one std over seeds. `data`: summarize() rows."""
     datasets = list(dict.fromkeys(data["dataset"]))
     budgets = data.drop_duplicates("budget").sort_values("budget_rank")["budget"].tolist()
+    ticks = [b.replace("-shot", "") for b in budgets]
     xpos = {b: i for i, b in enumerate(budgets)}
-    variants = data.drop_duplicates("variant").sort_values("rank")[["variant", "rank"]]
-    comp = [v for v, r in zip(variants["variant"], variants["rank"]) if r > 0]
-    colour = dict(zip(comp, colours(len(comp))), dense=DENSE)
-    fig, axes = _grid(len(datasets))
-    handles: dict[str, object] = {}
+    variants, colour = _variant_colours(data)
+    labels = [f"{v} ({_n_text(data.loc[data['variant'] == v, 'n'])})" for v in variants]
+    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, _rotated(ticks))
+    handles = {}
+    by = {k: g for k, g in data.groupby(["dataset", "variant"], sort=False)}
     for ax, ds in zip(axes, datasets):
-        d = data[data["dataset"] == ds]
-        for i, v in enumerate(variants["variant"]):
-            line = d[d["variant"] == v].sort_values("budget_rank")
-            if line.empty:
+        for i, v in enumerate(variants):
+            line = by.get((ds, v))
+            if line is None:
                 continue
+            line = line.sort_values("budget_rank")
             x = [xpos[b] for b in line["budget"]]
-            y, s = scale * line["mean"], scale * line["std"].fillna(0)
-            (h,) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[v], lw=1.5, ms=4)
+            y, s = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
+            (handles[v],) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[v], lw=1.5, ms=4)
             ax.fill_between(x, y - s, y + s, color=colour[v], alpha=0.15, lw=0)
-            handles.setdefault(v, (h, f"{v} ({_n_text(data[data['variant'] == v]['n'])})"))
         ax.set_title(ds)
-        _ticks(ax, [b.replace("-shot", "") for b in budgets])
+        _ticks(ax, ticks)
         ax.set_xlabel("training images per class")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    _title(fig, title, "mean ± std over seeds (n = seeds per point)")
-    _legend(fig, [h for h, _ in handles.values()], [lab for _, lab in handles.values()])
+    _legend(fig, [handles[v] for v in variants if v in handles], [lab for v, lab in zip(variants, labels) if v in handles])
     return fig
 
 
@@ -116,30 +145,31 @@ def lines_vs_level(data: pd.DataFrame, title: str, ylabel: str, scale: float, xl
     method, dodged sideways so error bars (± one std over seeds) do not hide each other."""
     datasets = list(dict.fromkeys(data["dataset"]))
     levels = data.drop_duplicates("rank").sort_values("rank")["variant"].tolist()
+    ticks = [v.split(" ")[-1] if i else v for i, v in enumerate(levels)]
     ranks = sorted(data["rank"].unique())
     methods = list(dict.fromkeys(data["method"]))
     colour = dict(zip(methods, colours(len(methods))))
+    labels = [f"{m} ({_n_text(data.loc[data['method'] == m, 'n'])})" for m in methods]
     width = 0.25 if len(methods) > 1 else 0.0
-    fig, axes = _grid(len(datasets))
-    handles: dict[str, object] = {}
+    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, _rotated(ticks))
+    handles = {}
+    by = {k: g for k, g in data.groupby(["dataset", "method"], sort=False)}
     for ax, ds in zip(axes, datasets):
-        d = data[data["dataset"] == ds]
         for i, m in enumerate(methods):
-            line = d[d["method"] == m].sort_values("rank")
-            if line.empty:
+            line = by.get((ds, m))
+            if line is None:
                 continue
+            line = line.sort_values("rank")
             off = (i - (len(methods) - 1) / 2) * width / max(len(methods) - 1, 1)
             x = [ranks.index(r) + off for r in line["rank"]]
-            h = ax.errorbar(x, scale * line["mean"], yerr=scale * line["std"].fillna(0), marker=MARKERS[i % len(MARKERS)],
-                            color=colour[m], lw=1.5, ms=4, capsize=2)
-            handles.setdefault(m, (h, f"{m} ({_n_text(data[data['method'] == m]['n'])})"))
+            handles[m] = ax.errorbar(x, scale * line["mean"].to_numpy(), yerr=scale * line["std"].fillna(0).to_numpy(),
+                                     marker=MARKERS[i % len(MARKERS)], color=colour[m], lw=1.5, ms=4, capsize=2)
         ax.set_title(ds)
-        _ticks(ax, [v.split(" ")[-1] if i else v for i, v in enumerate(levels)])
+        _ticks(ax, ticks)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    _title(fig, title, "mean ± std over seeds (n = seeds per point)")
-    _legend(fig, [h for h, _ in handles.values()], [lab for _, lab in handles.values()])
+    _legend(fig, [handles[m] for m in methods if m in handles], [lab for m, lab in zip(methods, labels) if m in handles])
     return fig
 
 
@@ -147,30 +177,28 @@ def reliability_diagrams(data: pd.DataFrame, title: str):
     """One panel per dataset; per variant, accuracy against mean confidence of each non-empty bin (pooled over
     seeds); the diagonal is perfect calibration."""
     datasets = list(dict.fromkeys(data["dataset"]))
-    variants = data.drop_duplicates("variant").sort_values("rank")[["variant", "rank"]]
-    comp = [v for v, r in zip(variants["variant"], variants["rank"]) if r > 0]
-    colour = dict(zip(comp, colours(len(comp))), dense=DENSE)
-    fig, axes = _grid(len(datasets))
-    handles: dict[str, object] = {}
+    variants, colour = _variant_colours(data)
+    labels = [f"{v} ({_n_text(data.loc[data['variant'] == v, 'runs'])[2:]} run{'s' * int(data.loc[data['variant'] == v, 'runs'].max() > 1)})"
+              for v in variants]
+    fig, axes = _figure(len(datasets), title, "bins pooled over seeds; dashed: perfect calibration", labels)
+    handles = {}
+    by = {k: g for k, g in data[data["count"] > 0].groupby(["dataset", "variant"], sort=False)}
     for ax, ds in zip(axes, datasets):
         ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
-        d = data[(data["dataset"] == ds) & (data["count"] > 0)]
-        for i, v in enumerate(variants["variant"]):
-            b = d[d["variant"] == v].sort_values("bin")
-            if b.empty:
+        for i, v in enumerate(variants):
+            b = by.get((ds, v))
+            if b is None:
                 continue
-            (h,) = ax.plot(b["confidence"], b["accuracy"], marker=MARKERS[i % len(MARKERS)], color=colour[v], lw=1.3,
-                           ms=3.5)
-            handles.setdefault(v, (h, f"{v} ({_n_text(data[data['variant'] == v]['runs'])} runs)"))
+            b = b.sort_values("bin")
+            (handles[v],) = ax.plot(b["confidence"].to_numpy(), b["accuracy"].to_numpy(), marker=MARKERS[i % len(MARKERS)],
+                                    color=colour[v], lw=1.3, ms=3.5)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_aspect("equal", adjustable="box")
         ax.set_title(ds)
-        ax.set_xlabel("confidence (mean top probability in bin)")
+        ax.set_xlabel("confidence (mean top probability)")
         ax.set_ylabel("accuracy in bin")
         ax.grid(alpha=0.3)
-    _title(fig, title, "bins pooled over seeds; dashed: perfect calibration")
-    _legend(fig, [h for h, _ in handles.values()], [lab for _, lab in handles.values()])
+    _legend(fig, [handles[v] for v in variants if v in handles], [lab for v, lab in zip(variants, labels) if v in handles])
     return fig
 
 
@@ -234,3 +262,7 @@ def overlapping_texts(fig) -> list[tuple[str, str]]:
             if boxes[i][1].overlaps(boxes[j][1]):
                 out.append((boxes[i][0], boxes[j][0]))
     return out
+
+
+KINDS = {"lines_vs_budget": lines_vs_budget, "lines_vs_level": lines_vs_level,
+         "reliability_diagrams": reliability_diagrams, "label_map_table": label_map_table}

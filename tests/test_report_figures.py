@@ -216,7 +216,7 @@ def test_every_family_is_written_for_a_demo_like_store(tmp_path):
 
 def test_figures_have_no_overlapping_or_clipped_text(tmp_path):
     from orchestrator.deliver import Options, load, plan
-    from orchestrator.plots import overlapping_texts, plt
+    from orchestrator.plots import KINDS, overlapping_texts, plt
 
     st = _demo_like(tmp_path / "s", _demo_text())
     _, _, runs = load(str(st.root), Options())
@@ -224,7 +224,7 @@ def test_figures_have_no_overlapping_or_clipped_text(tmp_path):
     drawn = [e for e in entries if e.draw is not None]
     assert {e.family for e in drawn} == {"accuracy", "ece", "confidence", "kl", "reliability", "mapping"}
     for e in drawn:
-        fig = e.draw()
+        fig = KINDS[e.draw[0]](**e.draw[1])
         assert overlapping_texts(fig) == [], e.title
         plt.close(fig)
 
