@@ -32,6 +32,8 @@ FAMILY_TITLES = {
     "table2": "Table 2: accuracy at the largest data budget, dense vs compressed, per method",
     "table3": "Tables 3–4: accuracy across models (per study and method, largest data budget)",
 }
+RUN_COLUMNS = ["run_key", "state", "in_grid", "study", "model", "setup", "compression", "level", "level_key", "variant",
+               "rank", "method", "dataset", "shots", "budget", "budget_rank", "seed", "error"]
 MAX_LISTED = 25  # missing runs listed under each item; all of them are in missing.csv
 MAX_TARGETS = 30  # target classes drawn in a label-mapping figure; all are in its CSV
 MAX_LEVELS = 3  # compressed levels drawn beside dense in a label-mapping figure
@@ -108,6 +110,10 @@ def load(store: str, opts: Options):
 
 # ------------------------------------------------------------------------------------------- planning
 
+def _by_model(df: pd.DataFrame) -> dict:
+    return {k: g for k, g in df.groupby(["study", "model", "setup"], sort=False)} if len(df) else {}
+
+
 def _top_budget(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs at each (method, dataset)'s largest data budget in the grid (pending included)."""
     if runs.empty:
@@ -127,9 +133,17 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
     fams = F.families_of(runs) if len(runs) else []
     ece_metric = "ece" if opts.ece == "proper" else "ece_paper"
     kl_metric = "kl_incorrect" if opts.kl == "proper" else "kl_incorrect_paper"
+    # each frame split once by (study, model, setup); a family then filters a small part by compression
+    parts = {name: _by_model(df) for name, df in (("runs", runs), ("sum", summary), ("rel", rel), ("maps", maps))}
+
+    def family(name: str, key: tuple, comp: str) -> pd.DataFrame:
+        df = parts[name].get(key)
+        return df[df["compression"].isin(["dense", comp])] if df is not None else {"runs": runs, "sum": summary,
+                                                                                     "rel": rel, "maps": maps}[name].iloc[0:0]
+
     for study, model, setup, comp in fams:
-        fam_runs = F.in_family(runs, study, model, setup, comp)
-        fam_sum = F.in_family(summary, study, model, setup, comp)
+        key = (study, model, setup)
+        fam_runs, fam_sum = family("runs", key, comp), family("sum", key, comp)
         name = F.name_of(study, model, setup)
         head = f"{name}, {comp}" if comp != "dense" else f"{name}, dense only"
         lk = next((k for k in fam_runs["level_key"] if k), "")
@@ -174,15 +188,14 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
                 e = Entry("reliability", f"{head}, {m}: reliability {phrase}", r,
                           what=f"accuracy against confidence in 15 confidence bins (stored per run, pooled over seeds), {phrase}",
                           stem=f"reliability/{slug(study, model, setup, comp, m)}")
-                d = F.in_family(rel, study, model, setup, comp)
-                d = d.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
+                d = family("rel", key, comp).merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
                 if d.empty or not (d["count"] > 0).any():
                     e.skipped = "no finished run with stored reliability bins yet"
                 else:
                     e.draw = ("reliability_diagrams", dict(data=d, title=e.title))
                 out.append(e)
         if "mapping" in opts.families:
-            out += _mapping_entries(fam_runs, maps, study, model, setup, comp, head)
+            out += _mapping_entries(fam_runs, family("maps", key, comp), study, model, setup, comp, head)
     if "table1" in opts.families:
         out.append(_table1(runs, summary))
     if "table2" in opts.families:
@@ -202,8 +215,7 @@ def _mapping_entries(fam_runs, maps, study, model, setup, comp, head) -> list[En
         e = Entry("mapping", f"{head}, {ds}: label mapping {phrase}", r,
                   what=f"the source class each target class is mapped to, most common over seeds (k/n: chosen by k of n "
                        f"seeds), {phrase}", stem=f"mapping/{slug(study, model, setup, comp, ds)}")
-        d = F.in_family(maps, study, model, setup, comp)
-        d = d.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
+        d = maps.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
         out.append(e)
         if d.empty:
             e.skipped = "no finished run with a label mapping (methods without one: clip_vp, lp, ff, reprogram)" \
@@ -283,28 +295,42 @@ def _upstream_text(g) -> str:
     return (f"{100 * dense.iloc[0]:.1f}" if len(dense) else "–") + " → " + ", ".join(comp)
 
 
-def _cell(mean, std, drop=None) -> str:
-    s = f"{100 * mean:.1f}" + ("" if std is None or math.isnan(std) else f" ± {100 * std:.1f}")
-    if drop is not None and not math.isnan(drop):
-        s += f" ({100 * abs(drop):.1f} {'↓' if drop > 0 else '↑'})"
-    return s
+def _cells(s: pd.DataFrame, drop: Optional[pd.Series] = None) -> list[str]:
+    """'mean ± std' in % per row, with '(x.x ↓)' for a drop (positive: worse than dense)."""
+    out = []
+    drops = drop if drop is not None else [math.nan] * len(s)
+    for mean, std, d in zip(s["mean"], s["std"], drops):
+        t = f"{100 * mean:.1f}" + ("" if math.isnan(std) else f" ± {100 * std:.1f}")
+        if not math.isnan(d):
+            t += f" ({100 * abs(d):.1f} {'↓' if d > 0 else '↑'})"
+        out.append(t)
+    return out
 
 
-def _variant_header(g: pd.DataFrame) -> str:
-    v = g["variant"].iloc[0]
-    bits = []
-    p = g["params"].dropna()
-    if len(p):
-        bits.append(f"{p.iloc[0] / 1e6:.1f}M params")
-    u = g["upstream_accuracy"].dropna()
-    if len(u):
-        bits.append(f"ImageNet {100 * u.iloc[0]:.1f}%")
-    return v + (f" ({', '.join(bits)})" if bits else "")
+def _headers(s: pd.DataFrame, col: str) -> dict:
+    """Column header per value of `col`: the value, with the variant's parameters and upstream accuracy."""
+    g = s.groupby(col, sort=False)
+    out = {}
+    for name, p, u in zip(g.size().index, g["params"].first(), g["upstream_accuracy"].first()):
+        bits = ([f"{p / 1e6:.1f}M params"] if not math.isnan(p) else []) + \
+               ([f"ImageNet {100 * u:.1f}%"] if not math.isnan(u) else [])
+        out[name] = name + (f" ({', '.join(bits)})" if bits else "")
+    return out
+
+
+def _pivot(s: pd.DataFrame, rows: list[str], col: str, cells: list[str], empty: str = "") -> pd.DataFrame:
+    """Rows `rows` x columns `col` (both in order of appearance), each cell its text."""
+    heads = _headers(s, col)
+    wide = s.assign(_t=cells).set_index(rows + [col])["_t"].unstack(col)
+    order = list(dict.fromkeys(zip(*(s[r] for r in rows)))) if len(rows) > 1 else list(dict.fromkeys(s[rows[0]]))
+    wide = wide.reindex(index=order, columns=list(heads)).fillna(empty)
+    return wide.rename(columns=heads).reset_index()
 
 
 def _table2(runs, summary) -> list[Entry]:
     out = []
     acc = summary[summary["metric"] == "accuracy"]
+    by_model = {k: g for k, g in acc.groupby(["study", "model", "setup"], sort=False)}
     for (study, model, setup), r in runs.groupby(["study", "model", "setup"], sort=False):
         name = F.name_of(study, model, setup)
         top = _top_budget(r)
@@ -313,37 +339,29 @@ def _table2(runs, summary) -> list[Entry]:
                   what=f"test accuracy (%) mean ± std over seeds, (drop vs dense ↓), {_budget_phrase(top)}; "
                        "header: parameters and upstream ImageNet top-1 where measured")
         out.append(e)
-        s = acc[(acc["study"] == study) & (acc["model"] == model) & (acc["setup"] == setup)]
-        s = s.merge(top[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
         if (r["compression"] == "dense").all():
             e.skipped = "no compressed variant of this model"
             continue
+        s = by_model.get((study, model, setup), acc.iloc[0:0])
+        s = s.merge(top[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
         if s.empty:
             e.skipped = "no finished run yet"
             continue
         comp_order = {c: i for i, c in enumerate(dict.fromkeys(["dense", *r["compression"]]))}
-        s = s.assign(_c=s["compression"].map(comp_order)).sort_values(["_c", "rank"], kind="stable")
-        cols = list(dict.fromkeys(s["variant"]))
-        headers = {v: _variant_header(s[s["variant"] == v]) for v in cols}
-        rows = []
-        for (ds, m), g in s.groupby(["dataset", "method"], sort=False):
-            dense = g[g["compression"] == "dense"]["mean"]
-            base = dense.iloc[0] if len(dense) else math.nan
-            row = {"dataset": ds, "method": m}
-            for v in cols:
-                x = g[g["variant"] == v]
-                row[headers[v]] = "" if x.empty else _cell(x["mean"].iloc[0], x["std"].iloc[0],
-                                                           None if v == "dense" else base - x["mean"].iloc[0])
-            rows.append(row)
-        shown = pd.DataFrame(rows)
+        s = s.assign(_c=s["compression"].map(comp_order)).sort_values(["_c", "rank"], kind="stable").drop(columns="_c")
+        dense = s[s["compression"] == "dense"].set_index(["dataset", "method"])["mean"]
+        base = pd.Series(list(zip(s["dataset"], s["method"]))).map(dense.to_dict()).to_numpy(dtype=float)
+        drop = pd.Series(base - s["mean"].to_numpy()).where((s["compression"] != "dense").to_numpy())
+        shown = _pivot(s, ["dataset", "method"], "variant", _cells(s, drop))
         e.table_md, e.table_html = _md(shown), shown.to_html(index=False, escape=True)
-        e.csv = s.drop(columns="_c")
+        e.csv = s.assign(drop=drop.to_numpy())
     return out
 
 
 def _table3(runs, summary) -> list[Entry]:
     out = []
     acc = summary[summary["metric"] == "accuracy"]
+    by_method = {k: g for k, g in acc.groupby(["study", "method"], sort=False)}
     for (study, m), r in runs.groupby(["study", "method"], sort=False):
         top = _top_budget(r)
         e = Entry("table3", f"{'[' + study + '] ' if study else ''}{m}: accuracy across models {_budget_phrase(top)}",
@@ -354,23 +372,16 @@ def _table3(runs, summary) -> list[Entry]:
         if len(models) < 2:
             e.skipped = f"one model only ({models['model'].iloc[0]}) for this method"
             continue
-        s = acc[(acc["study"] == study) & (acc["method"] == m)]
+        s = by_method.get((study, m), acc.iloc[0:0])
         s = s.merge(top[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
         if s.empty:
             e.skipped = "no finished run yet"
             continue
-        s = s.sort_values(["model", "setup", "rank"], kind="stable")
-        s = s.assign(col=[F.name_of("", a, b) + " " + v for a, b, v in zip(s["model"], s["setup"], s["variant"])])
-        cols = list(dict.fromkeys(s["col"]))
-        headers = {c: c + _variant_header(s[s["col"] == c])[len(s[s["col"] == c]["variant"].iloc[0]):] for c in cols}
-        rows = []
-        for ds, g in s.groupby("dataset", sort=False):
-            row = {"task": ds}
-            for c in cols:
-                x = g[g["col"] == c]
-                row[headers[c]] = "–" if x.empty else _cell(x["mean"].iloc[0], x["std"].iloc[0])
-            rows.append(row)
-        shown = pd.DataFrame(rows)
+        model_order = {k: i for i, k in enumerate(dict.fromkeys(zip(r["model"], r["setup"])))}
+        s = s.assign(_o=[model_order.get(k, len(model_order)) for k in zip(s["model"], s["setup"])])
+        s = s.sort_values(["_o", "rank"], kind="stable").drop(columns="_o")
+        s = s.assign(column=[F.name_of("", a, b) + " " + v for a, b, v in zip(s["model"], s["setup"], s["variant"])])
+        shown = _pivot(s, ["dataset"], "column", _cells(s), empty="–").rename(columns={"dataset": "task"})
         e.table_md, e.table_html = _md(shown), shown.to_html(index=False, escape=True)
         e.csv = s
     return out
@@ -445,7 +456,8 @@ def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] 
     summary = F.summarize(runs)
     rel = F.reliability(runs) if "reliability" in opts.families else F.reliability(runs.iloc[0:0])
     maps = F.label_maps(runs) if "mapping" in opts.families else F.label_maps(runs.iloc[0:0])
-    entries = plan(runs, summary, rel, maps, opts)
+    slim = runs[[c for c in RUN_COLUMNS if c in runs]]  # plan filters runs often: without metrics and lists
+    entries = plan(slim, summary, rel, maps, opts)
     t_plan = time.perf_counter()
     formats = ("png", opts.vector)
     jobs = [(i, e.draw[0], e.draw[1], out / "figures" / e.stem, formats) for i, e in enumerate(entries) if e.draw]

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
+import numpy as np
 import pandas as pd
 
 from orchestrator.grid import MATCH_AXES
@@ -202,8 +203,11 @@ def summarize(runs: pd.DataFrame, metrics: Iterable[str] = tuple(METRIC_INFO)) -
         parts.append(part[part["n"] > 0])
     out = pd.concat(parts, ignore_index=True)
     out["n"] = out["n"].astype(int)
-    return out.sort_values(["study", "model", "setup", "dataset", "method", "rank", "budget_rank", "metric"],
-                           kind="stable")[cols].reset_index(drop=True)
+    # the grid's order (models, datasets, methods as written), then dense -> most compressed, budgets ascending
+    order = {c: {v: i for i, v in enumerate(pd.unique(ok[c]))} for c in ("study", "model", "setup", "dataset", "method")}
+    keys = [out[c].map(order[c]).to_numpy() for c in order] + [out["rank"].to_numpy(), out["budget_rank"].to_numpy()]
+    out = out.iloc[np.lexsort(keys[::-1])]  # lexsort: the last key is the primary one
+    return out[cols].reset_index(drop=True)
 
 
 def _lists(col: pd.Series) -> pd.Series:

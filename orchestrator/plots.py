@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only: no display, no GUI toolkit import
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # Okabe & Ito's colour-blind-safe palette; black is kept for the dense model.
 DENSE = "#000000"
@@ -38,16 +39,20 @@ def _legend_cols(width: float, labels: list[str]) -> int:
     return max(1, min(len(labels), int(width // per)))
 
 
-def _figure(n: int, title: str, sub: str, labels: list[str], rotated: bool = False):
+def _figure(n: int, title: str, sub: str, labels: list[str], ticks: list[str] = (), share_y: bool = False):
     """A figure of n panels (at most MAX_COLS a row) with fixed margins: the title on top, the legend (`labels`)
-    at the bottom. Margins are computed, not solved: constrained layout cost a third of the drawing time."""
+    at the bottom. Margins are computed, not solved: constrained layout cost a third of the drawing time. Panels
+    share their x axis (and y with `share_y`): only the outer panels carry tick labels and axis labels
+    (`_outer`), which halves the text to lay out and reads better. `ticks`: the x tick labels (their angle and
+    length size the bottom margin)."""
     cols = min(MAX_COLS, max(n, 1))
     rows = math.ceil(max(n, 1) / cols)
     width = max(PANEL_W * cols, MIN_W)
     lines = textwrap.wrap(title, int(width * 12)) + [sub]  # ~12 title characters per inch
     leg_rows = math.ceil(len(labels) / _legend_cols(width, labels)) if labels else 0
-    top, bottom = 0.25 + 0.19 * len(lines) + 0.25, 0.15 + 0.2 * leg_rows + (0.95 if rotated else 0.6)
-    gap_w, gap_h = 0.8, (1.25 if rotated else 0.95)
+    tick_h = max((len(t) for t in ticks), default=0) * CHAR_W * math.sin(math.radians(_angle(ticks)))
+    top, bottom = 0.25 + 0.19 * len(lines) + 0.25, 0.15 + 0.2 * leg_rows + 0.6 + tick_h
+    gap_w, gap_h = (0.3 if share_y else 0.8), 0.45  # room for y tick labels; for the panel title below
     height = (PANEL_H - 0.6) * rows + gap_h * (rows - 1) + top + bottom
     fig = plt.figure(figsize=(width, height))
     left, right = 0.75, 0.2
@@ -56,6 +61,7 @@ def _figure(n: int, title: str, sub: str, labels: list[str], rotated: bool = Fal
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
                         wspace=gap_w / ax_w, hspace=gap_h / ax_h)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+    fig._vp_cols = cols  # read by _outer
     fig.suptitle("\n".join(lines), y=1 - 0.12 / height, va="top")
     return fig, axes
 
@@ -71,14 +77,38 @@ def _legend(fig, handles, labels) -> None:
                    ncol=_legend_cols(fig.get_figwidth(), labels), frameon=False)
 
 
-def _rotated(labels: list[str]) -> bool:
-    return sum(len(x) for x in labels) > 28
+CHAR_W = 0.065  # inches per character of a tick label (8 pt)
+
+
+def _angle(labels) -> int:
+    """Degrees to turn x tick labels so that they do not overlap in a panel (about PANEL_W - 0.8 inches wide)."""
+    room = PANEL_W - 1.0
+    if sum(len(x) for x in labels) * CHAR_W + 0.1 * len(labels) <= room:
+        return 0
+    return 45 if len(labels) * 0.2 <= room else 90
+
+
+def _outer(fig, axes: list, xlabel: str, ylabel: str, share_y: bool = False) -> None:
+    """Axis labels on the outer panels only: x below the panels with none under them, y on the first column."""
+    cols, n = fig._vp_cols, len(axes)
+    for i, ax in enumerate(axes):
+        if i + cols >= n:
+            ax.set_xlabel(xlabel)
+        else:
+            ax.tick_params(labelbottom=False)
+        if i % cols == 0:
+            ax.set_ylabel(ylabel)
+        elif share_y:
+            ax.tick_params(labelleft=False)
+        ax.grid(axis="y", alpha=0.3)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4))  # ticks are the costliest artists: fewer of them
 
 
 def _ticks(ax, labels: list[str]) -> None:
     ax.set_xticks(range(len(labels)))
-    long = _rotated(labels)
-    ax.set_xticklabels(labels, rotation=35 if long else 0, ha="right" if long else "center")
+    angle = _angle(labels)
+    ax.set_xticklabels(labels, rotation=angle, ha="right" if angle == 45 else "center",
+                       rotation_mode="anchor" if angle == 45 else "default")
 
 
 def render(kind: str, kwargs: dict, stem: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -92,7 +122,7 @@ def save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
     out = []
     for fmt in formats:
         path = stem.with_suffix("." + fmt)
-        fig.savefig(path, dpi=110 if fmt == "png" else None, metadata={"Date": None} if fmt == "svg" else None)
+        fig.savefig(path, dpi=100 if fmt == "png" else None, metadata={"Date": None} if fmt == "svg" else None)
         out.append(path)
     plt.close(fig)
     return out
@@ -118,7 +148,7 @@ def lines_vs_budget(data: pd.DataFrame, title: str, ylabel: str, scale: float):
     xpos = {b: i for i, b in enumerate(budgets)}
     variants, colour = _variant_colours(data)
     labels = [f"{v} ({_n_text(data.loc[data['variant'] == v, 'n'])})" for v in variants]
-    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, _rotated(ticks))
+    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, ticks)
     handles = {}
     by = {k: g for k, g in data.groupby(["dataset", "variant"], sort=False)}
     for ax, ds in zip(axes, datasets):
@@ -130,12 +160,13 @@ def lines_vs_budget(data: pd.DataFrame, title: str, ylabel: str, scale: float):
             x = [xpos[b] for b in line["budget"]]
             y, s = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
             (handles[v],) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[v], lw=1.5, ms=4)
-            ax.fill_between(x, y - s, y + s, color=colour[v], alpha=0.15, lw=0)
-        ax.set_title(ds)
+            lo, hi = y - s, y + s
+            if scale == 100:  # a percentage: the band stays within 0-100
+                lo, hi = lo.clip(0, 100), hi.clip(0, 100)
+            ax.fill_between(x, lo, hi, color=colour[v], alpha=0.15, lw=0)
+        ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
         _ticks(ax, ticks)
-        ax.set_xlabel("training images per class")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
+    _outer(fig, axes, "training images per class", ylabel)
     _legend(fig, [handles[v] for v in variants if v in handles], [lab for v, lab in zip(variants, labels) if v in handles])
     return fig
 
@@ -151,7 +182,7 @@ def lines_vs_level(data: pd.DataFrame, title: str, ylabel: str, scale: float, xl
     colour = dict(zip(methods, colours(len(methods))))
     labels = [f"{m} ({_n_text(data.loc[data['method'] == m, 'n'])})" for m in methods]
     width = 0.25 if len(methods) > 1 else 0.0
-    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, _rotated(ticks))
+    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, ticks)
     handles = {}
     by = {k: g for k, g in data.groupby(["dataset", "method"], sort=False)}
     for ax, ds in zip(axes, datasets):
@@ -162,13 +193,12 @@ def lines_vs_level(data: pd.DataFrame, title: str, ylabel: str, scale: float, xl
             line = line.sort_values("rank")
             off = (i - (len(methods) - 1) / 2) * width / max(len(methods) - 1, 1)
             x = [ranks.index(r) + off for r in line["rank"]]
-            handles[m] = ax.errorbar(x, scale * line["mean"].to_numpy(), yerr=scale * line["std"].fillna(0).to_numpy(),
-                                     marker=MARKERS[i % len(MARKERS)], color=colour[m], lw=1.5, ms=4, capsize=2)
-        ax.set_title(ds)
+            y, e = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
+            (handles[m],) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[m], lw=1.5, ms=4)
+            ax.vlines(x, y - e, y + e, color=colour[m], lw=1.2)  # one collection: errorbar() cost 10 ms a call
+        ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
         _ticks(ax, ticks)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
+    _outer(fig, axes, xlabel, ylabel)
     _legend(fig, [handles[m] for m in methods if m in handles], [lab for m, lab in zip(methods, labels) if m in handles])
     return fig
 
@@ -180,7 +210,8 @@ def reliability_diagrams(data: pd.DataFrame, title: str):
     variants, colour = _variant_colours(data)
     labels = [f"{v} ({_n_text(data.loc[data['variant'] == v, 'runs'])[2:]} run{'s' * int(data.loc[data['variant'] == v, 'runs'].max() > 1)})"
               for v in variants]
-    fig, axes = _figure(len(datasets), title, "bins pooled over seeds; dashed: perfect calibration", labels)
+    fig, axes = _figure(len(datasets), title, "bins pooled over seeds; dashed: perfect calibration", labels,
+                        share_y=True)
     handles = {}
     by = {k: g for k, g in data[data["count"] > 0].groupby(["dataset", "variant"], sort=False)}
     for ax, ds in zip(axes, datasets):
@@ -194,10 +225,8 @@ def reliability_diagrams(data: pd.DataFrame, title: str):
                                     color=colour[v], lw=1.3, ms=3.5)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_title(ds)
-        ax.set_xlabel("confidence (mean top probability)")
-        ax.set_ylabel("accuracy in bin")
-        ax.grid(alpha=0.3)
+        ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
+    _outer(fig, axes, "confidence (mean top probability)", "accuracy in bin", share_y=True)
     _legend(fig, [handles[v] for v in variants if v in handles], [lab for v, lab in zip(variants, labels) if v in handles])
     return fig
 
@@ -206,54 +235,89 @@ def _short(text: str, n: int = 22) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _line_pitch(size: float, spacing: float) -> float:
+    """Inches between the baselines of two lines of a multi-line text (matplotlib spaces lines by the font's
+    height, not by `size`): measured once on a scratch figure."""
+    fig = plt.figure(figsize=(2, 2), dpi=72)
+    r = fig.canvas.get_renderer()
+    one, two = (fig.text(0, 0.5, t, fontsize=size, linespacing=spacing).get_window_extent(r).height for t in ("Xg", "Xg\nXg"))
+    plt.close(fig)
+    return (two - one) / 72
+
+
 def label_map_table(cells: pd.DataFrame, title: str, note: str):
-    """A table drawn as text: one row per target class, one column per (method, variant); each cell the
-    source class name, with 'k/n' when only k of n seeds chose it. `cells`: target_label, method, variant,
-    rank, source_label, agree, runs."""
-    cols = cells.drop_duplicates(["method", "rank"]).sort_values(["method", "rank"])[["method", "variant", "rank"]]
+    """A table drawn as text: one row per target class, one column per (method, variant); each cell the source
+    class name, with ' k/n' when only k of n seeds chose it. `cells`: target, target_label, method, variant,
+    rank, source_label, agree, runs. Each column is one multi-line text (a text per cell cost 10x more)."""
+    cols = cells.drop_duplicates(["method", "rank"]).sort_values(["method", "rank"], kind="stable")
+    methods = list(dict.fromkeys(cells["method"]))
+    cols = cols.assign(_m=cols["method"].map(methods.index)).sort_values(["_m", "rank"], kind="stable")
     targets = cells.drop_duplicates("target").sort_values("target")[["target", "target_label"]]
-    col_w, first_w, row_h = 1.75, 1.3, 0.24
-    width = first_w + col_w * len(cols)
-    height = row_h * (len(targets) + 2) + 1.0 + (0.3 if note else 0)
-    fig = plt.figure(figsize=(max(width, 4.5), height))
+    size, spacing = 7.5, 1.35
+    row_h = _line_pitch(size, spacing)  # inches from one line of a multi-line text to the next
+    col_w, first_w = 1.75, 1.3
+    width = max(first_w + col_w * len(cols) + 0.2, 4.5)
+    title_lines = textwrap.wrap(title, int(width * 11))
+    head = 0.3 + 0.17 * len(title_lines)
+    height = head + row_h * (len(targets) + 2) + 0.3 + (0.3 if note else 0)
+    fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes([0, 0, 1, 1])
-    ax.set_xlim(0, max(width, 4.5))
+    ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.axis("off")
-    ax.text(0.1, 0.3, "\n".join(textwrap.wrap(title, 95)), fontsize=9, va="top", weight="bold")
-    top = 0.85
+    ax.text(0.1, 0.12, "\n".join(title_lines), fontsize=9, va="top", weight="bold")
+    body = head + 2 * row_h  # top of the first target row
+    for i in range(0, len(targets), 2):
+        ax.axhspan(body + i * row_h, body + (i + 1) * row_h, color="0.93", lw=0)
+    kw = dict(fontsize=size, va="top", linespacing=spacing)
+    ax.text(0.1, head + row_h, "target class", weight="bold", **kw)
+    ax.text(0.1, body + 0.02, "\n".join(_short(t, 18) for t in targets["target_label"]), **kw)
     look = {(m, r, t): (s, a, n) for m, r, t, s, a, n in zip(cells["method"], cells["rank"], cells["target"],
                                                            cells["source_label"], cells["agree"], cells["runs"])}
-    ax.text(0.1, top + row_h, "target class", fontsize=8, weight="bold", va="center")
     prev = None
     for j, (m, v, r) in enumerate(zip(cols["method"], cols["variant"], cols["rank"])):
         x = first_w + j * col_w
         if m != prev:
-            ax.text(x, top, m, fontsize=8, weight="bold", va="center", color="#0072B2")
+            ax.text(x, head, m, weight="bold", color="#0072B2", **kw)
             prev = m
-        ax.text(x, top + row_h, _short(v), fontsize=8, weight="bold", va="center", color=DENSE if r == 0 else "#D55E00")
-    for i, (t, tl) in enumerate(zip(targets["target"], targets["target_label"])):
-        y = top + row_h * (i + 2)
-        if i % 2 == 0:
-            ax.axhspan(y - row_h / 2, y + row_h / 2, color="0.94", lw=0)
-        ax.text(0.1, y, _short(tl, 18), fontsize=8, va="center")
-        for j, (m, r) in enumerate(zip(cols["method"], cols["rank"])):
-            s, a, n = look.get((m, r, t), ("", 0, 0))
-            label = _short(s, 19 if a < n else 22) + (f" {a}/{n}" if a < n else "")
-            ax.text(first_w + j * col_w, y, label, fontsize=7.5, va="center", color="0.35" if a < n else "black")
-    if note:
-        ax.text(0.1, height - 0.25, note, fontsize=7.5, style="italic", va="center", color="0.3")
+        ax.text(x, head + row_h, _short(v), weight="bold", color=DENSE if r == 0 else "#D55E00", **kw)
+        lines = []
+        for t in targets["target"]:
+            src, a, n = look.get((m, r, t), ("–", 0, 0))
+            lines.append(_short(src, 17) + f" {a}/{n}" if a < n else _short(src, 22))
+        ax.text(x, body + 0.02, "\n".join(lines), **kw)
+    foot = "k/n: the source class chosen by k of n seeds (the most common shown)." + (f" {note}" if note else "")
+    ax.text(0.1, height - 0.1, "\n".join(textwrap.wrap(foot, int(width * 13))), fontsize=7, style="italic",
+            va="bottom", color="0.3")
     return fig
 
 
+def _drawn_texts(fig) -> list:
+    """The texts a render of `fig` shows: titles, axis labels, legend and figure texts, and the tick labels of
+    ticks inside each axis' view (matplotlib keeps a pool of tick objects, some outside the view, not drawn)."""
+    out = list(fig.texts) + [t for leg in fig.legends for t in leg.get_texts()]
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        out += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        if ax.get_legend():
+            out += ax.get_legend().get_texts()
+        for axis in (ax.xaxis, ax.yaxis):
+            locs = axis.get_majorticklocs()
+            lo, hi = sorted(axis.get_view_interval())
+            eps = 1e-9 * max(1.0, abs(hi - lo))
+            for loc, tick in zip(locs, axis.get_major_ticks(len(locs))):
+                if lo - eps <= loc <= hi + eps:
+                    out += [t for t in (tick.label1, tick.label2) if t.get_visible()]
+    return [t for t in out if t.get_visible() and t.get_text().strip()]
+
+
 def overlapping_texts(fig) -> list[tuple[str, str]]:
-    """Pairs of visible, non-empty texts of `fig` whose boxes overlap, and texts that stick out of the figure (a
-    legibility check for tests)."""
+    """Pairs of drawn texts of `fig` whose boxes overlap, and texts that stick out of the figure (a legibility
+    check for tests)."""
     fig.canvas.draw()
     r = fig.canvas.get_renderer()
-    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()
-             and t.get_figure() is not None]
-    boxes = [(t.get_text(), t.get_window_extent(r).expanded(0.98, 0.9)) for t in texts]
+    boxes = [(t.get_text(), t.get_window_extent(r).expanded(0.98, 0.9)) for t in _drawn_texts(fig)]
     page = fig.bbox
     out = [(text, "<outside the figure>") for text, b in boxes
            if b.x0 < page.x0 - 1 or b.y0 < page.y0 - 1 or b.x1 > page.x1 + 1 or b.y1 > page.y1 + 1]
