@@ -65,6 +65,8 @@ class Entry:
     stem: str = ""
     note: str = ""
     csv: Optional[pd.DataFrame] = None  # the data behind a figure or table
+    caption: str = ""  # made once by caption()
+    extra_md: str = ""  # a longer Markdown table, written beside the figure and linked, not shown inline
 
     def counts(self) -> tuple[int, int, int]:
         st = self.runs["state"] if len(self.runs) else pd.Series(dtype=str)
@@ -182,13 +184,21 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
                 e.draw = ("lines_vs_level", dict(data=d, title=e.title, ylabel=label, scale=scale, xlabel=xlabel))
             out.append(e)
         if "reliability" in opts.families:
-            for m in methods:
+            # "for chosen variants": the methods --select names, else the family's most accurate one (mean accuracy
+            # over its finished runs), which is what the paper's calibration figures use (ILM-VP)
+            acc = fam_sum[fam_sum["metric"] == "accuracy"]
+            chosen = methods if "method" in opts.select or acc.empty else \
+                [acc.groupby("method", sort=False)["mean"].mean().idxmax()]
+            for m in chosen:
                 r = _top_budget(fam_runs[fam_runs["method"] == m])
                 phrase = _budget_phrase(r)
                 e = Entry("reliability", f"{head}, {m}: reliability {phrase}", r,
                           what=f"accuracy against confidence in 15 confidence bins (stored per run, pooled over seeds), {phrase}",
                           stem=f"reliability/{slug(study, model, setup, comp, m)}")
                 d = family("rel", key, comp).merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
+                if len(chosen) < len(methods):
+                    e.note = (f"Drawn for {m}, the most accurate of {', '.join(methods)} here; --select method=NAME "
+                              "draws others. ")
                 if d.empty or not (d["count"] > 0).any():
                     e.skipped = "no finished run with stored reliability bins yet"
                 else:
@@ -206,42 +216,67 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
 
 
 def _mapping_entries(fam_runs, maps, study, model, setup, comp, head) -> list[Entry]:
+    """Fig. 1: one figure per model and compression, drawn for one dataset (the grid's first with label mappings;
+    `--select dataset=NAME` draws another); every dataset's mappings go to the entry's Markdown and CSV files."""
     from workers.classnames import mapped_name, source_names, target_name_or_index
 
-    out = []
-    for ds in dict.fromkeys(fam_runs["dataset"]):
-        r = _top_budget(fam_runs[fam_runs["dataset"] == ds])
-        phrase = _budget_phrase(r)
-        e = Entry("mapping", f"{head}, {ds}: label mapping {phrase}", r,
-                  what=f"the source class each target class is mapped to, most common over seeds (k/n: chosen by k of n "
-                       f"seeds), {phrase}", stem=f"mapping/{slug(study, model, setup, comp, ds)}")
-        d = maps.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
-        out.append(e)
-        if d.empty:
-            e.skipped = "no finished run with a label mapping (methods without one: clip_vp, lp, ff, reprogram)" \
-                if (r["state"] == "ok").any() else "no finished run yet"
-            continue
-        ranks = sorted(d["rank"].unique())
-        comp_ranks = [x for x in ranks if x > 0]
-        if len(comp_ranks) > MAX_LEVELS:  # evenly spaced, the most compressed always in
-            idx = [round(i * (len(comp_ranks) - 1) / (MAX_LEVELS - 1)) for i in range(MAX_LEVELS)]
-            keep = [0] + [comp_ranks[i] for i in dict.fromkeys(idx)]
-            e.note = f"{len(keep) - 1} of {len(comp_ranks)} compressed levels drawn; all are in the CSV. "
-            d = d[d["rank"].isin(keep)]
-        n_targets = int(d["target"].max()) + 1
-        names, why = source_names(model)
-        d = d.assign(source_label=[mapped_name(model, m, ds, s, n_targets) for m, s in zip(d["method"], d["source"])],
-                     target_label=[target_name_or_index(t, ds) for t in d["target"]])
-        e.csv = d
-        if n_targets > MAX_TARGETS:
-            e.note += f"First {MAX_TARGETS} of {n_targets} target classes drawn; all are in the CSV. "
-            d = d[d["target"] < MAX_TARGETS]
-        if names is None:
-            e.note += why + ": source classes shown by index. "
-        if target_name_or_index(0, ds).startswith("class "):
-            e.note += "Target class names are not in the store: shown by index. "
-        e.draw = ("label_map_table", dict(cells=d, title=e.title, note=e.note.strip()))
-    return out
+    r = _top_budget(fam_runs)
+    phrase = _budget_phrase(r)
+    e = Entry("mapping", f"{head}: label mapping {phrase}", r, stem=f"mapping/{slug(study, model, setup, comp)}",
+              what=f"the source class each target class is mapped to, most common over seeds (k/n: chosen by k of n "
+                   f"seeds), {phrase}")
+    d = maps.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
+    if d.empty:
+        e.skipped = "no finished run with a label mapping (methods without one: clip_vp, lp, ff, reprogram)" \
+            if (r["state"] == "ok").any() else "no finished run yet"
+        return [e]
+    n_targets = d.groupby("dataset")["target"].transform("max") + 1
+    d = d.assign(source_label=[mapped_name(model, m, ds, x, int(k)) for m, ds, x, k in
+                               zip(d["method"], d["dataset"], d["source"], n_targets)],
+                 target_label=[target_name_or_index(t, ds) for t, ds in zip(d["target"], d["dataset"])])
+    e.csv = d
+    e.extra_md = _mapping_md(d)
+    datasets = list(dict.fromkeys(d["dataset"]))
+    ds = datasets[0]
+    e.title = f"{head}, {ds}: label mapping {phrase}"
+    if len(datasets) > 1:
+        e.note = (f"Drawn for {ds}, the grid's first dataset; all {len(datasets)} datasets are in the Markdown and CSV "
+                  "files (draw another with --select dataset=NAME --family mapping). ")
+    d = d[d["dataset"] == ds]
+    comp_ranks = sorted(x for x in d["rank"].unique() if x > 0)
+    if len(comp_ranks) > MAX_LEVELS:  # evenly spaced, the most compressed always in
+        idx = [round(i * (len(comp_ranks) - 1) / (MAX_LEVELS - 1)) for i in range(MAX_LEVELS)]
+        keep = [0] + [comp_ranks[i] for i in dict.fromkeys(idx)]
+        e.note += f"{len(keep) - 1} of {len(comp_ranks)} compressed levels drawn. "
+        d = d[d["rank"].isin(keep)]
+    n = int(d["target"].max()) + 1
+    if n > MAX_TARGETS:
+        e.note += f"First {MAX_TARGETS} of {n} target classes drawn. "
+        d = d[d["target"] < MAX_TARGETS]
+    names, why = source_names(model)
+    if names is None:
+        e.note += why + ": source classes shown by index. "
+    if target_name_or_index(0, ds).startswith("class "):
+        e.note += "Target class names are not in the store: shown by index. "
+    e.draw = ("label_map_table", dict(cells=d, title=e.title, note=e.note.strip()))
+    return [e]
+
+
+def _mapping_md(d: pd.DataFrame) -> str:
+    """Every dataset's label mapping as Markdown: a table per dataset, rows target classes, columns method x variant."""
+    methods = {m: i for i, m in enumerate(dict.fromkeys(d["method"]))}
+    parts = []
+    for ds, g in d.groupby("dataset", sort=False):
+        cols = sorted({(methods[m], r, f"{m} · {v}") for m, r, v in zip(g["method"], g["rank"], g["variant"])})
+        index = {(m, r): j for j, (_, r, name) in enumerate(cols) for m in [name.split(" · ")[0]]}
+        rows: dict = {}
+        for t, tl, m, r, src, a, n in zip(g["target"], g["target_label"], g["method"], g["rank"], g["source_label"],
+                                          g["agree"], g["runs"]):
+            rows.setdefault((t, tl), [""] * len(cols))[index[(m, r)]] = src if a == n else f"{src} ({a}/{n})"
+        table = pd.DataFrame([[tl, *cells] for (t, tl), cells in sorted(rows.items())],
+                             columns=["target class", *(name for _, _, name in cols)])
+        parts.append(f"**{ds}**\n\n{_md(table)}\n")
+    return "\n".join(parts)
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -391,6 +426,12 @@ def _table3(runs, summary) -> list[Entry]:
 
 def caption(e: Entry) -> str:
     """One line: what was measured, on how many runs, what is missing."""
+    if not e.caption:
+        e.caption = _caption(e)
+    return e.caption
+
+
+def _caption(e: Entry) -> str:
     ok, pending, failed = e.counts()
     okr = e.runs[e.runs["state"] == "ok"] if len(e.runs) else e.runs
     if ok:
@@ -470,6 +511,10 @@ def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] 
             base.parent.mkdir(parents=True, exist_ok=True)
             e.csv.to_csv(base.with_suffix(".csv"), index=False)
             e.files.append(str(base.with_suffix(".csv").relative_to(out)))
+        if e.extra_md:
+            p = out / "figures" / f"{e.stem}.md"
+            p.write_text(f"**{e.title}**\n\n{caption(e)}\n\n{e.extra_md}")
+            e.files.append(str(p.relative_to(out)))
         if e.table_md:
             p = out / f"{e.stem}.md"
             p.parent.mkdir(parents=True, exist_ok=True)
