@@ -303,6 +303,8 @@ def _table1(runs, summary) -> Entry:
     if t.empty:
         e.skipped = "needs a dense and a compressed variant of one model with finished runs in the same cells"
         return e
+    order = {c: i for i, c in enumerate(pd.unique(runs["compression"]))}  # the grid's order
+    t = t.assign(_o=t["compression"].map(order)).sort_values(["_o", "rank"], kind="stable").drop(columns="_o")
     rows = []
     for (study, model, setup, comp), g in t.groupby(["study", "model", "setup", "compression"], sort=False):
         g = g.sort_values("rank")
@@ -528,7 +530,7 @@ def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] 
     missing = runs[runs["state"] != "ok"]
     cols = ["state", "study", "model", "compression", "level", "method", "dataset", "budget", "seed", "error", "run_key"]
     missing.reindex(columns=cols).to_csv(out / "missing.csv", index=False)
-    info = {"store": s.root, "grid": grid.name, "select": opts.select, "ece": opts.ece, "kl": opts.kl,
+    info = {"store": str(store), "grid": grid.name, "select": opts.select, "ece": opts.ece, "kl": opts.kl,
             "ok": int((runs["state"] == "ok").sum()) if len(runs) else 0,
             "failed": int((runs["state"] == "failed").sum()) if len(runs) else 0,
             "pending": int((runs["state"] == "pending").sum()) if len(runs) else 0,
