@@ -440,7 +440,7 @@ def _caption(e: Entry) -> str:
         per = okr.groupby(F.KEYS, dropna=False).size()
         runs = f"{ok} finished runs in {len(per)} configurations, {_n_text(per)} seeds each"
     else:
-        runs = "no finished runs"
+        runs = "No finished runs"
     missing = "nothing missing" if not (pending or failed) else \
         f"missing: {pending} pending, {failed} failed (listed below)"
     return f"{e.what[:1].upper() + e.what[1:]}. {runs}; {missing}." + (f" {e.note.strip()}" if e.note else "")

@@ -323,3 +323,14 @@ def test_label_mapping_names_are_readable():
     assert mapped_name("clip_vit_l14_336", "clip_ilm", "digits", 23, 10) == "template 2: 3"
     if imagenet() is not None:
         assert mapped_name("resnet50", "ilm", "cifar10", 1, 10) == "goldfish"
+
+
+def test_a_store_with_no_finished_run_lists_every_run_as_pending(tmp_path):
+    st = Store(tmp_path / "s")
+    st.create(HAND)
+    r = cli.invoke(app, ["report", str(st.root), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(tmp_path / "r" / "missing.csv")) == len(expand(parse_grid(HAND))) == 36
+    md = (tmp_path / "r" / "README.md").read_text()
+    assert "*Not drawn: no finished run yet.*" in md and "No finished runs; missing: 18 pending, 0 failed" in md
+    assert not list((tmp_path / "r").rglob("*.png"))
