@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.report import METRICS  # a plain tuple: report.py imports pandas only when it runs
+from orchestrator.report import FAMILIES, METRICS, SELECT_KEYS, VARIANTS, VECTOR_FORMATS  # plain tuples: report.py imports pandas only when it runs
 
 # No Rich markup: it would eat "[default: ...]" in the help text.
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
@@ -347,16 +347,64 @@ def compact(store: StoreArg) -> None:
 
 @app.command()
 def report(store: StoreArg, as_json: JsonOpt = False,
-           metric: Annotated[list[str], typer.Option(metavar="METRIC", help=f"Metrics to show: {', '.join(METRICS)}.",
-                                                     callback=_one_of(METRICS))] = ["accuracy", "ece"]) -> None:
-    """Mean ± std over seeds per variant, dataset, method and shots (values in %)."""
-    from orchestrator.report import markdown, summary
+           metric: Annotated[list[str], typer.Option(metavar="METRIC", help=f"Metrics of the Markdown tables: {', '.join(METRICS)}.",
+                                                     callback=_one_of(METRICS))] = ["accuracy", "ece"],
+           out: Annotated[Optional[Path], typer.Option("--out", help="Write every figure and table the store's axes allow, with DIR/index.html and DIR/README.md, into this folder.")] = None,
+           select: Annotated[list[str], typer.Option("--select", metavar="KEY=VALUE", help=f"Only runs whose KEY has VALUE (repeatable: values of one key are alternatives, keys must all hold); KEY: {', '.join(SELECT_KEYS)}.")] = [],
+           ece: Annotated[str, typer.Option("--ece", help="ECE in the figures: proper (ece) or paper (the paper code's ece_paper).",
+                                            callback=_one_of(VARIANTS))] = "proper",
+           kl: Annotated[str, typer.Option("--kl", help="KL to uniform in the figures: proper (kl_incorrect) or paper (kl_incorrect_paper).",
+                                           callback=_one_of(VARIANTS))] = "proper",
+           family: Annotated[list[str], typer.Option("--family", metavar="FAMILY", help=f"With --out, only these figure/table families (repeatable): {', '.join(FAMILIES)} [default: all].",
+                                                     callback=_one_of(FAMILIES))] = [],
+           vector: Annotated[str, typer.Option("--vector", help="With --out, the vector format written beside each PNG: svg or pdf.",
+                                               callback=_one_of(VECTOR_FORMATS))] = "svg") -> None:
+    """Mean ± std over seeds per variant, dataset, method and shots (values in %), as Markdown; with --out DIR,
+    the paper's figures and tables from whatever the store holds, with an index listing what is missing."""
+    from orchestrator.figures import SelectError, parse_select
     from orchestrator.store import Store
+
+    try:
+        wanted = parse_select(select)
+    except SelectError as e:
+        _usage(str(e))
+    if out is not None:
+        from orchestrator.deliver import Options, write
+
+        opts = Options(select=wanted, ece=ece, kl=kl, families=tuple(family) or FAMILIES, vector=vector,
+                       metrics=tuple(metric))
+        try:
+            info = write(store, out, opts, progress=err)
+        except SelectError as e:
+            _usage(str(e))
+        except _known_errors() as e:
+            _fail(e)
+        except OSError as e:
+            _fail(RuntimeError(f"store {store}: {str(e).splitlines()[0]}"))
+        err(f"{info['written']} figures and tables written, {info['skipped']} not drawn (reasons in the index) "
+            f"from {info['ok']} finished runs ({info['failed']} failed, {info['pending']} pending) in {info['seconds']:.1f} s")
+        if as_json:
+            typer.echo(json.dumps({k: v for k, v in info.items() if k != "entries"}, indent=1, default=str))
+        else:
+            typer.echo(info["index"])
+        return
+    from orchestrator.report import markdown, summary
 
     try:
         s = Store(store)
         s.grid_text()
-        table = summary(s.frame())
+        frame = s.frame()
+        if wanted:
+            from orchestrator.figures import run_table, select as pick
+
+            rows = run_table(frame)
+            have = {(a, v) for a in wanted for v in rows[a].map(lambda x, a=a: _axis(a, x))} if len(rows) else set()
+            for a, vs in wanted.items():
+                for v in vs:
+                    if (a, v) not in have:
+                        _usage(f"--select {a}={v}: no stored run has it")
+            frame = pick(rows, wanted)
+        table = summary(frame)
     except _known_errors() as e:
         _fail(e)
     if as_json:
@@ -365,8 +413,14 @@ def report(store: StoreArg, as_json: JsonOpt = False,
         typer.echo(markdown(table, tuple(metric)))
 
 
+def _axis(axis: str, v):
+    from orchestrator.figures import axis_value
+
+    return axis_value(axis, v)
+
+
 @app.command()
-def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster "
+def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster, report "
                                                          "(orchestration); train, loop, protocol, batching (model speed, "
                                                          "measured by workers/bench.py); gpu (the GPU check) "
                                                          "[default: all but batching and gpu].", show_default=False)] = None,

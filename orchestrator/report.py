@@ -8,6 +8,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 METRICS = ("accuracy", "ece", "ece_paper", "conf_correct", "kl_incorrect", "kl_incorrect_paper")  # read without pandas
+# `vpgrid report --out DIR` (orchestrator.deliver): its figure and table families, vector formats and metric variants
+FAMILIES = ("accuracy", "ece", "confidence", "kl", "reliability", "mapping", "table1", "table2", "table3")
+VECTOR_FORMATS = ("svg", "pdf")
+VARIANTS = ("proper", "paper")
+SELECT_KEYS = ("model", "compression", "level", "method", "dataset", "shots", "seed")  # grid.MATCH_AXES (tested)
 # Every setting that changes a run besides the summary's axes: runs that differ in any of them are never averaged
 # as seeds of one configuration. (compression and its level are in `variant`; seed is what is averaged over.)
 SETTINGS = ("weights", "model_args", "compression_args", "dataset_args", "epochs", "lr", "batch_size", "input_size",

@@ -1,0 +1,339 @@
+"""Drawing the report's figures: thin functions that draw exactly the frame they are given (made by
+orchestrator.figures) and save it. matplotlib (Agg) only; no aggregation happens here."""
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display, no GUI toolkit import
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# Okabe & Ito's colour-blind-safe palette; black is kept for the dense model.
+DENSE = "#000000"
+OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
+PANEL_W, PANEL_H, MAX_COLS, MIN_W = 3.4, 2.8, 4, 6.4
+
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8,
+                     "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.titlesize": 10, "svg.fonttype": "none",
+                     "axes.spines.top": False, "axes.spines.right": False})
+
+
+def colours(n: int) -> list[str]:
+    """n categorical colours, in order: Okabe-Ito while it lasts, else cividis (ordered, colour-blind safe)."""
+    if n <= len(OKABE_ITO):
+        return OKABE_ITO[:n]
+    cmap = colormaps["cividis"]
+    return [matplotlib.colors.to_hex(cmap(0.9 * i / max(n - 1, 1))) for i in range(n)]
+
+
+def _legend_cols(width: float, labels: list[str]) -> int:
+    per = max((len(x) for x in labels), default=1) * 0.075 + 0.6  # inches per entry at the legend's font size
+    return max(1, min(len(labels), int(width // per)))
+
+
+def _figure(n: int, title: str, sub: str, labels: list[str], ticks: list[str] = (), share_y: bool = False):
+    """A figure of n panels (at most MAX_COLS a row) with fixed margins: the title on top, the legend (`labels`)
+    at the bottom. Margins are computed, not solved: constrained layout cost a third of the drawing time. Panels
+    share their x axis (and y with `share_y`): only the outer panels carry tick labels and axis labels
+    (`_outer`), which halves the text to lay out and reads better. `ticks`: the x tick labels (their angle and
+    length size the bottom margin)."""
+    cols = min(MAX_COLS, max(n, 1))
+    rows = math.ceil(max(n, 1) / cols)
+    width = max(PANEL_W * cols, MIN_W)
+    lines = textwrap.wrap(title, int(width * 12)) + [sub]  # ~12 title characters per inch
+    leg_rows = math.ceil(len(labels) / _legend_cols(width, labels)) if labels else 0
+    tick_h = max((len(t) for t in ticks), default=0) * CHAR_W * math.sin(math.radians(_angle(ticks)))
+    top, bottom = 0.25 + 0.19 * len(lines) + 0.25, 0.15 + 0.2 * leg_rows + 0.6 + tick_h
+    gap_w, gap_h = (0.3 if share_y else 0.8), 0.45  # room for y tick labels; for the panel title below
+    height = (PANEL_H - 0.6) * rows + gap_h * (rows - 1) + top + bottom
+    fig = plt.figure(figsize=(width, height))
+    left, right = 0.75, 0.2
+    ax_w = (width - left - right - gap_w * (cols - 1)) / cols
+    ax_h = (height - top - bottom - gap_h * (rows - 1)) / rows
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=gap_w / ax_w, hspace=gap_h / ax_h)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+    fig._vp_cols = cols  # read by _outer
+    fig.suptitle("\n".join(lines), y=1 - 0.12 / height, va="top")
+    return fig, axes
+
+
+def _n_text(ns) -> str:
+    ns = sorted({int(x) for x in ns})
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+
+
+def _legend(fig, handles, labels) -> None:
+    if handles:
+        fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.08 / fig.get_figheight()),
+                   ncol=_legend_cols(fig.get_figwidth(), labels), frameon=False)
+
+
+CHAR_W = 0.065  # inches per character of a tick label (8 pt)
+
+
+def _angle(labels) -> int:
+    """Degrees to turn x tick labels so that they do not overlap in a panel (about PANEL_W - 0.8 inches wide)."""
+    room = PANEL_W - 1.0
+    if sum(len(x) for x in labels) * CHAR_W + 0.1 * len(labels) <= room:
+        return 0
+    return 45 if len(labels) * 0.2 <= room else 90
+
+
+def _outer(fig, axes: list, xlabel: str, ylabel: str, ticks: Optional[list] = None, share_y: bool = False) -> None:
+    """Axis labels on the outer panels only: x below the panels with none under them, y on the first column.
+    `ticks`: categorical x tick labels at 0, 1, ... (every panel gets the same x range). Panels above others get
+    no x ticks at all: a tick is the costliest artist matplotlib makes (~2 ms each, 13 per panel for LTH rounds)."""
+    cols, n = fig._vp_cols, len(axes)
+    for i, ax in enumerate(axes):
+        if ticks is not None:
+            ax.set_xlim(-0.5, len(ticks) - 0.5)
+        if i + cols >= n:
+            ax.set_xlabel(xlabel)
+            if ticks is not None:
+                _ticks(ax, ticks)
+        else:
+            ax.set_xticks([])
+        if i % cols == 0:
+            ax.set_ylabel(ylabel)
+        elif share_y:
+            ax.tick_params(labelleft=False)
+        ax.grid(axis="y", alpha=0.3)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4))  # fewer ticks: less to make and draw
+
+
+def _ticks(ax, labels: list[str]) -> None:
+    ax.set_xticks(range(len(labels)))
+    angle = _angle(labels)
+    ax.set_xticklabels(labels, rotation=angle, ha="right" if angle == 45 else "center",
+                       rotation_mode="anchor" if angle == 45 else "default")
+
+
+def render(kind: str, kwargs: dict, stem: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Draw `KINDS[kind](**kwargs)` and save it as stem.<format> for each format: a plain function of picklable
+    arguments, so a process pool can run it."""
+    return save(KINDS[kind](**kwargs), Path(stem), tuple(formats))
+
+
+def save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        path = stem.with_suffix("." + fmt)
+        kw = {"dpi": 100, "pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}  # zlib's default level: 3x slower
+        fig.savefig(path, metadata={"Date": None} if fmt == "svg" else None, **kw)
+        out.append(path)
+    plt.close(fig)
+    return out
+
+
+SEEDS_SUB = "mean ± std over seeds (n = seeds per point)"
+
+
+def _variant_colours(data: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """Variants dense first, then least -> most compressed; dense black, the rest in order."""
+    variants = data.drop_duplicates("variant").sort_values("rank", kind="stable")
+    names = variants["variant"].tolist()
+    comp = [v for v, r in zip(names, variants["rank"]) if r > 0]
+    return names, {**dict(zip(comp, colours(len(comp)))), "dense": DENSE}
+
+
+def lines_vs_budget(data: pd.DataFrame, title: str, ylabel: str, scale: float):
+    """One panel per dataset; x: data budget (categorical, ascending, 'full' last); one line per variant
+    (dense black, then least -> most compressed); band: ± one std over seeds. `data`: summarize() rows."""
+    datasets = list(dict.fromkeys(data["dataset"]))
+    budgets = data.drop_duplicates("budget").sort_values("budget_rank")["budget"].tolist()
+    ticks = [b.replace("-shot", "") for b in budgets]
+    xpos = {b: i for i, b in enumerate(budgets)}
+    variants, colour = _variant_colours(data)
+    labels = [f"{v} ({_n_text(data.loc[data['variant'] == v, 'n'])})" for v in variants]
+    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, ticks)
+    handles = {}
+    by = {k: g for k, g in data.groupby(["dataset", "variant"], sort=False)}
+    for ax, ds in zip(axes, datasets):
+        for i, v in enumerate(variants):
+            line = by.get((ds, v))
+            if line is None:
+                continue
+            line = line.sort_values("budget_rank")
+            x = [xpos[b] for b in line["budget"]]
+            y, s = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
+            (handles[v],) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[v], lw=1.5, ms=4)
+            lo, hi = y - s, y + s
+            if scale == 100:  # a percentage: the band stays within 0-100
+                lo, hi = lo.clip(0, 100), hi.clip(0, 100)
+            ax.fill_between(x, lo, hi, color=colour[v], alpha=0.15, lw=0)
+        ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
+    _outer(fig, axes, "training images per class", ylabel, ticks)
+    _legend(fig, [handles[v] for v in variants if v in handles], [lab for v, lab in zip(variants, labels) if v in handles])
+    return fig
+
+
+def lines_vs_level(data: pd.DataFrame, title: str, ylabel: str, scale: float, xlabel: str):
+    """One panel per dataset; x: dense then each level, least -> most compressed (categorical); one line per
+    method, dodged sideways so error bars (± one std over seeds) do not hide each other."""
+    datasets = list(dict.fromkeys(data["dataset"]))
+    levels = data.drop_duplicates("rank").sort_values("rank")["variant"].tolist()
+    ticks = [v.split(" ")[-1] if i else v for i, v in enumerate(levels)]
+    ranks = sorted(data["rank"].unique())
+    methods = list(dict.fromkeys(data["method"]))
+    colour = dict(zip(methods, colours(len(methods))))
+    labels = [f"{m} ({_n_text(data.loc[data['method'] == m, 'n'])})" for m in methods]
+    width = 0.25 if len(methods) > 1 else 0.0
+    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, ticks)
+    handles = {}
+    by = {k: g for k, g in data.groupby(["dataset", "method"], sort=False)}
+    for ax, ds in zip(axes, datasets):
+        for i, m in enumerate(methods):
+            line = by.get((ds, m))
+            if line is None:
+                continue
+            line = line.sort_values("rank")
+            off = (i - (len(methods) - 1) / 2) * width / max(len(methods) - 1, 1)
+            x = [ranks.index(r) + off for r in line["rank"]]
+            y, e = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
+            (handles[m],) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[m], lw=1.5, ms=4)
+            lo, hi = (y - e).clip(0), (y + e).clip(None, 100 if scale == 100 else None)  # the metrics are >= 0
+            ax.vlines(x, lo, hi, color=colour[m], lw=1.2)  # one collection: errorbar() cost 10 ms a call
+        ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
+    _outer(fig, axes, xlabel, ylabel, ticks)
+    _legend(fig, [handles[m] for m in methods if m in handles], [lab for m, lab in zip(methods, labels) if m in handles])
+    return fig
+
+
+def reliability_diagrams(data: pd.DataFrame, title: str):
+    """One panel per dataset; per variant, accuracy against mean confidence of each non-empty bin (pooled over
+    seeds); the diagonal is perfect calibration."""
+    datasets = list(dict.fromkeys(data["dataset"]))
+    variants, colour = _variant_colours(data)
+    labels = [f"{v} ({_n_text(data.loc[data['variant'] == v, 'runs'])[2:]} run{'s' * int(data.loc[data['variant'] == v, 'runs'].max() > 1)})"
+              for v in variants]
+    fig, axes = _figure(len(datasets), title, "bins pooled over seeds; dashed: perfect calibration", labels,
+                        share_y=True)
+    handles = {}
+    by = {k: g for k, g in data[data["count"] > 0].groupby(["dataset", "variant"], sort=False)}
+    for ax, ds in zip(axes, datasets):
+        ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
+        for i, v in enumerate(variants):
+            b = by.get((ds, v))
+            if b is None:
+                continue
+            b = b.sort_values("bin")
+            (handles[v],) = ax.plot(b["confidence"].to_numpy(), b["accuracy"].to_numpy(), marker=MARKERS[i % len(MARKERS)],
+                                    color=colour[v], lw=1.3, ms=3.5)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
+    _outer(fig, axes, "confidence (mean top probability)", "accuracy in bin", share_y=True)
+    _legend(fig, [handles[v] for v in variants if v in handles], [lab for v, lab in zip(variants, labels) if v in handles])
+    return fig
+
+
+def _short(text: str, n: int = 22) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _line_pitch(size: float, spacing: float) -> float:
+    """Inches between the baselines of two lines of a multi-line text (matplotlib spaces lines by the font's
+    height, not by `size`): measured once on a scratch figure."""
+    fig = plt.figure(figsize=(2, 2), dpi=72)
+    r = fig.canvas.get_renderer()
+    one, two = (fig.text(0, 0.5, t, fontsize=size, linespacing=spacing).get_window_extent(r).height for t in ("Xg", "Xg\nXg"))
+    plt.close(fig)
+    return (two - one) / 72
+
+
+def label_map_table(cells: pd.DataFrame, title: str, note: str):
+    """A table drawn as text: one row per target class, one column per (method, variant); each cell the source
+    class name, with ' k/n' when only k of n seeds chose it. `cells`: target, target_label, method, variant,
+    rank, source_label, agree, runs. Each column is one multi-line text (a text per cell cost 10x more)."""
+    cols = cells.drop_duplicates(["method", "rank"]).sort_values(["method", "rank"], kind="stable")
+    methods = list(dict.fromkeys(cells["method"]))
+    cols = cols.assign(_m=cols["method"].map(methods.index)).sort_values(["_m", "rank"], kind="stable")
+    targets = cells.drop_duplicates("target").sort_values("target")[["target", "target_label"]]
+    size, spacing = 7.5, 1.35
+    row_h = _line_pitch(size, spacing)  # inches from one line of a multi-line text to the next
+    col_w, first_w = 1.75, 1.3
+    width = max(first_w + col_w * len(cols) + 0.2, 4.5)
+    title_lines = textwrap.wrap(title, int(width * 11))
+    head = 0.3 + 0.17 * len(title_lines)
+    height = head + row_h * (len(targets) + 2) + 0.3 + (0.3 if note else 0)
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    ax.text(0.1, 0.12, "\n".join(title_lines), fontsize=9, va="top", weight="bold")
+    body = head + 2 * row_h  # top of the first target row
+    for i in range(0, len(targets), 2):
+        ax.axhspan(body + i * row_h, body + (i + 1) * row_h, color="0.93", lw=0)
+    kw = dict(fontsize=size, va="top", linespacing=spacing)
+    ax.text(0.1, head + row_h, "target class", weight="bold", **kw)
+    ax.text(0.1, body + 0.02, "\n".join(_short(t, 18) for t in targets["target_label"]), **kw)
+    look = {(m, r, t): (s, a, n) for m, r, t, s, a, n in zip(cells["method"], cells["rank"], cells["target"],
+                                                           cells["source_label"], cells["agree"], cells["runs"])}
+    prev = None
+    for j, (m, v, r) in enumerate(zip(cols["method"], cols["variant"], cols["rank"])):
+        x = first_w + j * col_w
+        if m != prev:
+            ax.text(x, head, m, weight="bold", color="#0072B2", **kw)
+            prev = m
+        ax.text(x, head + row_h, _short(v), weight="bold", color=DENSE if r == 0 else "#D55E00", **kw)
+        lines = []
+        for t in targets["target"]:
+            src, a, n = look.get((m, r, t), ("–", 0, 0))
+            lines.append(_short(src, 17) + f" {a}/{n}" if a < n else _short(src, 22))
+        ax.text(x, body + 0.02, "\n".join(lines), **kw)
+    foot = "k/n: the source class chosen by k of n seeds (the most common shown)." + (f" {note}" if note else "")
+    ax.text(0.1, height - 0.1, "\n".join(textwrap.wrap(foot, int(width * 13))), fontsize=7, style="italic",
+            va="bottom", color="0.3")
+    return fig
+
+
+def _drawn_texts(fig) -> list:
+    """The texts a render of `fig` shows: titles, axis labels, legend and figure texts, and the tick labels of
+    ticks inside each axis' view (matplotlib keeps a pool of tick objects, some outside the view, not drawn)."""
+    out = list(fig.texts) + [t for leg in fig.legends for t in leg.get_texts()]
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        out += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        if ax.get_legend():
+            out += ax.get_legend().get_texts()
+        for axis in (ax.xaxis, ax.yaxis):
+            locs = axis.get_majorticklocs()
+            lo, hi = sorted(axis.get_view_interval())
+            eps = 1e-9 * max(1.0, abs(hi - lo))
+            for loc, tick in zip(locs, axis.get_major_ticks(len(locs))):
+                if lo - eps <= loc <= hi + eps:
+                    out += [t for t in (tick.label1, tick.label2) if t.get_visible()]
+    return [t for t in out if t.get_visible() and t.get_text().strip()]
+
+
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs of drawn texts of `fig` whose boxes overlap, and texts that stick out of the figure (a legibility
+    check for tests)."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(r).expanded(0.98, 0.9)) for t in _drawn_texts(fig)]
+    page = fig.bbox
+    out = [(text, "<outside the figure>") for text, b in boxes
+           if b.x0 < page.x0 - 1 or b.y0 < page.y0 - 1 or b.x1 > page.x1 + 1 or b.y1 > page.y1 + 1]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            if boxes[i][1].overlaps(boxes[j][1]):
+                out.append((boxes[i][0], boxes[j][0]))
+    return out
+
+
+KINDS = {"lines_vs_budget": lines_vs_budget, "lines_vs_level": lines_vs_level,
+         "reliability_diagrams": reliability_diagrams, "label_map_table": label_map_table}
