@@ -5,6 +5,7 @@ Plain functions, no Ray: the Ray adapter and the tests call the same code.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -30,6 +31,7 @@ from workers.upstream import upstream_accuracy
 _PACKAGES = ("vpgrid", "torch", "torchvision", "timm", "open_clip_torch", "ray", "numpy")
 
 
+@functools.lru_cache(maxsize=1)  # ~20 ms a call, once per run before; packages do not change under a worker
 def versions() -> str:
     out = {}
     for p in _PACKAGES:
@@ -286,16 +288,15 @@ def batch_key(spec: RunSpec) -> tuple | None:
             spec.train.canonical)
 
 
-def _memory_cap(spec: RunSpec, ctx: Context, gpu_share: float | None) -> int | None:
-    """How many of these runs' training steps fit in memory at once (an estimate: `train.step_bytes`)."""
-    from workers.train import memory_budget, step_bytes
+def _auto_cap(spec: RunSpec, ctx: Context, gpu_share: float | None) -> int | None:
+    """How many of these runs `train.prompt_batch: auto` trains at once (`train.prompt_batch_cap`)."""
+    from workers.train import prompt_batch_cap
 
     try:
         v = ctx.variant(spec)
     except Exception:
         return None  # the runs meet the error themselves, each with its row
-    per_run = step_bytes(v.model, v.meta.input_size, spec.train.batch_size, ctx.device)
-    return max(1, int(memory_budget(ctx.device, gpu_share) // max(per_run, 1)))
+    return prompt_batch_cap(v.model, v.meta.input_size, spec.train.batch_size, ctx.device, gpu_share)
 
 
 def batches(specs: list[RunSpec], cap=lambda spec: None) -> list[list[RunSpec]]:
@@ -328,5 +329,5 @@ def run_pack(specs: Iterable[RunSpec], cache_dir: Path, trial: str = "", device:
         ctx.variants, ctx.datasets = _LAST.variants, _LAST.datasets
     _LAST = ctx
     specs = list(specs)
-    for group in batches(specs, lambda spec: _memory_cap(spec, ctx, gpu_share)):
+    for group in batches(specs, lambda spec: _auto_cap(spec, ctx, gpu_share)):
         yield from run_group(group, ctx)
