@@ -49,6 +49,14 @@ class Train(_Strict):
     eval_batch_size: PositiveInt = 256
     input_size: Optional[PositiveInt] = None
     eval_every: Optional[NonNegativeInt] = None  # VP: test accuracy every N epochs; None or 0 = off
+    prompt_batch: Union[int, str] = "auto"  # runs of one cell trained in one pass of the frozen model; not in keys
+
+    @field_validator("prompt_batch", mode="before")
+    @classmethod
+    def _prompt_batch(cls, v: Any) -> Union[int, str]:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("prompt_batch is a positive int or 'auto'")
 
     @field_validator("milestones")
     @classmethod
@@ -294,7 +302,8 @@ def _train_for(grid: Grid, overrides: tuple[int, ...], shots: Optional[int], sou
                             f"(entries: {sorted(map(str, bs))})")
         bs = bs[key]
     return TrainConfig(epochs=t.epochs, lr=t.lr, batch_size=bs, milestones=tuple(t.milestones), gamma=t.gamma,
-                       eval_batch_size=t.eval_batch_size, input_size=t.input_size, eval_every=t.eval_every or None)
+                       eval_batch_size=t.eval_batch_size, input_size=t.input_size, eval_every=t.eval_every or None,
+                       prompt_batch=t.prompt_batch)
 
 
 def expand(grid: Grid, source: str = "<grid>") -> list[RunSpec]:

@@ -1,7 +1,9 @@
 """Pack runs into Ray Tune trials.
 
 A trial costs ~2 s to start (0.1 s with reused actors) and few-shot runs take seconds, so runs that share
-a model variant and dataset go into one trial: it loads, compresses and decodes once.
+a model variant and dataset go into one trial: it loads, compresses and decodes once. Within that, the runs of
+one cell (one shots and training config: the seeds x label mappings) stay in one trial, where the worker trains
+them together in one pass of the frozen model (workers.run.batches).
 """
 from __future__ import annotations
 
@@ -29,22 +31,49 @@ def _label(spec: RunSpec) -> str:
     return f"{spec.model}-{spec.compression}{level}-{spec.dataset}"
 
 
+def cell_key(spec: RunSpec) -> tuple:
+    """Runs that can train together: one variant, dataset, shots and training config (`prompt_batch` aside)."""
+    return (spec.variant_key, spec.dataset, str(sorted(spec.dataset_args.items())), spec.shots, spec.train.canonical)
+
+
+def _split(runs: list[RunSpec], size: int) -> list[list[RunSpec]]:
+    """Even consecutive chunks of at most `size`."""
+    n = -(-len(runs) // size)
+    return [runs[len(runs) * i // n:len(runs) * (i + 1) // n] for i in range(n)]
+
+
+def _cost(runs: tuple[RunSpec, ...]) -> float:
+    """A rough size of a pack, to start the largest first: epochs x training images (the full split as 1000 a
+    class). Only the order of trials depends on it."""
+    return sum(r.train.epochs * (1000 if r.shots is None else r.shots) for r in runs)
+
+
 def pack(grid: Grid, runs: list[RunSpec], defaults: Optional[dict] = None) -> list[Trial]:
-    """Group runs by model variant and dataset, deal each group round-robin into packs of <= pack_size.
+    """Group runs by model variant and dataset, and fill packs of <= pack_size with whole cells (a cell larger
+    than pack_size in even pieces), each into the least-filled pack it fits, so packs stay alike in size.
+    Trials come largest first, so the long ones do not start last.
 
     `defaults`: model name -> registered default resources {cpu, gpu}, for models the grid gives none."""
-    groups: dict[tuple, list[RunSpec]] = defaultdict(list)
+    groups: dict[tuple, dict[tuple, list[RunSpec]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        groups[(r.variant_key, r.dataset, str(sorted(r.dataset_args.items())), r.train.input_size)].append(r)
+        group = (r.variant_key, r.dataset, str(sorted(r.dataset_args.items())), r.train.input_size)
+        groups[group][cell_key(r)].append(r)
     trials = []
-    for members in groups.values():
-        res = grid.resources_for(members[0].model, defaults)
-        n = -(-len(members) // grid.pack_size)
-        for i in range(n):
-            chunk = tuple(members[i::n])  # round-robin: each pack gets a like mix of shots, so packs take alike time
+    for cells in groups.values():
+        pieces = [p for members in cells.values() for p in _split(members, grid.pack_size)]
+        packs: list[list[RunSpec]] = [[] for _ in range(-(-sum(map(len, pieces)) // grid.pack_size))]
+        for piece in sorted(pieces, key=len, reverse=True):  # stable: cells keep their grid order among equals
+            fits = [p for p in packs if len(p) + len(piece) <= grid.pack_size]
+            if not fits:
+                packs.append([])
+                fits = packs[-1:]
+            min(fits, key=len).extend(piece)
+        first = next(iter(cells.values()))[0]
+        res = grid.resources_for(first.model, defaults)
+        for chunk in map(tuple, filter(None, packs)):
             digest = hashlib.sha256("".join(r.run_key for r in chunk).encode()).hexdigest()[:8]
             trials.append(Trial(f"{_label(chunk[0])}-{digest}", chunk, res and res.cpu, res and res.gpu))
-    return trials
+    return sorted(trials, key=lambda t: -_cost(t.runs))
 
 
 def axis_value(spec: RunSpec, axis: str):

@@ -21,13 +21,13 @@ def test_plan_json(tiny_grid):
     r = cli.invoke(app, ["plan", str(tiny_grid), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert (out["runs"], out["trials"]) == (24, 6)
+    assert (out["runs"], out["trials"]) == (24, 8)  # cells of 6 in pieces of 3 (pack_size 4)
     assert out["by_axis"]["method"] == {"rlm": 8, "flm": 8, "ilm": 8}
 
 
 def test_plan_text(tiny_grid):
     r = cli.invoke(app, ["plan", str(tiny_grid)])
-    assert r.exit_code == 0 and "24 runs in 6 trials" in r.stdout
+    assert r.exit_code == 0 and "24 runs in 8 trials" in r.stdout
 
 
 def test_malformed_grid_exits_nonzero_naming_the_field_and_creates_no_store(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import workers.clip_prompting as cp  # registers clip_vp and clip_ilm
+import workers.methods.clip_prompting as cp  # registers clip_vp and clip_ilm
 from workers.mapping import greedy_mapping
 from workers.methods import METHODS
 from workers.metrics import classification_metrics

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import workers.crossmodal as cm
+import workers.methods.crossmodal as cm
 import workers.data.text as text  # noqa: F401  (registers the text and DNA datasets)
 from workers.data import DATASETS, load_dataset
 from workers.methods import METHODS

@@ -27,7 +27,7 @@ def test_every_method_runs_and_reports(method, runs, tmp_path):
 
 def test_linear_probe_trains_on_the_frozen_pre_logit_features(runs, tmp_path):
     """LP's features are the classifier's input, recomputed here by hand from the demo CNN's layers."""
-    from workers.baselines import _features
+    from workers.methods.baselines import _features
     from workers.train import to_canvas
     from workers.models import build_model
 
@@ -47,21 +47,21 @@ def test_full_finetuning_keeps_pruned_zeros_and_leaves_the_shared_model_alone(ru
     ctx = Context(tmp_path, torch.device("cpu"))
     variant = ctx.variant(spec)
     before = {k: v.clone() for k, v in variant.model.state_dict().items()}
-    import workers.baselines as b
+    import workers.methods.baselines as b
 
     trained = {}
-    real = b.fit
+    real = b.fit_one
 
-    def spy(loss_of, n, spec_, opt, after_step=lambda: None):
-        out = real(loss_of, n, spec_, opt, after_step)
+    def spy(loss_of, n, spec_, opt, device, after_step=lambda: None):
+        out = real(loss_of, n, spec_, opt, device, after_step)
         trained["params"] = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
         return out
 
-    b.fit = spy
+    b.fit_one = spy
     try:
         row = run(spec, ctx)
     finally:
-        b.fit = real
+        b.fit_one = real
     assert row.status == "ok", row.error
     assert all(torch.equal(before[k], v) for k, v in variant.model.state_dict().items())  # a copy was trained
     convs = [w for w in trained["params"] if w.dim() == 4]

@@ -3,7 +3,7 @@ from collections import Counter
 import yaml
 
 from orchestrator.grid import expand, parse_grid
-from orchestrator.plan import BREAKDOWN_AXES, axis_value, breakdown, breakdown_by_state, pack
+from orchestrator.plan import BREAKDOWN_AXES, axis_value, breakdown, breakdown_by_state, cell_key, pack
 from tests.conftest import TINY
 
 
@@ -20,10 +20,36 @@ def test_packs_group_variant_and_dataset_and_cover_every_run_once():
         assert len(t.runs) <= 5
         assert len({(r.variant_key, r.dataset) for r in t.runs}) == 1
         assert (t.cpu, t.gpu) == (0.5, 0.25)
-    # 12 runs per variant, pack size 5 -> 3 packs of 4 per variant (round-robin keeps them even)
-    assert sorted(len(t.runs) for t in trials) == [4] * 6
+    # 12 runs per variant in 2 cells of 6 (3 methods x 2 seeds): a cell larger than the pack size 5 goes in two
+    # even pieces of 3, and two pieces do not fit one pack: 4 packs of 3 per variant
+    assert sorted(len(t.runs) for t in trials) == [3] * 8
+    assert all(len({cell_key(r) for r in t.runs}) == 1 for t in trials)
     assert len({t.trial_id for t in trials}) == len(trials)
     assert [t.trial_id for t in pack(grid, runs)] == [t.trial_id for t in trials]  # deterministic
+
+
+def test_packs_keep_cells_whole_and_alike_in_size_largest_first():
+    """Cells (one variant, dataset, shots and training config) fill packs whole, each into the least-filled pack
+    it fits; the trials with the most training (epochs x images) come first."""
+    d = yaml.safe_load(TINY)
+    d.update(pack_size=12, shots=[1, 2, 5, "full"], seeds=[1, 2], methods=["rlm", "ilm"])
+    d["overrides"] = [{"match": {"shots": "full"}, "set": {"epochs": 1}}]
+    grid = parse_grid(yaml.safe_dump(d))
+    runs = expand(grid)
+    trials = pack(grid, runs)
+    cells = Counter(cell_key(r) for r in runs)
+    assert set(cells.values()) == {4}  # 2 methods x 2 seeds
+    for t in trials:
+        for c in {cell_key(r) for r in t.runs}:
+            assert sum(cell_key(r) == c for r in t.runs) == cells[c]  # every cell whole in one trial
+    # per variant 4 cells of 4, packs of <= 12: 2 packs of 8, not 12 + 4
+    assert sorted(len(t.runs) for t in trials) == [8] * 4
+    costs = [sum(r.train.epochs * (1000 if r.shots is None else r.shots) for r in t.runs) for t in trials]
+    assert costs == sorted(costs, reverse=True) and costs[0] > costs[-1]
+    # prompt_batch is how a worker runs a cell, not what it computes: same keys, same packs
+    d["train"]["prompt_batch"] = 2
+    again = pack(parse_grid(yaml.safe_dump(d)), expand(parse_grid(yaml.safe_dump(d))))
+    assert [[r.run_key for r in t.runs] for t in again] == [[r.run_key for r in t.runs] for t in trials]
 
 
 def test_breakdown_counts():

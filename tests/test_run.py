@@ -19,7 +19,7 @@ def runs():
 
 def test_run_pack_produces_complete_rows(runs, tmp_path):
     rows = list(run_pack(runs[:6], tmp_path, trial="t"))
-    assert [r.run_key for r in rows] == [r.run_key for r in runs[:6]]
+    assert sorted(r.run_key for r in rows) == sorted(r.run_key for r in runs[:6])  # in the order batches finish
     for r in rows:
         assert r.status == "ok", r.error
         assert 0 <= r.accuracy <= 1 and 0 <= r.ece <= 1 and r.nll > 0
@@ -89,7 +89,8 @@ def test_training_reduces_the_loss(runs, tmp_path):
     from workers.data import load_dataset
     from workers.mapping import map_logits
     from workers.models import build_model
-    from workers.train import Task, train_prompt
+    from workers.methods.vp import train_prompt
+    from workers.train import Task
 
     spec = next(r for r in runs if r.method == "rlm" and r.compression == "dense" and r.shots == 2)
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=30, lr=0.05))

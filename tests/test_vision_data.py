@@ -474,7 +474,8 @@ def test_uint8_vp_path_gives_what_the_float_path_gave(roots, tmp_path):
     loading gave before (uint8 / 255 up front): same mapping, loss and metrics, bit for bit."""
     from workers.models import build_model
     from workers.spec import RunSpec, TrainConfig
-    from workers.train import Task, train_prompt
+    from workers.methods.vp import train_prompt
+    from workers.train import Task
 
     s = load_dataset("cifar10", 16, str(roots["cifar10"][0]))
     built, meta = build_model("demo_cnn", "random", {"width": 4}, tmp_path)

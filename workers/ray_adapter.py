@@ -51,7 +51,8 @@ def trainable(config: dict) -> None:
     cache = Path(config["cache"]) if config.get("cache") else node_cache_dir()
     store.heartbeat(trial, {"runs_total": len(specs), "runs_done": 0, "current": None})
     try:
-        for i, result in enumerate(run_pack(specs, cache, trial=trial, data_root=config.get("data_root")), 1):
+        for i, result in enumerate(run_pack(specs, cache, trial=trial, data_root=config.get("data_root"),
+                                                   gpu_share=config["gpu"] or None), 1):
             result.node = node
             publish(store, result)
             store.heartbeat(trial, {"runs_total": len(specs), "runs_done": i, "current": result.run_key})

@@ -81,10 +81,16 @@ class TrainConfig:
     eval_batch_size: int = 256
     input_size: Optional[int] = None  # target image side inside the canvas; None = dataset default
     eval_every: Optional[int] = None  # VP: test accuracy every N epochs into the row; None or 0 = off
+    # How many runs of one (variant, dataset, shots, schedule) cell train in one pass of the frozen model: an int,
+    # or "auto" (all of the pack's, capped by a memory estimate). How a run executes, not what it computes:
+    # never in the run key.
+    prompt_batch: Union[int, str] = "auto"
 
     def key_fields(self) -> dict:
-        """The fields that make the run key. `eval_every` joins only when on: stores made before it keep their keys."""
+        """The fields that make the run key. `eval_every` joins only when on: stores made before it keep their keys;
+        `prompt_batch` never does."""
         d = dataclasses.asdict(self)
+        del d["prompt_batch"]
         if not d["eval_every"]:
             del d["eval_every"]
         return d
@@ -159,6 +165,8 @@ class RunSpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["train"] = self.train.key_fields()  # eval_every only when on, as in the key; from_dict restores it
+        if self.train.prompt_batch != "auto":  # not in the key, but the worker needs it
+            d["train"]["prompt_batch"] = self.train.prompt_batch
         return d
 
     @classmethod

@@ -1,29 +1,47 @@
-"""Train one visual prompt with a label mapping on a frozen model (the reference ILM-VP recipe)."""
+"""The one epoch loop every transfer method trains with (VP, CLIP prompting, reprogramming, LP, FF), and what runs
+and methods hand each other (Task, TrainOutput).
+
+The loop trains K runs at once (K = 1 is a run alone): each run keeps its own optimiser, scheduler, shuffling
+generator and loss; a method's `Job` turns the K runs' mini-batches into K losses, typically through one pass of
+the frozen model. Runs share no parameter, so the backward of the summed losses gives each run exactly the
+gradient it would get alone.
+"""
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.data.base import as_float
-from workers.mapping import LABEL_MAPPINGS, compute_mapping, map_logits
-from workers.metrics import run_metrics
 from workers.models import ModelMeta
-from workers.prompts import PadPrompter
-from workers.spec import RunSpec
+from workers.spec import RunSpec, TrainConfig
 
 
-def to_canvas(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
+def images(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Images (uint8, or float in [0,1]) as `dtype` in [0,1]; for float32 exactly `workers.data.as_float`."""
+    return x.to(dtype).div_(255) if x.dtype == torch.uint8 else x.to(dtype)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The frozen model's floating dtype: inputs and prompts follow it (float64 in the equivalence tests)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 outputs of autocast to float32 for the loss; float32 and float64 stay as they are."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def to_canvas(x: torch.Tensor, meta: ModelMeta, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Target images (uint8, or float in [0,1]) -> normalised model inputs at the model's canvas size."""
-    x = as_float(x)
+    x = images(x, dtype)
     if x.shape[-1] != meta.input_size:
         x = F.interpolate(x, size=(meta.input_size, meta.input_size), mode="bilinear", align_corners=False)
-    mean = torch.tensor(meta.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(meta.std, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(meta.mean, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, device=x.device, dtype=dtype).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -36,6 +54,10 @@ class Task:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list[str]
+    # Where train_x came from, when it is a subset of a split: train_x == split_x[rows]. Runs trained together
+    # then share one device copy of the images their subsets use.
+    split_x: Optional[torch.Tensor] = None
+    rows: Optional[torch.Tensor] = None
 
     @property
     def num_classes(self) -> int:
@@ -47,22 +69,10 @@ class TrainOutput:
     metrics: dict
     mapping: list[int] | None  # VP: label_mapping[target] = source; None for LP/FF
     final_train_loss: float
-    train_seconds: float
+    train_seconds: float  # trained with others: the batch's time / the number of runs in it
     eval_seconds: float
     epoch_accuracy: list[float] | None = None  # test accuracy after epochs N, 2N, ... (train.eval_every = N)
     prompt: dict[str, torch.Tensor] | None = None  # VP: the learned prompt's tensors, saved beside the store
-
-
-@torch.no_grad()
-def _source_logits(model: nn.Module, prompter: PadPrompter, x: torch.Tensor, bs: int, device) -> torch.Tensor:
-    out = [model(prompter(x[i:i + bs].to(device))).float().cpu() for i in range(0, len(x), bs)]
-    return torch.cat(out)
-
-
-def _test_accuracy(model: nn.Module, prompter: PadPrompter, task: Task, mapping: torch.Tensor, bs: int,
-                   device) -> float:
-    pred = map_logits(_source_logits(model, prompter, task.test_x, bs, device), mapping.cpu()).argmax(1)
-    return float((pred == task.test_y).double().mean())
 
 
 def prompt_tensors(prompt: nn.Module) -> dict[str, torch.Tensor]:
@@ -77,83 +87,161 @@ def require_images(task: Task, method: str) -> None:
                         f"{tuple(task.train_x.shape)}: use method 'reprogram' for text and DNA tasks")
 
 
-def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
-    require_images(task, spec.method)
-    cfg = spec.train
-    train_x, train_y, num_target = task.train_x, task.train_y, task.num_classes
-    torch.manual_seed(spec.seed)
-    prompter = PadPrompter(meta.input_size, train_x.shape[-1], meta.mean, meta.std).to(device)
-    opt = torch.optim.Adam(prompter.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(
-        opt, milestones=[int(f * cfg.epochs) for f in cfg.milestones], gamma=cfg.gamma)
-    schedule = LABEL_MAPPINGS.meta(spec.method).schedule
-
-    def remap() -> torch.Tensor:  # frequency mapping under the current prompt (no grad)
-        pred = _source_logits(model, prompter, train_x, cfg.eval_batch_size, device).argmax(1)
-        return compute_mapping(spec.method, source_pred=pred, targets=train_y,
-                               num_source=meta.num_classes, num_target=num_target, seed=spec.seed).to(device)
-
-    mapping = None
-    if schedule == "fixed":
-        mapping = compute_mapping(spec.method, num_source=meta.num_classes, num_target=num_target,
-                                  seed=spec.seed).to(device)
-    gen = torch.Generator().manual_seed(spec.seed)
-    amp = device.type == "cuda"  # bf16 autocast on GPU, as the reference used AMP
-    t0 = time.perf_counter()
-    loss_sum, n_seen = 0.0, 0
-    epoch_acc = [] if cfg.eval_every else None
-    for epoch in range(cfg.epochs):
-        if schedule == "every_epoch" or (schedule == "once" and epoch == 0):
-            mapping = remap()
-        perm = torch.randperm(len(train_x), generator=gen)
-        loss_sum, n_seen = 0.0, 0
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            x, y = train_x[idx].to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(map_logits(model(prompter(x)), mapping).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(idx)  # .item() syncs the GPU; one per step is cheap next to the step
-            n_seen += len(idx)
-        sched.step()
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss is not finite at epoch {epoch + 1}/{cfg.epochs}")
-        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:  # no grad, no RNG: training is unchanged
-            epoch_acc.append(_test_accuracy(model, prompter, task, mapping, cfg.eval_batch_size, device))
-    train_seconds = time.perf_counter() - t0  # includes the per-epoch evaluations, if any
-
-    t0 = time.perf_counter()
-    logits = map_logits(_source_logits(model, prompter, task.test_x, cfg.eval_batch_size, device), mapping.cpu())
-    metrics = run_metrics(logits, task.test_y, spec)
-    return TrainOutput(metrics, mapping.cpu().tolist(), loss_sum / max(n_seen, 1), train_seconds,
-                       time.perf_counter() - t0, epoch_accuracy=epoch_acc, prompt=prompt_tensors(prompter))
-
-
-def multistep(opt, spec: RunSpec):
-    cfg = spec.train
+def multistep(opt: torch.optim.Optimizer, cfg: TrainConfig):
     return torch.optim.lr_scheduler.MultiStepLR(opt, [int(f * cfg.epochs) for f in cfg.milestones], cfg.gamma)
 
 
-def fit(loss_of, n: int, spec: RunSpec, opt, after_step=lambda: None) -> float:
-    """The epoch loop LP, FF and reprogramming share: shuffled mini-batches, the multi-step schedule, and a
-    non-finite loss fails the run. Returns the last epoch's mean loss."""
-    sched = multistep(opt, spec)
-    gen = torch.Generator().manual_seed(spec.seed)
-    loss_sum = 0.0
-    for epoch in range(spec.train.epochs):
-        perm = torch.randperm(n, generator=gen)
-        loss_sum = 0.0
-        for i in range(0, n, spec.train.batch_size):
-            idx = perm[i:i + spec.train.batch_size]
-            loss = loss_of(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            after_step()
-            loss_sum += loss.item() * len(idx)
-        sched.step()
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss is not finite at epoch {epoch + 1}/{spec.train.epochs}")
-    return loss_sum / max(n, 1)
+@dataclass(eq=False)
+class Learner:
+    """One run's state in the loop. `lr_at(step)`, if given, sets the lr before every step (CLIP's cosine);
+    otherwise the multi-step decay steps once per epoch."""
+
+    k: int  # the run's position in its job
+    spec: RunSpec
+    opt: torch.optim.Optimizer
+    lr_at: Optional[Callable[[int], float]] = None
+    after_step: Callable[[], None] = lambda: None
+    loss: float = 0.0  # the last epoch's mean training loss
+    error: Optional[BaseException] = None  # set when the run failed; it then leaves the loop alone
+    gen: torch.Generator = field(init=False)
+    sched: object = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.gen = torch.Generator().manual_seed(self.spec.seed)
+        if self.lr_at is None:
+            self.sched = multistep(self.opt, self.spec.train)
+
+
+class Job:
+    """What a method gives the loop. `losses(live, idx)`: idx is (len(live), b) positions in each run's own
+    training set, on the device; returns each run's mean loss over its own rows, shape (len(live),)."""
+
+    def start_epoch(self, epoch: int, live: list[Learner]) -> None:
+        """Before the epoch's shuffling (label mappings); a failure here sets that learner's error."""
+
+    def losses(self, live: list[Learner], idx: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def end_epoch(self, epoch: int, live: list[Learner]) -> None:
+        """After the epoch (per-epoch evaluation)."""
+
+
+def _alive(learners: list[Learner]) -> list[Learner]:
+    return [r for r in learners if r.error is None]
+
+
+def fit(job: Job, learners: list[Learner], n: int, device: torch.device) -> None:
+    """Train every learner for its spec's epochs on n training examples each, in shuffled mini-batches.
+    The learners share the step schedule (epochs, batch size); a non-finite epoch loss fails that run alone."""
+    cfg = learners[0].spec.train
+    step = 0
+    for epoch in range(cfg.epochs):
+        job.start_epoch(epoch, _alive(learners))
+        live = _alive(learners)
+        if not live:
+            return
+        # Each run shuffles with its own generator, as alone; the epoch's order reaches the device in one copy.
+        order = torch.stack([torch.randperm(n, generator=r.gen) for r in live]).to(device, non_blocking=True)
+        sums = torch.zeros(len(live), dtype=torch.float64, device=device)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[:, i:i + cfg.batch_size]
+            losses = job.losses(live, idx)
+            for r in live:
+                if r.lr_at is not None:
+                    for g in r.opt.param_groups:
+                        g["lr"] = r.lr_at(step)
+                r.opt.zero_grad(set_to_none=True)
+            losses.sum().backward()  # runs share no parameter: each gets exactly its own gradient
+            for r in live:
+                r.opt.step()
+                r.after_step()
+            sums += losses.detach().double() * idx.shape[1]  # no sync per step: read once per epoch
+            step += 1
+        for r, s in zip(live, sums.tolist()):
+            if r.sched is not None:
+                r.sched.step()
+            r.loss = s / max(n, 1)
+            if not math.isfinite(s):
+                r.error = FloatingPointError(f"training loss is not finite at epoch {epoch + 1}/{cfg.epochs}")
+        job.end_epoch(epoch, _alive(learners))
+
+
+class OneRun(Job):
+    """A job of one run whose loss is `loss_of(idx)` (idx: positions in its training set, on the device)."""
+
+    def __init__(self, loss_of: Callable[[torch.Tensor], torch.Tensor],
+                 start_epoch: Callable[[int], None] = lambda epoch: None) -> None:
+        self.loss_of, self._start = loss_of, start_epoch
+
+    def start_epoch(self, epoch: int, live: list[Learner]) -> None:
+        if live:
+            self._start(epoch)
+
+    def losses(self, live: list[Learner], idx: torch.Tensor) -> torch.Tensor:
+        return self.loss_of(idx[0]).reshape(1)
+
+
+def fit_one(loss_of: Callable[[torch.Tensor], torch.Tensor], n: int, spec: RunSpec, opt: torch.optim.Optimizer,
+            device: torch.device, after_step: Callable[[], None] = lambda: None,
+            lr_at: Optional[Callable[[int], float]] = None,
+            start_epoch: Callable[[int], None] = lambda epoch: None) -> float:
+    """`fit` for one run (LP, FF, reprogramming, CLIP prompting); returns the last epoch's mean loss and raises
+    the run's error, if it failed."""
+    learner = Learner(0, spec, opt, lr_at, after_step)
+    fit(OneRun(loss_of, start_epoch), [learner], n, device)
+    if learner.error is not None:
+        raise learner.error
+    return learner.loss
+
+
+@torch.no_grad()
+def _output_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    total = 0
+
+    def count(module, args, out):
+        nonlocal total
+        total += sum(t.numel() * t.element_size() for t in (out if isinstance(out, (tuple, list)) else (out,))
+                     if isinstance(t, torch.Tensor))
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not any(True for _ in m.children())]
+    try:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def step_bytes(model: nn.Module, canvas: int, batch_size: int, device: torch.device) -> int:
+    """An estimate of one run's training step in memory: the frozen model's layer outputs for one canvas-sized
+    image (what autograd keeps for the input gradient), x batch_size, x 2 for the gradients in flight."""
+    x = torch.zeros(1, 3, canvas, canvas, device=device, dtype=model_dtype(model))
+    return 2 * batch_size * _output_bytes(model, x)
+
+
+def memory_budget(device: torch.device, gpu_share: float | None = None) -> float:
+    """Bytes the runs trained together may fill: 70% of this trial's share of the GPU's free memory; on the CPU,
+    a quarter of the available memory (other trials run beside this one)."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return 0.7 * min(free, total * (gpu_share or 1.0))
+    import psutil  # a dependency of ray[default]
+
+    return 0.25 * psutil.virtual_memory().available
+
+
+# On the CPU a step's images stop getting cheaper once its layer outputs outgrow ~200 MB: the demo CNN trained
+# 441 images/s at batch 8, 700 at 128 (~190 MB) and 520 at 384 (measured on 2 cores, one thread).
+CPU_STEP_BYTES = 200 * 2**20
+
+
+def prompt_batch_cap(model: nn.Module, canvas: int, batch_size: int, device: torch.device,
+                     gpu_share: float | None = None) -> int:
+    """How many runs' steps to put through the model at once: what fits the memory budget; on the CPU, also
+    no more than keeps a step near the fastest size."""
+    per_run = max(step_bytes(model, canvas, batch_size, device), 1)
+    budget = memory_budget(device, gpu_share)
+    if device.type != "cuda":
+        budget = min(budget, CPU_STEP_BYTES)
+    return max(1, int(budget // per_run))

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.methods import METHODS, MethodMeta
+from workers.methods.base import METHODS, MethodMeta
 from workers.metrics import run_metrics
 from workers.models import ModelMeta, get_module, set_module
 from workers.spec import RunSpec
-from workers.train import Task, TrainOutput, fit, require_images, to_canvas
+from workers.train import Task, TrainOutput, fit_one, model_dtype, require_images, to_canvas, upcast
 
 
 def _head(model: nn.Module, meta: ModelMeta) -> nn.Module:
@@ -29,12 +29,13 @@ def _head(model: nn.Module, meta: ModelMeta) -> nn.Module:
 
 @torch.no_grad()
 def _features(model: nn.Module, meta: ModelMeta, x: torch.Tensor, bs: int, device) -> torch.Tensor:
-    """The head's input (pre-logits features), captured by a hook so any family works unchanged."""
+    """The head's input (pre-logits features) on the device, captured by a hook so any family works unchanged."""
     out = []
-    hook = _head(model, meta).register_forward_hook(lambda m, args, y: out.append(args[0].float().cpu()))
+    hook = _head(model, meta).register_forward_hook(lambda m, args, y: out.append(upcast(args[0])))
+    dtype = model_dtype(model)
     try:
         for i in range(0, len(x), bs):
-            model(to_canvas(x[i:i + bs].to(device), meta))
+            model(to_canvas(x[i:i + bs].to(device), meta, dtype))
     finally:
         hook.remove()
     return torch.cat(out)
@@ -47,13 +48,14 @@ def linear_probe(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
     f_train = _features(model, meta, train_x, spec.train.eval_batch_size, device)
-    clf = nn.Linear(f_train.shape[1], num_target)
+    y_train = train_y.to(device)
+    clf = nn.Linear(f_train.shape[1], num_target).to(device=device, dtype=f_train.dtype)
     opt = torch.optim.Adam(clf.parameters(), lr=spec.train.lr)
-    loss = fit(lambda idx: F.cross_entropy(clf(f_train[idx]), train_y[idx]), len(f_train), spec, opt)
+    loss = fit_one(lambda idx: F.cross_entropy(clf(f_train[idx]), y_train[idx]), len(f_train), spec, opt, device)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
-        logits = clf(_features(model, meta, test_x, spec.train.eval_batch_size, device))
+        logits = clf(_features(model, meta, test_x, spec.train.eval_batch_size, device)).cpu()
     return TrainOutput(run_metrics(logits, test_y, spec), None, loss, train_s, time.perf_counter() - t0)
 
 
@@ -64,7 +66,8 @@ def full_finetune(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, 
     torch.manual_seed(spec.seed)
     net = copy.deepcopy(model)  # the variant is shared by the pack: train a copy
     width = _features(net, meta, train_x[:1], 1, device).shape[1]
-    set_module(net, meta.head, nn.Linear(width, num_target).to(device))
+    dtype = model_dtype(net)
+    set_module(net, meta.head, nn.Linear(width, num_target).to(device=device, dtype=dtype))
     net.requires_grad_(True)
     net.eval()  # BatchNorm keeps its statistics: few-shot batches are too small to estimate new ones
     # A pruned model stays pruned: zeros of conv/linear weights are restored after every step.
@@ -73,10 +76,12 @@ def full_finetune(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, 
     opt = torch.optim.SGD(net.parameters(), lr=spec.train.lr, momentum=0.9)
     amp = device.type == "cuda"
 
+    x_dev, y_dev = train_x.to(device), train_y.to(device)  # on the device once, not per step
+
     def loss_of(idx):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = net(to_canvas(train_x[idx].to(device), meta))
-        return F.cross_entropy(out.float(), train_y[idx].to(device))
+            out = net(to_canvas(x_dev[idx], meta, dtype))
+        return F.cross_entropy(upcast(out), y_dev[idx])
 
     @torch.no_grad()
     def keep_pruned():
@@ -84,10 +89,11 @@ def full_finetune(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, 
             w.mul_(keep)
 
     t0 = time.perf_counter()
-    loss = fit(loss_of, len(train_x), spec, opt, keep_pruned)
+    loss = fit_one(loss_of, len(train_x), spec, opt, device, keep_pruned)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
-        logits = torch.cat([net(to_canvas(test_x[i:i + spec.train.eval_batch_size].to(device), meta)).float().cpu()
-                            for i in range(0, len(test_x), spec.train.eval_batch_size)])
+        bs = spec.train.eval_batch_size
+        logits = torch.cat([upcast(net(to_canvas(test_x[i:i + bs].to(device), meta, dtype)))
+                            for i in range(0, len(test_x), bs)]).cpu()
     return TrainOutput(run_metrics(logits, test_y, spec), None, loss, train_s, time.perf_counter() - t0)

@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.methods import METHODS, MethodMeta
+from workers.methods.base import METHODS, MethodMeta
 from workers.metrics import run_metrics
 from workers.models import ModelMeta
 from workers.spec import RunSpec
-from workers.train import Task, TrainOutput, fit, prompt_tensors
+from workers.train import Task, TrainOutput, fit_one, model_dtype, prompt_tensors, upcast
 
 PATCH = 16
 SOURCES_PER_CLASS = 10
@@ -105,7 +105,7 @@ def _check_tokens(task: Task) -> int:
 
 @torch.no_grad()
 def _source_logits(model: nn.Module, prog: Reprogrammer, x: torch.Tensor, bs: int, device) -> torch.Tensor:
-    return torch.cat([model(prog(x[i:i + bs].to(device))).float().cpu() for i in range(0, len(x), bs)])
+    return torch.cat([upcast(model(prog(x[i:i + bs].to(device)))) for i in range(0, len(x), bs)]).cpu()
 
 
 @torch.no_grad()
@@ -124,18 +124,18 @@ def reprogram(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, devi
     vocab = _check_tokens(task)
     sources = round_robin_sources(meta.num_classes, task.num_classes).to(device)
     torch.manual_seed(spec.seed)
-    prog = Reprogrammer(vocab, meta.input_size, meta.mean, meta.std).to(device)
+    prog = Reprogrammer(vocab, meta.input_size, meta.mean, meta.std).to(device=device, dtype=model_dtype(model))
     opt = torch.optim.Adam(prog.parameters(), lr=cfg.lr)
     amp = device.type == "cuda"  # bf16 autocast on GPU only, as in the VP loop
+    x_dev, y_dev = task.train_x.to(device), task.train_y.to(device)  # on the device once, not per step
 
     def loss_of(idx):
-        x, y = task.train_x[idx].to(device, non_blocking=True), task.train_y[idx].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(prog(x))
-        return F.cross_entropy(max_mapped_logits(out.float(), sources), y)
+            out = model(prog(x_dev[idx]))
+        return F.cross_entropy(max_mapped_logits(upcast(out), sources), y_dev[idx])
 
     t0 = time.perf_counter()
-    loss = fit(loss_of, len(task.train_x), spec, opt)
+    loss = fit_one(loss_of, len(task.train_x), spec, opt, device)
     train_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()

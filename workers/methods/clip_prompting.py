@@ -36,13 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.methods import METHODS, MethodMeta  # first: methods imports baselines and the other method modules
-from workers.train import to_canvas
 from workers.mapping import frequency_matrix, greedy_mapping
+from workers.methods.base import METHODS, MethodMeta
 from workers.metrics import run_metrics
 from workers.models import ModelMeta
 from workers.spec import RunSpec
-from workers.train import Task, TrainOutput, prompt_tensors
+from workers.train import Task, TrainOutput, fit_one, prompt_tensors, to_canvas
 
 VP_TEMPLATE = "This is a photo of a {}"  # Bahng et al.'s main_clip.py
 DEFAULT_TEMPLATE = "This is a photo of a {}."  # ILM-VP's tools/clip/templates.py
@@ -152,39 +151,34 @@ def train_clip_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSp
     opt = torch.optim.SGD(prompter.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=0)
     total = cfg.epochs * math.ceil(len(train_x) / cfg.batch_size)
     warmup = 0 if ilm else min(MAX_WARMUP, total // 10)
-    mapping = torch.arange(num_target)  # clip_vp: class k reads text row k
+    state = {"mapping": torch.arange(num_target)}  # clip_vp: class k reads text row k
     if ilm and cfg.epochs == 0:
-        mapping = ilm_mapping(model, meta, prompter, text, train_x, train_y, num_target, cfg.eval_batch_size, device)
-    gen = torch.Generator().manual_seed(spec.seed)
-    amp = device.type == "cuda"  # bf16 autocast on GPU, as train_prompt
-    step, loss_sum, n_seen = 0, 0.0, 0
-    for epoch in range(cfg.epochs):
+        state["mapping"] = ilm_mapping(model, meta, prompter, text, train_x, train_y, num_target,
+                                       cfg.eval_batch_size, device)
+    state["mapped"] = text[state["mapping"].to(device)]
+    amp = device.type == "cuda"  # bf16 autocast on GPU, as the VP loop
+    x_dev, y_dev = train_x.to(device), train_y.to(device)  # on the device once, not per step
+
+    def start_epoch(epoch: int) -> None:
         if ilm:
-            mapping = ilm_mapping(model, meta, prompter, text, train_x, train_y, num_target, cfg.eval_batch_size,
-                                  device)
-        mapped = text[mapping.to(device)]
-        perm = torch.randperm(len(train_x), generator=gen)
-        loss_sum, n_seen = 0.0, 0
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            x, y = train_x[idx].to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(clip_logits(model, prompter(to_canvas(x, meta)), mapped).float(), y)
-            opt.param_groups[0]["lr"] = lr_at(step, cfg.lr, warmup, total)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_sum += loss.item() * len(idx)
-            n_seen += len(idx)
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss is not finite at epoch {epoch + 1}/{cfg.epochs}")
+            state["mapping"] = ilm_mapping(model, meta, prompter, text, train_x, train_y, num_target,
+                                           cfg.eval_batch_size, device)
+            state["mapped"] = text[state["mapping"].to(device)]
+
+    def loss_of(idx):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = clip_logits(model, prompter(to_canvas(x_dev[idx], meta)), state["mapped"])
+        return F.cross_entropy(logits.float(), y_dev[idx])
+
+    loss = fit_one(loss_of, len(train_x), spec, opt, device, lr_at=lambda step: lr_at(step, cfg.lr, warmup, total),
+                   start_epoch=start_epoch)
     train_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    mapping = state["mapping"]
     logits = prompted_logits(model, meta, prompter, text[mapping.to(device)], task.test_x, cfg.eval_batch_size, device)
     metrics = run_metrics(logits, task.test_y, spec)
-    return TrainOutput(metrics, mapping.tolist() if ilm else None, loss_sum / max(n_seen, 1), train_seconds,
+    return TrainOutput(metrics, mapping.tolist() if ilm else None, loss, train_seconds,
                        time.perf_counter() - t0, prompt=prompt_tensors(prompter))
 
 

@@ -1,16 +1,16 @@
-"""Transfer methods: the visual-prompting label mappings (rlm, flm, ilm, ...) and the classic baselines,
-linear probing (lp) and full fine-tuning (ff). Each is `(model, meta, task, spec, device) -> TrainOutput`
-(`workers.train.Task`: the run's training subset, test split and class names).
+"""The method registry and its metadata, kept apart from __init__ so the method modules import it without a cycle.
+
+A method is `(model, meta, task, spec, device) -> TrainOutput` (`workers.train.Task`: the run's training subset,
+test split and class names). A method that can train several runs in one pass of the frozen model also registers
+a batched form in `BATCHED`: `(model, meta, tasks, specs, device) -> [TrainOutput or the run's exception]`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from workers.mapping import LABEL_MAPPINGS
 from workers import schemas
 from workers.registry import Registry
-from workers.train import train_prompt
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,4 @@ class MethodMeta:
 
 
 METHODS = Registry("method", schemas.METHODS)  # one-line help: workers/schemas/methods.py
-
-# Every label mapping is a VP method of the same name, trained by the one prompt loop.
-for _name in LABEL_MAPPINGS.names():
-    METHODS.register(_name, meta=MethodMeta("vp", prompt="pad"))(train_prompt)
-
-from workers import baselines, clip_prompting, crossmodal  # noqa: E402,F401  (registers lp, ff, clip_*, reprogram)
+BATCHED = Registry("batched method")  # the methods whose runs can share one pass of the frozen model
