@@ -6,7 +6,7 @@
 - loop:     benchmark (a): vpgrid's training loop over that bare step, same model, batch and device.
 - protocol: benchmark (c): one small ILM-VP task (demo_cnn on digits) through vpgrid (shared model, test split
             once) and through the reference scripts' protocol (test split every epoch, model built per run).
-- batching: benchmark (b), prompt batching over one-at-a-time: workers/bench_batching.py, when it exists.
+- batching: benchmark (b), prompt batching over one-at-a-time: workers/bench_batching.py.
 
 Run as `python -m workers.bench NAME [...]`; the `vpgrid bench` command imports this module only when asked.
 """
@@ -150,7 +150,7 @@ def bench_train(models: list[str] | None = None, batch: int | None = None, steps
 def loop_images_per_s(model, meta, task: Task, spec: RunSpec, device: torch.device) -> float:
     """Training images/s of vpgrid's VP loop on `task` (the test split is evaluated after, outside the timing).
     The one call into the loop: repoint it here when the loop changes."""
-    from workers.train import train_prompt
+    from workers.methods.vp import train_prompt
 
     out = train_prompt(model, meta, task, spec, device)
     return spec.train.epochs * len(task.train_y) / out.train_seconds
@@ -224,12 +224,10 @@ def bench_protocol(seeds: int = 3, shots: int = 10, epochs: int = 20) -> dict:
 
 
 def bench_batching() -> dict:
-    """(b): prompt batching over one-at-a-time, from workers/bench_batching.py (its owner adds it)."""
-    try:
-        from workers.bench_batching import bench_batching as impl
-    except ImportError:
-        raise RuntimeError("benchmark 'batching' is not there yet (workers/bench_batching.py)") from None
-    return impl()
+    """(b): runs/hour with prompt batching over one at a time, for 1-, 10- and 50-shot cells (workers/bench_batching.py)."""
+    from workers.bench_batching import bench_prompt_batching
+
+    return {"bench": "batching", **bench_prompt_batching()}
 
 
 BENCHES = {"train": bench_train, "loop": bench_loop, "protocol": bench_protocol, "batching": bench_batching}
