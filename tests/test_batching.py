@@ -167,3 +167,46 @@ def test_demo_setting_batched_is_close_to_alone_in_float32(tmp_path):
         torch.testing.assert_close(b.prompt["prompt"], a.prompt["prompt"], rtol=1e-3, atol=1e-4)
     assert all(math.isfinite(b.final_train_loss) for b in batched)
     assert LABEL_MAPPINGS.meta("ilm").schedule == "every_epoch"
+
+
+def test_batches_group_a_cells_vp_runs_and_honour_prompt_batch():
+    from orchestrator.grid import expand, parse_grid
+    from tests.conftest import TINY
+    from workers.run import batch_key, batches
+
+    runs = expand(parse_grid(TINY.replace("methods: [rlm, flm, ilm]", "methods: [rlm, flm, ilm, lp]")))
+    groups = batches(runs)
+    assert sorted(r.run_key for g in groups for r in g) == sorted(r.run_key for r in runs)
+    for g in groups:
+        assert len({batch_key(r) for r in g}) == 1
+        assert all(r.method == "lp" for r in g) == (len(g) == 1 and g[0].method == "lp")
+    # 2 variants x 2 shots: cells of 6 VP runs (3 mappings x 2 seeds), and every lp run alone
+    assert sorted(len(g) for g in groups) == [1] * 8 + [6] * 4
+    assert sorted(len(g) for g in batches(runs, cap=lambda spec: 4)) == [1] * 8 + [3] * 8  # even pieces
+    two = [dataclasses.replace(r, train=dataclasses.replace(r.train, prompt_batch=2)) for r in runs]
+    assert sorted(len(g) for g in batches(two)) == [1] * 8 + [2] * 12
+    assert [r.run_key for r in two] == [r.run_key for r in runs]  # how runs execute is not in their key
+    back = RunSpec.from_dict(two[0].to_dict())
+    assert back.train.prompt_batch == 2 and back == two[0] and back.run_key == runs[0].run_key
+
+
+def test_a_pack_trained_in_batches_gives_the_rows_of_its_runs_alone(tmp_path, monkeypatch):
+    """Through the worker's whole path (few-shot subsets, shared device copies, rows): a pack of two cells."""
+    from orchestrator.grid import expand, parse_grid
+    from tests.conftest import TINY
+    from workers.run import Context, run, run_pack
+    import workers.run as wr
+
+    runs = [r for r in expand(parse_grid(TINY)) if r.compression == "dense"]
+    sizes = []
+    real = wr.run_group
+    monkeypatch.setattr(wr, "run_group", lambda specs, ctx: sizes.append(len(specs)) or real(specs, ctx))
+    rows = {r.run_key: r for r in run_pack(runs, tmp_path)}
+    assert sorted(sizes) == [6, 6]
+    ctx = Context(tmp_path, CPU)
+    for spec in runs:
+        alone, batched = run(spec, ctx), rows[spec.run_key]
+        assert batched.status == alone.status == "ok", (batched.error, alone.error)
+        assert batched.label_mapping == alone.label_mapping and batched.n_train == alone.n_train
+        assert batched.accuracy == pytest.approx(alone.accuracy, abs=1.5 / alone.n_test)
+        assert batched.final_train_loss == pytest.approx(alone.final_train_loss, rel=1e-4)

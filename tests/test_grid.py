@@ -196,7 +196,8 @@ def test_the_paper_grid():
 PAPER_RUN_KEYS = "a17867c3a688f2d8930aa315317f4d371ec746e847acdfcb6020e64caf501ecc"
 PAPER_VARIANT_KEYS = "c87584ceef7ecef3dbad15005a2eeadc00142c3b8c4d1ed547fdb5ddedc1f9c1"
 PAPER_SPECS = "fb6544dc5ea361b25c02ca068cca77669e85c4f96d48c30b0d1cc72f919e0c0e"
-PAPER_TRIAL_IDS = "d6d466bacae0b43abdc8b2afe186a16cbd113d0143f587c168bb3779bf694f32"
+# Re-pinned when packing began to keep each cell (the seeds x label mappings of one shots) whole, pack_size 18.
+PAPER_TRIAL_IDS = "f545c1ddb412a77de94ad20ac5003f0b917b203895fd2b736c03d27fe9ab710e"
 
 
 def _digest(lines) -> str:

@@ -156,7 +156,7 @@ def train_prompts(model: nn.Module, meta: ModelMeta, tasks: list[Task], specs: l
     The runs must share the training schedule (spec.train) and the training-set size."""
     for task, spec in zip(tasks, specs):
         require_images(task, spec.method)
-    if len({s.train for s in specs}) > 1 or len({len(t.train_x) for t in tasks}) > 1:
+    if len({s.train.canonical for s in specs}) > 1 or len({len(t.train_x) for t in tasks}) > 1:
         raise ValueError("runs trained together need one training schedule and one training-set size")
     t0 = time.perf_counter()
     job = PromptJob(model, meta, tasks, specs, device)
