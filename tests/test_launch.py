@@ -78,7 +78,7 @@ def test_launch_end_to_end_and_relaunch_runs_nothing(tmp_path):
     runs = expand(parse_grid(g.read_text()))
     assert sorted(df["run_key"]) == sorted(r.run_key for r in runs)
     assert (df["status"] == "ok").all(), df["error"].dropna().tolist()
-    assert df["trial"].nunique() == 6 and len(raw_keys(store)) == len(runs)  # compacted, one row per run
+    assert df["trial"].nunique() == 8 and len(raw_keys(store)) == len(runs)  # cells of 6 in pieces of 3; compacted
     out, err = finish(start(["launch", str(g), "--store", "s", "-q"], tmp_path))
     assert "nothing to run: all 24 runs" in err
     assert json.loads(subprocess.run(VPGRID + ["status", "s", "--json"], cwd=tmp_path, env=ENV, capture_output=True,

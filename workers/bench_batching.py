@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from workers.run import Context, default_device, run_group
+from workers.run import Context, auto_prompt_batch, batches, default_device, run_group
 from workers.spec import RunSpec, TrainConfig
 
 PAPER_BATCH = {1: 8, 10: 32, 50: 64}
@@ -29,8 +29,9 @@ def bench_prompt_batching(model: str = "demo_cnn", model_args: dict | None = Non
                           input_size: int | None = 16, shots: tuple[int, ...] = (1, 10, 50), epochs: int = 3,
                           seeds: tuple[int, ...] = (1, 2, 3), methods: tuple[str, ...] = ("rlm", "flm", "ilm"),
                           device: str | None = None, cache_dir: str | None = None) -> dict:
-    """{"device", "model", "dataset", "epochs", "cells": {shots: {runs, alone_runs_per_hour, batched_runs_per_hour,
-    speedup, same_mappings}}}. `same_mappings`: the two ways gave the same label mappings (they should)."""
+    """{"device", "model", "dataset", "epochs", "cells": {shots: {runs, prompt_batches, alone_runs_per_hour,
+    batched_runs_per_hour, speedup, same_mappings}}}. Batched as a worker batches with `prompt_batch: auto`
+    (`prompt_batches`: the runs in each batch). `same_mappings`: both ways gave the same label mappings."""
     dev = torch.device(device) if device else default_device()
     ctx = Context(Path(cache_dir or tempfile.mkdtemp(prefix="vpgrid-bench-")), dev)
     out = {"device": str(dev), "model": model, "dataset": dataset, "epochs": epochs, "cells": {}}
@@ -40,14 +41,16 @@ def bench_prompt_batching(model: str = "demo_cnn", model_args: dict | None = Non
         t0 = time.perf_counter()
         alone = [run_group([s], ctx)[0] for s in specs]
         t_alone = time.perf_counter() - t0
+        groups = batches(specs, lambda spec: auto_prompt_batch(spec, ctx, None))  # as a worker does, prompt_batch auto
         t0 = time.perf_counter()
-        batched = run_group(specs, ctx)
+        batched = [row for g in groups for row in run_group(g, ctx)]
         t_batched = time.perf_counter() - t0
         bad = [r.error for r in alone + batched if r.status != "ok"]
         if bad:
             raise RuntimeError(f"benchmark run failed: {bad[0]}")
         out["cells"][str(k)] = {
-            "runs": len(specs), "alone_runs_per_hour": 3600 * len(specs) / t_alone,
+            "runs": len(specs), "prompt_batches": [len(g) for g in groups],
+            "alone_runs_per_hour": 3600 * len(specs) / t_alone,
             "batched_runs_per_hour": 3600 * len(specs) / t_batched, "speedup": t_alone / t_batched,
             "same_mappings": [a.label_mapping for a in alone] == [b.label_mapping for b in batched]}
     return out

@@ -288,7 +288,7 @@ def batch_key(spec: RunSpec) -> tuple | None:
             spec.train.canonical)
 
 
-def _auto_cap(spec: RunSpec, ctx: Context, gpu_share: float | None) -> int | None:
+def auto_prompt_batch(spec: RunSpec, ctx: Context, gpu_share: float | None) -> int | None:
     """How many of these runs `train.prompt_batch: auto` trains at once (`train.prompt_batch_cap`)."""
     from workers.train import prompt_batch_cap
 
@@ -329,5 +329,5 @@ def run_pack(specs: Iterable[RunSpec], cache_dir: Path, trial: str = "", device:
         ctx.variants, ctx.datasets = _LAST.variants, _LAST.datasets
     _LAST = ctx
     specs = list(specs)
-    for group in batches(specs, lambda spec: _auto_cap(spec, ctx, gpu_share)):
+    for group in batches(specs, lambda spec: auto_prompt_batch(spec, ctx, gpu_share)):
         yield from run_group(group, ctx)

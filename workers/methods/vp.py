@@ -174,9 +174,10 @@ def train_prompts(model: nn.Module, meta: ModelMeta, tasks: list[Task], specs: l
         eval_seconds = (time.perf_counter() - t0) / len(live)
         for r, lg in zip(live, logits):
             k = r.k
+            epoch_acc = job.epoch_acc[k] if r.spec.train.eval_every else None
             outs[k] = TrainOutput(run_metrics(lg, tasks[k].test_y, r.spec), job.mappings[k].cpu().tolist(), r.loss,
-                                  train_seconds, eval_seconds, epoch_accuracy=job.epoch_acc[k] if r.spec.train.eval_every
-                                  else None, prompt=prompt_tensors(job.prompters[k]))
+                                  train_seconds, eval_seconds, epoch_accuracy=epoch_acc,
+                                  prompt=prompt_tensors(job.prompters[k]))
     return outs
 
 
