@@ -17,7 +17,7 @@ import yaml
 from orchestrator.launch import LaunchError, check_address
 from orchestrator.store import Store
 
-AGENT_WAIT_S = 90.0
+AGENT_WAIT_S = 180.0  # a loaded head can take minutes to start its job agent
 
 
 def job_entrypoint(store: str, args: list[str], data_root: Optional[str]) -> str:
