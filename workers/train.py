@@ -231,9 +231,10 @@ def memory_budget(device: torch.device, gpu_share: float | None = None) -> float
     return 0.25 * psutil.virtual_memory().available
 
 
-# On the CPU a step's images stop getting cheaper once its layer outputs outgrow ~200 MB: the demo CNN trained
-# 441 images/s at batch 8, 700 at 128 (~190 MB) and 520 at 384 (measured on 2 cores, one thread).
-CPU_STEP_BYTES = 200 * 2**20
+# On the CPU larger steps stop paying once a step's layer outputs pass ~150 MB. Measured with the demo CNN (one
+# thread, 2-core machine; bench_batching): 9-run cells of 1 shot (batch 8) ran 1.33x faster as one batch, of 10
+# shots (batch 32, 45 MB) 1.1-1.3x in batches of 3, of 50 shots (batch 64, 90 MB) 0.84-0.94x in batches of 2.
+CPU_STEP_BYTES = 144 * 2**20
 
 
 def prompt_batch_cap(model: nn.Module, canvas: int, batch_size: int, device: torch.device,
