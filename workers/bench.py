@@ -25,6 +25,7 @@ from unittest.mock import patch
 
 import torch
 
+from workers.fold import fold_batchnorm
 from workers.models import build_model
 from workers.prompts import PadPrompter
 from workers.run import Context, _channels_last, default_device, run
@@ -80,7 +81,8 @@ class Bare:
         t0 = time.perf_counter()
         with _no_zero_shot_head(model):
             built, self.meta = build_model(model, "random", dict(args or {}), Path(tempfile.gettempdir()))
-        self.net = _channels_last(built.model).to(device)
+        # as a run reads it: eval mode, BatchNorm folded into the convolutions, channels-last
+        self.net = fold_batchnorm(_channels_last(built.model).eval().requires_grad_(False)).to(device)
         self.image = min(128, self.meta.input_size // 2)  # a target image inside the canvas, as VP pads it
         self.prompter = PadPrompter(self.meta.input_size, self.image, self.meta.mean, self.meta.std).to(device)
         self.opt = torch.optim.Adam(self.prompter.parameters(), lr=0.01)

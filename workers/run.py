@@ -22,6 +22,7 @@ from workers.checkpoints import resolve
 from workers.compression import compress, data_dependent
 from workers.data import Crop, Splits, cached_dataset
 from workers.data.fewshot import few_shot_indices
+from workers.fold import fold_batchnorm
 from workers.models import ModelMeta, build_model
 from workers.methods import BATCHED, METHODS
 from workers.spec import RunResult, RunSpec
@@ -54,6 +55,11 @@ class Variant:
     act_bits: int | None
     setup_seconds: float
     upstream_accuracy: float | None = None
+    frozen: torch.nn.Module | None = None  # `model` with BatchNorm folded in, for the methods that do not train it
+
+    def model_for(self, method: str) -> torch.nn.Module:
+        """Full fine-tuning trains the model as compressed; every other method reads the folded copy."""
+        return self.model if METHODS.meta(method).kind == "ff" or self.frozen is None else self.frozen
 
 
 @dataclass
@@ -101,11 +107,13 @@ class Context:
                 args["checkpoint"] = checkpoint  # the file-backed entries check it is there
             model, report = compress(model, spec.compression, args, calib=calib)
             model = _channels_last(model).eval().requires_grad_(False).to(self.device)
-            upstream = upstream_accuracy(model, meta, hash_json([str(k) for k in key]), self.data_root,
+            frozen = fold_batchnorm(model)
+            upstream = upstream_accuracy(frozen, meta, hash_json([str(k) for k in key]), self.data_root,
                                          self.cache_dir, self.device)
             self.variants[key] = Variant(model, meta, built.weights_source, report.sparsity,
                                          json.dumps(report.layer_sparsity), sum(p.numel() for p in model.parameters()),
-                                         report.weight_bits, report.act_bits, time.perf_counter() - t0, upstream)
+                                         report.weight_bits, report.act_bits, time.perf_counter() - t0, upstream,
+                                         frozen)
         return self.variants[key]
 
     def _calibration_batch(self, spec: RunSpec, meta: ModelMeta) -> torch.Tensor:
@@ -199,14 +207,14 @@ def _train(specs: list[RunSpec], tasks: list[Task], variant: Variant, device) ->
     as a whole (not one run alone: e.g. out of memory), each run is trained alone, so a failure stays its own."""
     if len(specs) > 1:
         try:
-            return BATCHED.get(specs[0].method)(variant.model, variant.meta, tasks, specs, device)
+            return BATCHED.get(specs[0].method)(variant.model_for(specs[0].method), variant.meta, tasks, specs, device)
         except Exception as e:
             if isinstance(e, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
     outs = []
     for spec, task in zip(specs, tasks):
         try:
-            outs.append(METHODS.get(spec.method)(variant.model, variant.meta, task, spec, device))
+            outs.append(METHODS.get(spec.method)(variant.model_for(spec.method), variant.meta, task, spec, device))
         except Exception as e:  # one failing run must not take down the others
             outs.append(e)
     return outs
