@@ -226,6 +226,14 @@ def _matrix(values, width: int, dtype=float):
     return out
 
 
+def _ok_with(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The finished runs that hold a list in `column` (empty when none does, or the store has no such column)."""
+    ok = runs[runs["state"] == "ok"] if len(runs) else runs
+    if ok.empty or column not in ok:
+        return ok.iloc[0:0]
+    return ok[_lists(ok[column])]
+
+
 def reliability(runs: pd.DataFrame) -> pd.DataFrame:
     """Reliability diagram data pooled over seeds: one row per (configuration, bin) with count (images in the
     bin, summed over seeds), confidence and accuracy (count-weighted means over seeds), `runs` (ok runs with
@@ -233,10 +241,7 @@ def reliability(runs: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
 
     cols = KEYS + ["variant", "rank", "budget", "bin", "bins", "lo", "hi", "count", "confidence", "accuracy", "runs"]
-    ok = runs[runs["state"] == "ok"] if len(runs) else runs
-    if ok.empty or "reliability_count" not in ok:
-        return pd.DataFrame(columns=cols)
-    ok = ok[_lists(ok["reliability_count"])]
+    ok = _ok_with(runs, "reliability_count")
     if ok.empty:
         return pd.DataFrame(columns=cols)
     nb = int(ok["reliability_count"].map(len).max())
@@ -266,10 +271,7 @@ def label_maps(runs: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
 
     cols = KEYS + ["variant", "rank", "budget", "target", "source", "agree", "runs"]
-    ok = runs[runs["state"] == "ok"] if len(runs) else runs
-    if ok.empty or "label_mapping" not in ok:
-        return pd.DataFrame(columns=cols)
-    ok = ok[_lists(ok["label_mapping"])]
+    ok = _ok_with(runs, "label_mapping")
     if ok.empty:
         return pd.DataFrame(columns=cols)
     cfg = ok.groupby(KEYS, dropna=False, sort=False).ngroup().to_numpy()

@@ -147,41 +147,50 @@ def _variant_colours(data: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
     return names, {**dict(zip(comp, colours(len(comp)))), "dense": DENSE}
 
 
+def _lines(data: pd.DataFrame, title: str, key: str, names: list, labels: list[str], order: str, ticks: list[str],
+           xlabel: str, ylabel: str, draw):
+    """What both line figures share: a panel per dataset, a line per value of `key` (`names`, in order) drawn
+    by draw(ax, i, name, rows sorted by `order`) -> its handle; the legend lists what was drawn."""
+    datasets = list(dict.fromkeys(data["dataset"]))
+    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, ticks)
+    handles = {}
+    by = {k: g for k, g in data.groupby(["dataset", key], sort=False)}
+    for ax, ds in zip(axes, datasets):
+        for i, name in enumerate(names):
+            line = by.get((ds, name))
+            if line is not None:
+                handles[name] = draw(ax, i, name, line.sort_values(order))
+        ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
+    _outer(fig, axes, xlabel, ylabel, ticks)
+    _legend(fig, [handles[n] for n in names if n in handles], [lab for n, lab in zip(names, labels) if n in handles])
+    return fig
+
+
 def lines_vs_budget(data: pd.DataFrame, title: str, ylabel: str, scale: float):
     """One panel per dataset; x: data budget (categorical, ascending, 'full' last); one line per variant
     (dense black, then least -> most compressed); band: ± one std over seeds. `data`: summarize() rows."""
-    datasets = list(dict.fromkeys(data["dataset"]))
     budgets = data.drop_duplicates("budget").sort_values("budget_rank")["budget"].tolist()
-    ticks = [b.replace("-shot", "") for b in budgets]
     xpos = {b: i for i, b in enumerate(budgets)}
     variants, colour = _variant_colours(data)
     labels = [f"{v} ({_n_text(data.loc[data['variant'] == v, 'n'])})" for v in variants]
-    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, ticks)
-    handles = {}
-    by = {k: g for k, g in data.groupby(["dataset", "variant"], sort=False)}
-    for ax, ds in zip(axes, datasets):
-        for i, v in enumerate(variants):
-            line = by.get((ds, v))
-            if line is None:
-                continue
-            line = line.sort_values("budget_rank")
-            x = [xpos[b] for b in line["budget"]]
-            y, s = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
-            (handles[v],) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[v], lw=1.5, ms=4)
-            lo, hi = y - s, y + s
-            if scale == 100:  # a percentage: the band stays within 0-100
-                lo, hi = lo.clip(0, 100), hi.clip(0, 100)
-            ax.fill_between(x, lo, hi, color=colour[v], alpha=0.15, lw=0)
-        ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
-    _outer(fig, axes, "training images per class", ylabel, ticks)
-    _legend(fig, [handles[v] for v in variants if v in handles], [lab for v, lab in zip(variants, labels) if v in handles])
-    return fig
+
+    def draw(ax, i, v, line):
+        x = [xpos[b] for b in line["budget"]]
+        y, s = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
+        (handle,) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[v], lw=1.5, ms=4)
+        lo, hi = y - s, y + s
+        if scale == 100:  # a percentage: the band stays within 0-100
+            lo, hi = lo.clip(0, 100), hi.clip(0, 100)
+        ax.fill_between(x, lo, hi, color=colour[v], alpha=0.15, lw=0)
+        return handle
+
+    return _lines(data, title, "variant", variants, labels, "budget_rank", [b.replace("-shot", "") for b in budgets],
+                  "training images per class", ylabel, draw)
 
 
 def lines_vs_level(data: pd.DataFrame, title: str, ylabel: str, scale: float, xlabel: str):
     """One panel per dataset; x: dense then each level, least -> most compressed (categorical); one line per
     method, dodged sideways so error bars (± one std over seeds) do not hide each other."""
-    datasets = list(dict.fromkeys(data["dataset"]))
     levels = data.drop_duplicates("rank").sort_values("rank")["variant"].tolist()
     ticks = [v.split(" ")[-1] if i else v for i, v in enumerate(levels)]
     ranks = sorted(data["rank"].unique())
@@ -189,25 +198,17 @@ def lines_vs_level(data: pd.DataFrame, title: str, ylabel: str, scale: float, xl
     colour = dict(zip(methods, colours(len(methods))))
     labels = [f"{m} ({_n_text(data.loc[data['method'] == m, 'n'])})" for m in methods]
     width = 0.25 if len(methods) > 1 else 0.0
-    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, ticks)
-    handles = {}
-    by = {k: g for k, g in data.groupby(["dataset", "method"], sort=False)}
-    for ax, ds in zip(axes, datasets):
-        for i, m in enumerate(methods):
-            line = by.get((ds, m))
-            if line is None:
-                continue
-            line = line.sort_values("rank")
-            off = (i - (len(methods) - 1) / 2) * width / max(len(methods) - 1, 1)
-            x = [ranks.index(r) + off for r in line["rank"]]
-            y, e = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
-            (handles[m],) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[m], lw=1.5, ms=4)
-            lo, hi = (y - e).clip(0), (y + e).clip(None, 100 if scale == 100 else None)  # the metrics are >= 0
-            ax.vlines(x, lo, hi, color=colour[m], lw=1.2)  # one collection: errorbar() cost 10 ms a call
-        ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
-    _outer(fig, axes, xlabel, ylabel, ticks)
-    _legend(fig, [handles[m] for m in methods if m in handles], [lab for m, lab in zip(methods, labels) if m in handles])
-    return fig
+
+    def draw(ax, i, m, line):
+        off = (i - (len(methods) - 1) / 2) * width / max(len(methods) - 1, 1)
+        x = [ranks.index(r) + off for r in line["rank"]]
+        y, e = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
+        (handle,) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[m], lw=1.5, ms=4)
+        lo, hi = (y - e).clip(0), (y + e).clip(None, 100 if scale == 100 else None)  # the metrics are >= 0
+        ax.vlines(x, lo, hi, color=colour[m], lw=1.2)  # one collection: errorbar() cost 10 ms a call
+        return handle
+
+    return _lines(data, title, "method", methods, labels, "rank", ticks, xlabel, ylabel, draw)
 
 
 def reliability_diagrams(data: pd.DataFrame, title: str):
