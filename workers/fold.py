@@ -66,14 +66,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             if conv.bias is not None:
                 shift = shift + conv.bias.double() * scale
             w = conv.weight
-            folded = (w.double() * scale.view(-1, 1, 1, 1)).to(w.dtype)
-            conv.weight = nn.Parameter(folded.contiguous(memory_format=_format(w)), requires_grad=w.requires_grad)
+            folded = (w.double() * scale.view(-1, 1, 1, 1)).to(w.dtype)  # keeps w's layout (channels-last)
+            conv.weight = nn.Parameter(folded, requires_grad=w.requires_grad)
             conv.bias = nn.Parameter(shift.to(w.dtype), requires_grad=w.requires_grad)
         parent, _, name = b.rpartition(".")
         setattr(out.get_submodule(parent) if parent else out, name, nn.Identity())
     return out
 
-
-def _format(w: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if w.ndim == 4 and w.is_contiguous(memory_format=torch.channels_last) \
-        and not w.is_contiguous() else torch.contiguous_format
