@@ -31,9 +31,14 @@ FAMILY_TITLES = {
     "table1": "Table 1: accuracy drop per architecture and compression",
     "table2": "Table 2: accuracy at the largest data budget, dense vs compressed, per method",
     "table3": "Tables 3–4: accuracy across models (per study and method, largest data budget)",
+    "classwise": "Class-wise impact: per-class accuracy, compressed − dense",
+    "lottery": "Lottery-ticket Δ heat-map: accuracy cost per level and dataset",
+    "prompts": "Learned prompts, dense vs compressed",
+    "best_epoch": "Best-epoch accuracy beside the last epoch's",
 }
 RUN_COLUMNS = ["run_key", "state", "in_grid", "study", "model", "setup", "compression", "level", "level_key", "variant",
-               "rank", "method", "dataset", "shots", "budget", "budget_rank", "seed", "error"]
+               "rank", "method", "dataset", "shots", "budget", "budget_rank", "seed", "error", "classes",
+               *F.METRIC_INFO, "best_epoch_accuracy", "prompt_path"]
 MAX_LISTED = 25  # missing runs listed under each item; all of them are in missing.csv
 MAX_TARGETS = 30  # target classes drawn in a label-mapping figure; all are in its CSV
 MAX_LEVELS = 3  # compressed levels drawn beside dense in a label-mapping figure
@@ -130,11 +135,46 @@ def _budget_phrase(runs: pd.DataFrame) -> str:
         "at each dataset's largest data budget"
 
 
-def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.DataFrame, opts: Options) -> list[Entry]:
+LEVEL_TICK = {"sparsity": lambda v: f"{100 * v:g}%", "bits": lambda v: f"{v:g}", "ratio": lambda v: f"{v:g}×",
+              "round": lambda v: f"{v:g}"}
+DENSE_TICK = {"sparsity": "0% (dense)", "bits": "32 (float)", "ratio": "1× (dense)", "round": "0 (dense)"}
+
+
+def level_ticks(levels: pd.DataFrame, lk: str) -> list[str]:
+    """Tick labels of a level axis, dense first, with the level's unit (`levels`: rank, level, variant)."""
+    fmt = LEVEL_TICK.get(lk)
+    return [(DENSE_TICK.get(lk, "dense") if r == 0 else fmt(lv) if fmt and not math.isnan(lv) else v.split(" ")[-1])
+            for r, lv, v in zip(levels["rank"], levels["level"], levels["variant"])]
+
+
+def _chance(runs: pd.DataFrame) -> dict:
+    """dataset -> 1 / its number of target classes (from the finished runs' per-class accuracy)."""
+    k = runs.groupby("dataset")["classes"].max() if len(runs) and "classes" in runs else pd.Series(dtype=float)
+    return {ds: 1.0 / c for ds, c in k.items() if c and not math.isnan(c)}
+
+
+def method_colours(runs: pd.DataFrame) -> dict:
+    """method -> its colour in every figure of the report (the grid's order of methods)."""
+    from orchestrator.plots import colours
+
+    methods = list(dict.fromkeys(runs["method"])) if len(runs) else []
+    return dict(zip(methods, colours(len(methods))))
+
+
+def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.DataFrame, opts: Options,
+         paired: Optional[pd.DataFrame] = None, extra: Optional[dict] = None) -> list[Entry]:
+    """Every entry of the report. `extra`: classes (F.class_accuracy) and read_prompt (run_key -> safetensors
+    bytes or None) for the paper's remaining figures (orchestrator.paper_figures)."""
+    from orchestrator import cost as C
+    from orchestrator import paper_figures as P2
+
     out: list[Entry] = []
     fams = F.families_of(runs) if len(runs) else []
     ece_metric = "ece" if opts.ece == "proper" else "ece_paper"
     kl_metric = "kl_incorrect" if opts.kl == "proper" else "kl_incorrect_paper"
+    colour = method_colours(runs)
+    chance = _chance(runs)
+    paired = paired if paired is not None else C.pairs(runs)
     # each frame split once by (study, model, setup); a family then filters a small part by compression
     parts = {name: _by_model(df) for name, df in (("runs", runs), ("sum", summary), ("rel", rel), ("maps", maps))}
 
@@ -151,27 +191,34 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
         lk = next((k for k in fam_runs["level_key"] if k), "")
         xlabel = F.LEVEL_NAMES.get(lk, "compression level") if comp != "dense" else ""
         methods = list(dict.fromkeys(fam_runs["method"]))
+        multi_ds = fam_runs["dataset"].nunique() > 1
         if "accuracy" in opts.families:
             label, scale, what = F.METRIC_INFO["accuracy"]
-            for m in methods:
-                r = fam_runs[fam_runs["method"] == m]
-                e = Entry("accuracy", f"{head}, {m}: accuracy vs data budget", r, what=what + ", mean ± std over seeds",
-                          stem=f"accuracy/{slug(study, model, setup, comp, m)}")
-                d = fam_sum[(fam_sum["metric"] == "accuracy") & (fam_sum["method"] == m)]
-                if r["budget"].nunique() < 2:
-                    e.skipped = f"one data budget ({r['budget'].iloc[0]}) in the grid: see Table 2"
-                elif d.empty:
-                    e.skipped = "no finished run yet"
-                else:
-                    e.draw = ("lines_vs_budget", dict(data=d, title=e.title, ylabel=label, scale=scale))
-                out.append(e)
+            e = Entry("accuracy", f"{head}: test accuracy vs data budget, per method", fam_runs,
+                      what=what + "; line: mean over seeds, band: its 95% interval (Student t; bootstrap with ≥ 5 "
+                                  "seeds), dots: the seeds; dotted: chance (1 / classes); one y scale for all panels",
+                      stem=f"accuracy/{slug(study, model, setup, comp)}")
+            d = fam_sum[fam_sum["metric"] == "accuracy"]
+            if fam_runs["budget"].nunique() < 2:
+                e.skipped = f"one data budget ({fam_runs['budget'].iloc[0]}) in the grid: see Table 2"
+            elif d.empty:
+                e.skipped = "no finished run yet"
+            else:
+                panel = lambda df: (df["method"] + " · " + df["dataset"]) if multi_ds else df["method"]  # noqa: E731
+                d = d.assign(panel=panel(d), _m=d["method"].map(methods.index)).sort_values("_m", kind="stable")
+                pts = F.seed_values(fam_runs, "accuracy")
+                pc = {p: chance.get(ds) for p, ds in zip(d["panel"], d["dataset"])}
+                e.draw = ("lines_vs_budget", dict(data=d, points=pts.assign(panel=panel(pts)), title=e.title,
+                                                  ylabel=label, scale=scale, chance=pc))
+            out.append(e)
         for fam, metric in (("ece", ece_metric), ("confidence", "conf_correct"), ("kl", kl_metric)):
             if fam not in opts.families:
                 continue
             label, scale, what = F.METRIC_INFO[metric]
             r = _top_budget(fam_runs)
             phrase = _budget_phrase(r)
-            e = Entry(fam, f"{head}: {metric} vs {lk or 'compression'} {phrase}", r, what=f"{what}, {phrase}",
+            e = Entry(fam, f"{head}: {label} vs {F.LEVEL_SHORT.get(lk, 'compression level')} {phrase}", r,
+                      what=f"{what}, {phrase}; line: mean over seeds, bar: its 95% interval, dots: the seeds",
                       stem=f"{fam}/{slug(study, model, setup, comp)}")
             d = fam_sum.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
             d = d[d["metric"] == metric]
@@ -181,7 +228,12 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
                 e.skipped = "no finished run yet" if not (fam_runs["state"] == "ok").any() else \
                     f"no finished run with {metric} at the largest data budget"
             else:
-                e.draw = ("lines_vs_level", dict(data=d, title=e.title, ylabel=label, scale=scale, xlabel=xlabel))
+                pts = F.seed_values(r, metric)
+                levels = d.drop_duplicates("rank").sort_values("rank")
+                e.draw = ("lines_vs_level", dict(data=d.assign(panel=d["dataset"]),
+                                                 points=pts.assign(panel=pts["dataset"]), title=e.title, ylabel=label,
+                                                 scale=scale, xlabel=xlabel, ticks=level_ticks(levels, lk),
+                                                 colour=colour))
             out.append(e)
         if "reliability" in opts.families:
             # "for chosen variants": the methods --select names, else the family's most accurate one (mean accuracy
@@ -193,7 +245,8 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
                 r = _top_budget(fam_runs[fam_runs["method"] == m])
                 phrase = _budget_phrase(r)
                 e = Entry("reliability", f"{head}, {m}: reliability {phrase}", r,
-                          what=f"accuracy against confidence in 15 confidence bins (stored per run, pooled over seeds), {phrase}",
+                          what=f"accuracy against confidence in 15 confidence bins (stored per run, pooled over "
+                               f"seeds; marker area ∝ images in the bin), {phrase}",
                           stem=f"reliability/{slug(study, model, setup, comp, m)}")
                 d = family("rel", key, comp).merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
                 if len(chosen) < len(methods):
@@ -205,17 +258,18 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
                     e.draw = ("reliability_diagrams", dict(data=d, title=e.title))
                 out.append(e)
         if "mapping" in opts.families:
-            out += _mapping_entries(fam_runs, family("maps", key, comp), study, model, setup, comp, head)
+            out += _mapping_entries(fam_runs, family("maps", key, comp), study, model, setup, comp, head, colour)
+        out += P2.entries(fam_runs, paired, study, model, setup, comp, head, opts.families, extra or {})
     if "table1" in opts.families:
-        out.append(_table1(runs, summary))
+        out.append(_table1(runs, summary, paired))
     if "table2" in opts.families:
-        out += _table2(runs, summary)
+        out += _table2(runs, summary, paired)
     if "table3" in opts.families:
         out += _table3(runs, summary)
     return out
 
 
-def _mapping_entries(fam_runs, maps, study, model, setup, comp, head) -> list[Entry]:
+def _mapping_entries(fam_runs, maps, study, model, setup, comp, head, colour) -> list[Entry]:
     """Fig. 1: one figure per model and compression, drawn for one dataset (the grid's first with label mappings;
     `--select dataset=NAME` draws another); every dataset's mappings go to the entry's Markdown and CSV files."""
     from workers.classnames import mapped_name, source_names, target_name_or_index
@@ -224,15 +278,15 @@ def _mapping_entries(fam_runs, maps, study, model, setup, comp, head) -> list[En
     phrase = _budget_phrase(r)
     e = Entry("mapping", f"{head}: label mapping {phrase}", r, stem=f"mapping/{slug(study, model, setup, comp)}",
               what=f"the source class each target class is mapped to, most common over seeds (k/n: chosen by k of n "
-                   f"seeds), {phrase}")
+                   f"seeds; a / b: seeds split evenly), {phrase}")
     d = maps.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
     if d.empty:
         e.skipped = "no finished run with a label mapping (methods without one: clip_vp, lp, ff, reprogram)" \
             if (r["state"] == "ok").any() else "no finished run yet"
         return [e]
     n_targets = d.groupby("dataset")["target"].transform("max") + 1
-    d = d.assign(source_label=[mapped_name(model, m, ds, x, int(k)) for m, ds, x, k in
-                               zip(d["method"], d["dataset"], d["source"], n_targets)],
+    d = d.assign(source_label=[" / ".join(mapped_name(model, m, ds, int(x), int(k)) for x in str(tied).split(","))
+                               for m, ds, tied, k in zip(d["method"], d["dataset"], d["tied"], n_targets)],
                  target_label=[target_name_or_index(t, ds) for t, ds in zip(d["target"], d["dataset"])])
     e.csv = d
     e.extra_md = _mapping_md(d)
@@ -243,6 +297,19 @@ def _mapping_entries(fam_runs, maps, study, model, setup, comp, head) -> list[En
         e.note = (f"Drawn for {ds}, the grid's first dataset; all {len(datasets)} datasets are in the Markdown and CSV "
                   "files (draw another with --select dataset=NAME --family mapping). ")
     d = d[d["dataset"] == ds]
+    # a method whose every cell is a tie between seeds and whose mapping is the same in every variant (RLM: a
+    # random mapping per seed) carries no information about compression: named, not drawn
+    empty = [m for m, g in d.groupby("method", sort=False)
+             if g["tied"].str.contains(",").all()
+             and g.groupby("rank")["tied"].apply(tuple).nunique() == 1 and g["rank"].nunique() > 1]
+    if empty:
+        e.note += (f"Not drawn: {', '.join(empty)} (every target class a tie between seeds, the same in every "
+                   "variant: a mapping that does not depend on the model); in the Markdown and CSV files. ")
+        d = d[~d["method"].isin(empty)]
+    if d.empty:
+        e.skipped = "every method's mapping is a tie between seeds, the same in every variant (see the files)"
+        e.draw = None
+        return [e]
     comp_ranks = sorted(x for x in d["rank"].unique() if x > 0)
     if len(comp_ranks) > MAX_LEVELS:  # evenly spaced, the most compressed always in
         idx = [round(i * (len(comp_ranks) - 1) / (MAX_LEVELS - 1)) for i in range(MAX_LEVELS)]
@@ -258,7 +325,7 @@ def _mapping_entries(fam_runs, maps, study, model, setup, comp, head) -> list[En
         e.note += why + ": source classes shown by index. "
     if target_name_or_index(0, ds).startswith("class "):
         e.note += "Target class names are not in the store: shown by index. "
-    e.draw = ("label_map_table", dict(cells=d, title=e.title, note=e.note.strip()))
+    e.draw = ("label_map_table", dict(cells=d, title=e.title, note=e.note.strip(), colour=colour))
     return [e]
 
 
@@ -272,7 +339,8 @@ def _mapping_md(d: pd.DataFrame) -> str:
         rows: dict = {}
         for t, tl, m, r, src, a, n in zip(g["target"], g["target_label"], g["method"], g["rank"], g["source_label"],
                                           g["agree"], g["runs"]):
-            rows.setdefault((t, tl), [""] * len(cols))[index[(m, r)]] = src if a == n else f"{src} ({a}/{n})"
+            rows.setdefault((t, tl), [""] * len(cols))[index[(m, r)]] = \
+                src if a == n or " / " in src else f"{src} ({a}/{n})"
         table = pd.DataFrame([[tl, *cells] for (t, tl), cells in sorted(rows.items())],
                              columns=["target class", *(name for _, _, name in cols)])
         parts.append(f"**{ds}**\n\n{_md(table)}\n")
@@ -289,68 +357,112 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _verdict(drop: float) -> str:
-    return "" if math.isnan(drop) else "High" if drop >= 10 else "Moderate" if drop >= 2 else "Low"
+def _verdict(mean: float, lo: float, hi: float, n: int) -> str:
+    """The paper's drop categories (Low < 2, Moderate 2–10, High ≥ 10 points) for a paired accuracy cost
+    (compressed − dense, fractions), said only where the interval supports it."""
+    if math.isnan(mean):
+        return ""
+    if n < 2 or math.isnan(lo):
+        return "too thin (1 seed)"
+    drop, d_lo, d_hi = -100 * mean, -100 * hi, -100 * lo  # the drop and its interval, in points
+    cat = lambda x: "High" if x >= 10 else "Moderate" if x >= 2 else "Low"  # noqa: E731
+    if d_lo > 0:  # a resolved drop: its category, and the categories its interval spans when more than one
+        return cat(drop) if cat(d_lo) == cat(d_hi) else f"{cat(drop)} (interval: {cat(d_lo)} to {cat(d_hi)})"
+    if d_hi < 0:
+        return "gain"
+    return "Low" if d_hi < 2 else "not resolved (interval includes 0)"
 
 
-def _table1(runs, summary) -> Entry:
-    from workers.schemas import COMPRESSIONS
+def _best_methods(summary: pd.DataFrame) -> dict:
+    """(study, model, setup) -> the method with the highest dense accuracy at the largest data budget (mean
+    over datasets): the paper reads its tables for ILM-VP, its best method."""
+    acc = F.largest_budget(summary[(summary["metric"] == "accuracy") & (summary["compression"] == "dense")])
+    if acc.empty:
+        return {}
+    m = acc.groupby(["study", "model", "setup", "method"], sort=False)["mean"].mean().reset_index()
+    return {k: g.loc[g["mean"].idxmax(), "method"] for k, g in m.groupby(["study", "model", "setup"], sort=False)}
+
+
+def _table1(runs, summary, paired) -> Entry:
+    from orchestrator import cost as C
+    from workers.classnames import upstream_task
 
     e = Entry("table1", FAMILY_TITLES["table1"], runs, stem="tables/table1_drops",
-              what="accuracy drop (dense minus compressed, points) averaged over every matched method, dataset and "
-                   "data budget; verdict on the mean over levels: Low < 2, Moderate 2–10, High ≥ 10 points")
+              what="per compression level, the accuracy cost of the best method (the highest dense accuracy) at the "
+                   "largest data budget: compressed − dense paired by seed, mean over datasets, points [95% interval]; "
+                   "verdict on it, the paper's categories (Low < 2, Moderate 2–10, High ≥ 10 points of drop), said "
+                   "only where the interval supports it; the drop averaged over every method, dataset and budget "
+                   "is a column, not the verdict")
     t = F.table_drops(summary)
-    if t.empty:
+    best = _best_methods(summary)
+    p = paired[paired["metric"] == "accuracy"] if len(paired) else paired
+    if t.empty or p.empty:
         e.skipped = "needs a dense and a compressed variant of one model with finished runs in the same cells"
         return e
+    p = p[[best.get(k) == m for k, m in zip(zip(p["study"], p["model"], p["setup"]), p["method"])]]
+    top = F.largest_budget(p.drop_duplicates(["study", "model", "setup", "dataset", "method", "budget_rank"]))
+    p = p.merge(top[["study", "model", "setup", "dataset", "method", "budget_rank"]])
+    lv = C.summarize(p, ["study", "model", "setup", "compression", "level", "rank", "method", "budget"]) if len(p) \
+        else pd.DataFrame(columns=["study", "model", "setup", "compression", "level", "rank"])
+    t = t.merge(lv, on=["study", "model", "setup", "compression", "level", "rank"], how="left")
     order = {c: i for i, c in enumerate(pd.unique(runs["compression"]))}  # the grid's order
     t = t.assign(_o=t["compression"].map(order)).sort_values(["_o", "rank"], kind="stable").drop(columns="_o")
+    lk = runs.drop_duplicates("compression").set_index("compression")["level_key"].to_dict()
     rows = []
-    for (study, model, setup, comp), g in t.groupby(["study", "model", "setup", "compression"], sort=False):
-        g = g.sort_values("rank")
-        schema = COMPRESSIONS.get(comp)
-        mean = float((g["mean_drop"] * g["cells"]).sum() / g["cells"].sum())
-        rows.append({**({"study": study} if t["study"].ne("").any() else {}),
-                     "model": model + (f" ({setup})" if setup else ""), "compression": comp,
-                     "type": schema.help if schema else "",
-                     "levels": ", ".join(v.split(" ")[-1] if v != comp else v for v in g["variant"]),
-                     "upstream dense → compressed (%)": _upstream_text(g),
-                     "mean drop per level (pts)": ", ".join(f"{100 * x:.1f}" for x in g["mean_drop"]),
-                     "max drop (pts)": f"{100 * g['max_drop'].max():.1f}", "cells": int(g["cells"].sum()),
-                     "performance drop": _verdict(100 * mean)})
+    for _, r in t.iterrows():
+        n = 0 if pd.isna(r.get("n")) else int(r["n"])
+        up = "–" if math.isnan(r["upstream"]) else f"{100 * r['upstream']:.1f}"
+        upd = "–" if math.isnan(r["upstream_dense"]) else f"{100 * r['upstream_dense']:.1f}"
+        rows.append({**({"study": r["study"]} if t["study"].ne("").any() else {}),
+                     "model": r["model"] + (f" ({r['setup']})" if r["setup"] else ""), "compression": r["compression"],
+                     "category": C.category(r["compression"], lk.get(r["compression"], "")),
+                     "level": r["variant"].split(" ")[-1],
+                     "upstream accuracy, dense → compressed (%)":
+                         "not measured" if up == upd == "–" else f"{upd} → {up} ({upstream_task(r['model'])})",
+                     "best method, budget": f"{r['method']}, {r['budget']}" if n else "–",
+                     "Δ accuracy (pts) [95%]": C.text(r["mean"], r["lo"], r["hi"], n) if n else "–",
+                     "seeds": n, "verdict": _verdict(r["mean"], r["lo"], r["hi"], n) if n else "",
+                     "mean drop, all cells (pts)": f"{100 * r['mean_drop']:.1f}", "cells": int(r["cells"])})
     shown = pd.DataFrame(rows)
-    e.table_md, e.table_html = _md(shown), shown.to_html(index=False, escape=True)
+    e.table_md, e.table_html = _md(shown), _html(shown)
     e.csv = t
     return e
 
 
-def _upstream_text(g) -> str:
-    dense = g["upstream_dense"].dropna()
-    comp = [f"{100 * x:.1f}" if not math.isnan(x) else "–" for x in g["upstream"]]
-    if dense.empty and all(c == "–" for c in comp):
-        return "not measured"
-    return (f"{100 * dense.iloc[0]:.1f}" if len(dense) else "–") + " → " + ", ".join(comp)
-
-
-def _cells(s: pd.DataFrame, drop: Optional[pd.Series] = None) -> list[str]:
-    """'mean ± std' in % per row, with '(x.x ↓)' for a drop (positive: worse than dense)."""
+def _cells(s: pd.DataFrame, cost: Optional[pd.DataFrame] = None) -> list[str]:
+    """'mean ± std' in % per row; on a compressed row with a paired cost, 'Δ −x.x [lo, hi]' beside it."""
     out = []
-    drops = drop if drop is not None else [math.nan] * len(s)
-    for mean, std, d in zip(s["mean"], s["std"], drops):
+    if cost is None or cost.empty:
+        c = [math.nan] * len(s)
+        cs = pd.DataFrame({"cost_mean": c, "cost_lo": c, "cost_hi": c, "cost_n": c})
+    else:
+        cs = s[F.KEYS].merge(cost, on=F.KEYS, how="left")
+    for mean, std, cm, cl, ch, cn in zip(s["mean"], s["std"], cs["cost_mean"], cs["cost_lo"], cs["cost_hi"],
+                                         cs["cost_n"]):
         t = f"{100 * mean:.1f}" + ("" if math.isnan(std) else f" ± {100 * std:.1f}")
-        if not math.isnan(d):
-            t += f" ({100 * abs(d):.1f} {'↓' if d > 0 else '↑'})"
+        if not math.isnan(cm):
+            from orchestrator.cost import text
+
+            t += f" (Δ {text(cm, cl, ch, int(cn))})"
         out.append(t)
     return out
 
 
 def _headers(s: pd.DataFrame, col: str) -> dict:
-    """Column header per value of `col`: the value, with the variant's parameters and upstream accuracy."""
+    """Column header per value of `col`: the value, with the variant's size (non-zero parameters x bits per
+    weight) and upstream accuracy on the model's source task."""
+    from workers.classnames import upstream_task
+
     g = s.groupby(col, sort=False)
     out = {}
-    for name, p, u in zip(g.size().index, g["params"].first(), g["upstream_accuracy"].first()):
-        bits = ([f"{p / 1e6:.1f}M params"] if not math.isnan(p) else []) + \
-               ([f"ImageNet {100 * u:.1f}%"] if not math.isnan(u) else [])
+    for name, p, sp, b, u, m in zip(g.size().index, g["params"].first(), g["sparsity"].first(),
+                                    g["weight_bits"].first(), g["upstream_accuracy"].first(), g["model"].first()):
+        bits = []
+        if not math.isnan(p):
+            nz = p * (1 - (0 if math.isnan(sp) else sp))
+            bits.append(f"{nz / 1e6:.2g}M non-zero × {32 if math.isnan(b) else int(b)} bit")
+        if not math.isnan(u):
+            bits.append(f"{upstream_task(m)} {100 * u:.1f}%")
         out[name] = name + (f" ({', '.join(bits)})" if bits else "")
     return out
 
@@ -361,20 +473,32 @@ def _pivot(s: pd.DataFrame, rows: list[str], col: str, cells: list[str], empty: 
     wide = s.assign(_t=cells).set_index(rows + [col])["_t"].unstack(col)
     order = list(dict.fromkeys(zip(*(s[r] for r in rows)))) if len(rows) > 1 else list(dict.fromkeys(s[rows[0]]))
     wide = wide.reindex(index=order, columns=list(heads)).fillna(empty)
-    return wide.rename(columns=heads).reset_index()
+    out = wide.rename(columns=heads).reset_index()
+    out.columns.name = None  # else to_html draws the pivot's column name as an empty extra column
+    return out
 
 
-def _table2(runs, summary) -> list[Entry]:
+def _html(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, escape=True, border=0)
+
+
+def _table2(runs, summary, paired) -> list[Entry]:
+    from orchestrator import cost as C
+
     out = []
     acc = summary[summary["metric"] == "accuracy"]
+    c = C.summarize(paired[paired["metric"] == "accuracy"]) if len(paired) else pd.DataFrame()
+    c = c.rename(columns={"mean": "cost_mean", "lo": "cost_lo", "hi": "cost_hi", "n": "cost_n"}) if len(c) else None
     by_model = {k: g for k, g in acc.groupby(["study", "model", "setup"], sort=False)}
     for (study, model, setup), r in runs.groupby(["study", "model", "setup"], sort=False):
         name = F.name_of(study, model, setup)
         top = _top_budget(r)
         e = Entry("table2", f"{name}: accuracy {_budget_phrase(top)}, dense vs compressed", top,
                   stem=f"tables/table2_{slug(study, model, setup)}",
-                  what=f"test accuracy (%) mean ± std over seeds, (drop vs dense ↓), {_budget_phrase(top)}; "
-                       "header: parameters and upstream ImageNet top-1 where measured")
+                  what=f"test accuracy (%) mean ± std over seeds, and (Δ: compressed − dense paired by seed, points "
+                       f"[95% interval]), {_budget_phrase(top)}; header: non-zero parameters × bits per weight (the "
+                       "model's size; sparsity counted over conv/linear weights) and upstream accuracy on the "
+                       "model's source task where measured")
         out.append(e)
         if (r["compression"] == "dense").all():
             e.skipped = "no compressed variant of this model"
@@ -386,12 +510,10 @@ def _table2(runs, summary) -> list[Entry]:
             continue
         comp_order = {c: i for i, c in enumerate(dict.fromkeys(["dense", *r["compression"]]))}
         s = s.assign(_c=s["compression"].map(comp_order)).sort_values(["_c", "rank"], kind="stable").drop(columns="_c")
-        dense = s[s["compression"] == "dense"].set_index(["dataset", "method"])["mean"]
-        base = pd.Series(list(zip(s["dataset"], s["method"]))).map(dense.to_dict()).to_numpy(dtype=float)
-        drop = pd.Series(base - s["mean"].to_numpy()).where((s["compression"] != "dense").to_numpy())
-        shown = _pivot(s, ["dataset", "method"], "variant", _cells(s, drop))
-        e.table_md, e.table_html = _md(shown), shown.to_html(index=False, escape=True)
-        e.csv = s.assign(drop=drop.to_numpy())
+        shown = _pivot(s, ["dataset", "method"], "variant", _cells(s, c))
+        e.table_md, e.table_html = _md(shown), _html(shown)
+        e.csv = s if c is None else s.merge(c[F.KEYS + ["cost_mean", "cost_lo", "cost_hi", "cost_n"]], on=F.KEYS,
+                                            how="left")
     return out
 
 
@@ -419,7 +541,7 @@ def _table3(runs, summary) -> list[Entry]:
         s = s.sort_values(["_o", "rank"], kind="stable").drop(columns="_o")
         s = s.assign(column=[F.name_of("", a, b) + " " + v for a, b, v in zip(s["model"], s["setup"], s["variant"])])
         shown = _pivot(s, ["dataset"], "column", _cells(s), empty="–").rename(columns={"dataset": "task"})
-        e.table_md, e.table_html = _md(shown), shown.to_html(index=False, escape=True)
+        e.table_md, e.table_html = _md(shown), _html(shown)
         e.csv = s
     return out
 
@@ -490,6 +612,7 @@ def _render_all(jobs: list, progress: Callable[[str], None]):
 
 def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Write the report; returns {'index', 'written', 'skipped', 'seconds', ...}."""
+    from orchestrator import cost as C
     from orchestrator.report import markdown, summary as summary_table
 
     t0 = time.perf_counter()
@@ -499,8 +622,11 @@ def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] 
     summary = F.summarize(runs)
     rel = F.reliability(runs) if "reliability" in opts.families else F.reliability(runs.iloc[0:0])
     maps = F.label_maps(runs) if "mapping" in opts.families else F.label_maps(runs.iloc[0:0])
-    slim = runs[[c for c in RUN_COLUMNS if c in runs]]  # plan filters runs often: without metrics and lists
-    entries = plan(slim, summary, rel, maps, opts)
+    slim = runs[[c for c in RUN_COLUMNS if c in runs]]  # plan filters runs often: without lists
+    paired = C.pairs(slim)
+    cost = C.summarize(paired)
+    classes = F.class_accuracy(runs) if "classwise" in opts.families else None
+    entries = plan(slim, summary, rel, maps, opts, paired, extra={"classes": classes, "read_prompt": s.read_prompt})
     t_plan = time.perf_counter()
     formats = ("png", opts.vector)
     jobs = [(i, e.draw[0], e.draw[1], out / "figures" / e.stem, formats) for i, e in enumerate(entries) if e.draw]
@@ -509,7 +635,7 @@ def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] 
         entries[i].draw = None
     for e in entries:
         if e.csv is not None:
-            base = out / ("figures" if e.family not in ("table1", "table2", "table3") else "") / e.stem
+            base = out / ("" if e.stem.startswith("tables/") else "figures") / e.stem
             base.parent.mkdir(parents=True, exist_ok=True)
             e.csv.to_csv(base.with_suffix(".csv"), index=False)
             e.files.append(str(base.with_suffix(".csv").relative_to(out)))
@@ -523,7 +649,10 @@ def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] 
             p.write_text(f"**{e.title}**\n\n{caption(e)}\n\n{e.table_md}\n")
             e.files.insert(0, str(p.relative_to(out)))
     t_draw = time.perf_counter()
-    summary.to_csv(out / "summary.csv", index=False)
+    cost = cost[C.COLUMNS] if len(cost) else pd.DataFrame(columns=C.COLUMNS)
+    cost.to_csv(out / "cost.csv", index=False)
+    C.with_cost(summary, cost).to_csv(out / "summary.csv", index=False)
+    findings = C.findings(cost)
     ok_rows = runs[runs["state"] == "ok"]
     (out / "tables").mkdir(exist_ok=True)
     (out / "tables" / "summary.md").write_text(markdown(summary_table(ok_rows), tuple(opts.metrics)) + "\n")
@@ -535,11 +664,11 @@ def write(store: str, out: Path, opts: Options, progress: Callable[[str], None] 
             "failed": int((runs["state"] == "failed").sum()) if len(runs) else 0,
             "pending": int((runs["state"] == "pending").sum()) if len(runs) else 0,
             "not_in_grid": int((~runs["in_grid"]).sum()) if len(runs) else 0}
-    (out / "README.md").write_text(_index_md(entries, info))
-    (out / "index.html").write_text(_index_html(entries, info))
+    (out / "README.md").write_text(_index_md(entries, info, findings))
+    (out / "index.html").write_text(_index_html(entries, info, findings))
     drawn = sum(1 for e in entries if not e.skipped)
     return {"index": str(out / "index.html"), "written": drawn, "skipped": len(entries) - drawn,
-            "figures": sum(1 for e in entries if not e.skipped and e.family not in ("table1", "table2", "table3")),
+            "figures": sum(1 for e in entries if not e.skipped and not e.stem.startswith("tables/")),
             "rows": len(runs), "plan_s": t_plan - t0, "draw_s": t_draw - t_plan, "seconds": time.perf_counter() - t0,
             "entries": entries, **info}
 
@@ -551,23 +680,34 @@ def _header(info: dict) -> list[str]:
              f"ECE: {'proper (`ece`)' if info['ece'] == 'proper' else 'the paper code variant (`ece_paper`)'}; "
              f"KL: {'KL(p ‖ U) (`kl_incorrect`)' if info['kl'] == 'proper' else 'the paper code variant (`kl_incorrect_paper`)'}. "
              "Only finished runs are averaged; runs that differ in any setting are never averaged as seeds.",
-             "Every pending and failed run: [missing.csv](missing.csv); all means and stds: [summary.csv](summary.csv); "
+             "Every pending and failed run: [missing.csv](missing.csv); all means, stds and intervals: "
+             "[summary.csv](summary.csv); every paired cost: [cost.csv](cost.csv); "
              "the Markdown tables of `vpgrid report`: [tables/summary.md](tables/summary.md)."]
     if info["not_in_grid"]:
         lines.append(f"{info['not_in_grid']} stored rows belong to runs no longer in the grid; they are included.")
     return lines
 
 
-def _index_md(entries: list[Entry], info: dict) -> str:
-    parts = ["# vpgrid report", "", *[f"{x}  " for x in _header(info)], ""]
+def _findings_md(findings) -> list[str]:
+    intro, groups = findings
+    parts = ["## Findings", "", *intro, ""]
+    for head, lines in groups:
+        parts += [f"**{head}**", "", *[f"- {x}" for x in lines], ""]
+    return parts
+
+
+def _index_md(entries: list[Entry], info: dict, findings=([], [])) -> str:
+    parts = ["# vpgrid report", "", *_findings_md(findings), "## About this report", "",
+             *[f"{x}  " for x in _header(info)], "", "Manual: what each section, figure and table shows, and the "
+             "definitions of the paired cost and its interval: docs/report.md in the vpgrid repository.", ""]
     for fam in FAMILIES:
         es = [e for e in entries if e.family == fam]
         if not es:
             continue
         parts += [f"## {FAMILY_TITLES[fam]}", ""]
         for e in es:
-            parts.append(f"### {e.title}")
-            parts.append("")
+            if e.title != FAMILY_TITLES[fam]:
+                parts += [f"### {e.title}", ""]
             if e.skipped:
                 parts.append(f"*Not drawn: {e.skipped}.* {caption(e)}")
             else:
@@ -587,31 +727,47 @@ def _index_md(entries: list[Entry], info: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _index_html(entries: list[Entry], info: dict) -> str:
+def _index_html(entries: list[Entry], info: dict, findings=([], [])) -> str:
     h = html.escape
-    body = ["<h1>vpgrid report</h1>", *[f"<p>{_md_links(h(x))}</p>" for x in _header(info)], "<nav><ul>"]
+    intro, groups = findings
+    body = ["<h1>vpgrid report</h1>", '<section id="findings" class="findings"><h2>Findings</h2>',
+            *[f"<p>{_md_links(h(x))}</p>" for x in intro]]
+    for head, lines in groups:
+        body.append(f"<h3>{h(head)}</h3><ul>" + "".join(f"<li>{h(x)}</li>" for x in lines) + "</ul>")
+    body += ["</section>", "<h2>About this report</h2>", *[f"<p>{_md_links(h(x))}</p>" for x in _header(info)],
+             "<p>Manual: docs/report.md in the vpgrid repository (each section, figure and table; the paired cost "
+             "and its interval).</p>", "<nav><ul>"]
     fams = [f for f in FAMILIES if any(e.family == f for e in entries)]
     body += [f'<li><a href="#{f}">{h(FAMILY_TITLES[f])}</a></li>' for f in fams] + ["</ul></nav>"]
     for fam in fams:
-        body.append(f'<h2 id="{fam}">{h(FAMILY_TITLES[fam])}</h2>')
+        body.append(f'<h2 id="{fam}">{h(FAMILY_TITLES[fam])}</h2><div class="grid">')
         for e in (x for x in entries if x.family == fam):
-            body.append(f"<section><h3>{h(e.title)}</h3>")
+            wide = " wide" if e.table_html or e.family == "mapping" else ""
+            body.append(f'<section class="entry{wide}">')
+            if e.title != FAMILY_TITLES[fam]:
+                body.append(f"<h3>{h(e.title)}</h3>")
             if e.skipped:
                 body.append(f"<p><em>Not drawn: {h(e.skipped)}.</em> {h(caption(e))}</p>")
             else:
                 body.append(f"<p>{h(caption(e))}</p>")
-                body += [f'<img src="{h(f)}" alt="{h(e.title)}">' for f in e.files if f.endswith(".png")]
+                body += [f'<a href="{h(f)}"><img src="{h(f)}" alt="{h(e.title)}"></a>' for f in e.files
+                         if f.endswith(".png")]
                 if e.table_html:
-                    body.append(e.table_html)
+                    body.append(f'<div class="table">{e.table_html}</div>')
                 body.append("<p>Files: " + ", ".join(f'<a href="{h(f)}">{h(Path(f).suffix[1:])}</a>' for f in e.files) + "</p>")
             miss = _missing_lines(e)
             if miss:
                 body.append("<details><summary>missing runs</summary><ul>" + "".join(f"<li>{h(x)}</li>" for x in miss)
                             + "</ul></details>")
             body.append("</section>")
-    style = ("body{font-family:sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;color:#222}"
-             "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}section{margin-bottom:2em}")
+        body.append("</div>")
+    style = ("body{font-family:sans-serif;max-width:1800px;margin:2em auto;padding:0 1em;color:#222}"
+             ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1.5em}"
+             ".wide{grid-column:1/-1}.findings{background:#f6f6f6;padding:0.5em 1.5em;border-radius:6px}"
+             "img{max-width:100%;border:1px solid #ddd}.table{overflow-x:auto}"
+             "table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
+             "th{background:#f0f0f0}section.entry p{font-size:14px}")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>vpgrid report</title>"
             f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>\n")
 

@@ -23,8 +23,9 @@ from orchestrator.report import SETTINGS, _setting_text
 # A compression's level is the first of these keys in its args (as RunSpec.compression_level); `True`: a
 # smaller value compresses more (bits), so the order dense -> most compressed is descending.
 LEVEL_KEYS = {"sparsity": False, "bits": True, "ratio": False, "round": False}
-LEVEL_NAMES = {"sparsity": "sparsity (fraction of weights zeroed)", "bits": "bits", "ratio": "compression ratio (×)",
-               "round": "IMP round"}
+LEVEL_NAMES = {"sparsity": "sparsity (% of conv/linear weights zeroed)", "bits": "weight bits",
+               "ratio": "compression ratio (×)", "round": "IMP round (sparsity 1 − 0.8^round)"}
+LEVEL_SHORT = {"sparsity": "sparsity", "bits": "weight bits", "ratio": "compression ratio", "round": "IMP round"}
 # Scalar metrics: axis label, the factor that turns the stored value into that unit, and what it measures.
 METRIC_INFO = {
     "accuracy": ("test accuracy (%)", 100.0, "top-1 accuracy on the target test split"),
@@ -90,8 +91,13 @@ def run_table(stored: pd.DataFrame, specs: Iterable = (), study_of: Optional[dic
     df["in_grid"] = df["run_key"].isin(order.keys()) if specs else True
     df = df.iloc[df["run_key"].map(order).fillna(len(order)).argsort(kind="stable")].reset_index(drop=True)
     df["study"] = df["run_key"].map(study_of).fillna("") if study_of else ""
-    for c in (*METRIC_INFO, "upstream_accuracy", "params"):  # an all-null column reads as objects
+    for c in (*METRIC_INFO, "upstream_accuracy", "params", "sparsity", "weight_bits"):  # all-null reads as objects
         df[c] = pd.to_numeric(df[c], errors="coerce") if c in df else math.nan
+    # target classes: the length of a run's per-class accuracy (the chance line of accuracy axes is 1 / classes)
+    df["classes"] = df["per_class_accuracy"].map(lambda v: len(v) if _is_list(v) else math.nan) \
+        if "per_class_accuracy" in df else math.nan
+    df["best_epoch_accuracy"] = df["epoch_accuracy"].map(lambda v: max(v) if _is_list(v) else math.nan) \
+        if "epoch_accuracy" in df else math.nan
     df["level"] = pd.to_numeric(df["compression_level"], errors="coerce")
     df["shots"] = pd.to_numeric(df["shots"], errors="coerce")
     df["budget"] = df["shots"].map(budget_text)
@@ -105,6 +111,10 @@ def run_table(stored: pd.DataFrame, specs: Iterable = (), study_of: Optional[dic
     df["setup"] = _setups(df)
     df["rank"] = _ranks(df)
     return df.reset_index(drop=True)
+
+
+def _is_list(v) -> bool:
+    return v is not None and not isinstance(v, (float, str)) and len(v) > 0
 
 
 def _setups(df: pd.DataFrame) -> pd.Series:
@@ -180,10 +190,11 @@ def parse_select(items: Iterable[str]) -> dict[str, list]:
 def summarize(runs: pd.DataFrame, metrics: Iterable[str] = tuple(METRIC_INFO)) -> pd.DataFrame:
     """Long and tidy: one row per (configuration, metric) over the ok runs, where a configuration is KEYS
     (seeds apart). Columns: KEYS, level_key, variant, rank, budget, budget_rank, metric, n (seeds with a
-    value), mean, std (ddof 1; NaN for one seed), seeds ('1,2,3'), upstream_accuracy, params. Failed and
-    pending runs are never in it."""
-    cols = KEYS + ["level_key", "variant", "rank", "budget", "budget_rank", "metric", "n", "mean", "std", "seeds",
-                   "upstream_accuracy", "params"]
+    value), mean, std (ddof 1; NaN for one seed), lo and hi (the 95% interval of the mean: Student t, a
+    bootstrap with >= 5 seeds, NaN for one), seeds ('1,2,3'), upstream_accuracy, params, sparsity, weight_bits.
+    Failed and pending runs are never in it."""
+    cols = KEYS + ["level_key", "variant", "rank", "budget", "budget_rank", "metric", "n", "mean", "std", "lo", "hi",
+                   "seeds", "upstream_accuracy", "params", "sparsity", "weight_bits"]
     ok = runs[runs["state"] == "ok"] if len(runs) else runs
     if ok.empty:
         return pd.DataFrame(columns=cols)
@@ -191,7 +202,8 @@ def summarize(runs: pd.DataFrame, metrics: Iterable[str] = tuple(METRIC_INFO)) -
     g = ok.groupby(cfg)
     base = g[KEYS + ["level_key", "variant", "rank", "budget", "budget_rank"]].first()
     base["upstream_accuracy"] = g["upstream_accuracy"].first() if "upstream_accuracy" in ok else math.nan
-    base["params"] = g["params"].mean() if "params" in ok else math.nan
+    for c in ("params", "sparsity", "weight_bits"):
+        base[c] = g[c].mean() if c in ok else math.nan
     parts = []
     for m in metrics:
         vals = pd.to_numeric(ok[m], errors="coerce") if m in ok else pd.Series(math.nan, index=ok.index)
@@ -200,6 +212,7 @@ def summarize(runs: pd.DataFrame, metrics: Iterable[str] = tuple(METRIC_INFO)) -
         seeds = (ok["seed"][has].astype(int).groupby(cfg[has]).agg(lambda s: ",".join(map(str, sorted(s))))
                  if has.any() else pd.Series(dtype=object))
         part = base.assign(metric=m, n=by.count(), mean=by.mean(), std=by.std(ddof=1), seeds=seeds.reindex(base.index))
+        part["lo"], part["hi"] = _mean_interval(part, vals, cfg)
         parts.append(part[part["n"] > 0])
     out = pd.concat(parts, ignore_index=True)
     out["n"] = out["n"].astype(int)
@@ -208,6 +221,34 @@ def summarize(runs: pd.DataFrame, metrics: Iterable[str] = tuple(METRIC_INFO)) -
     keys = [out[c].map(order[c]).to_numpy() for c in order] + [out["rank"].to_numpy(), out["budget_rank"].to_numpy()]
     out = out.iloc[np.lexsort(keys[::-1])]  # lexsort: the last key is the primary one
     return out[cols].reset_index(drop=True)
+
+
+def _mean_interval(part: pd.DataFrame, vals: pd.Series, cfg: pd.Series) -> tuple:
+    """(lo, hi) of the 95% interval of each configuration's mean (orchestrator.cost.interval: t for 2-4 seeds,
+    vectorised here; a bootstrap for >= 5; NaN for one)."""
+    from scipy.stats import t
+
+    from orchestrator.cost import BOOT_MIN, LEVEL, interval
+
+    n = part["n"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = t.ppf((1 + LEVEL) / 2, np.where(n > 1, n - 1, np.nan)) * part["std"].to_numpy() / np.sqrt(n)
+    lo, hi = part["mean"].to_numpy() - half, part["mean"].to_numpy() + half
+    many = np.flatnonzero(n >= BOOT_MIN)
+    if len(many):
+        by = {k: v.dropna().to_numpy() for k, v in vals.groupby(cfg)}
+        for i in many:
+            _, lo[i], hi[i], _ = interval(by[part.index[i]])
+    return lo, hi
+
+
+def seed_values(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The finished runs' values of `metric`, one row per run (the per-seed dots of the line figures)."""
+    ok = runs[(runs["state"] == "ok")] if len(runs) else runs
+    cols = ["method", "dataset", "variant", "rank", "budget", "seed"]
+    if ok.empty or metric not in ok:
+        return pd.DataFrame(columns=cols + ["value"])
+    return ok[cols].assign(value=ok[metric].to_numpy()).dropna(subset=["value"])
 
 
 def _lists(col: pd.Series) -> pd.Series:
@@ -265,12 +306,35 @@ def reliability(runs: pd.DataFrame) -> pd.DataFrame:
     return rep[cols]
 
 
+def class_accuracy(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (configuration, target class): the mean over seeds of the class's test accuracy (`accuracy`) and the
+    seeds behind it (`n`), from the stored per_class_accuracy lists."""
+    cols = KEYS + ["variant", "rank", "budget", "budget_rank", "target", "accuracy", "n"]
+    ok = _ok_with(runs, "per_class_accuracy")
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    k = int(ok["per_class_accuracy"].map(len).max())
+    acc = _matrix(ok["per_class_accuracy"], k)
+    cfg = ok.groupby(KEYS, dropna=False, sort=False).ngroup().to_numpy()
+    n_cfg = int(cfg.max()) + 1
+    total, count = np.zeros((n_cfg, k)), np.zeros((n_cfg, k))
+    np.add.at(total, cfg, np.nan_to_num(acc))
+    np.add.at(count, cfg, ~np.isnan(acc))
+    first = ok.groupby(cfg, sort=True)[KEYS + ["variant", "rank", "budget", "budget_rank"]].first()
+    rep = first.loc[first.index.repeat(k)].reset_index(drop=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rep = rep.assign(target=np.tile(np.arange(k), n_cfg), accuracy=(total / count).ravel(),
+                         n=count.ravel().astype(int))
+    return rep[rep["n"] > 0][cols].reset_index(drop=True)
+
+
 def label_maps(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (configuration, target class): the source class most seeds mapped it to (`source`; ties go
-    to the smallest index), `agree` seeds of `runs` that chose it."""
+    """One row per (configuration, target class): the source class most seeds mapped it to (`source`; on a tie
+    the smallest index), `agree` seeds of `runs` that chose it, and `tied`: every source with that many seeds,
+    comma-joined ('3' when one source leads; '3,4' when seeds split evenly between 3 and 4)."""
     import numpy as np
 
-    cols = KEYS + ["variant", "rank", "budget", "target", "source", "agree", "runs"]
+    cols = KEYS + ["variant", "rank", "budget", "target", "source", "agree", "runs", "tied"]
     ok = _ok_with(runs, "label_mapping")
     if ok.empty:
         return pd.DataFrame(columns=cols)
@@ -279,8 +343,10 @@ def label_maps(runs: pd.DataFrame) -> pd.DataFrame:
     long = pd.DataFrame({"cfg": np.repeat(cfg, lengths), "target": np.concatenate([np.arange(n) for n in lengths]),
                          "source": np.concatenate([np.asarray(m, dtype=np.int64) for m in ok["label_mapping"]])})
     votes = long.groupby(["cfg", "target", "source"]).size().rename("agree").reset_index()
-    best = votes.sort_values(["cfg", "target", "agree", "source"], ascending=[True, True, False, True], kind="stable")
-    best = best.drop_duplicates(["cfg", "target"])
+    top = votes.groupby(["cfg", "target"])["agree"].transform("max")
+    tops = votes[votes["agree"] == top].sort_values(["cfg", "target", "source"], kind="stable")
+    tied = tops.groupby(["cfg", "target"], sort=False)["source"].agg(lambda s: ",".join(map(str, s))).rename("tied")
+    best = tops.drop_duplicates(["cfg", "target"]).join(tied, on=["cfg", "target"])
     first = ok.groupby(cfg, sort=True)[KEYS + ["variant", "rank", "budget"]].first()
     first["runs"] = np.bincount(cfg)
     out = best.join(first, on="cfg")

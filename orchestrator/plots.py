@@ -16,11 +16,17 @@ import pandas as pd  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-# Okabe & Ito's colour-blind-safe palette; black is kept for the dense model.
+# One colour vocabulary per axis across the whole report: compression levels on a warm ramp (dense black, then
+# orange -> dark red as the level compresses more), methods in cool, categorical colours (Okabe & Ito's blue,
+# bluish green, reddish purple, sky blue, then Tol's indigo, teal, cyan, green, purple). The two sets share no
+# colour, and a method has its colour in every figure (plan passes one method -> colour map for the report).
 DENSE = "#000000"
-OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442"]
+METHOD_COLOURS = ["#0072B2", "#009E73", "#CC79A7", "#56B4E9", "#332288", "#44AA99", "#88CCEE", "#117733", "#AA4499"]
+LEVEL_RAMP = ("YlOrRd", 0.45, 0.95)  # the colormap and the part of it the compressed levels use
+OKABE_ITO = METHOD_COLOURS  # kept for callers that ask for categorical colours
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
-PANEL_W, PANEL_H, MAX_COLS, MIN_W = 3.4, 2.8, 4, 6.4
+PANEL_W, PANEL_H, MAX_COLS, MIN_W = 3.3, 2.8, 3, 6.4  # 3 panels: 9.9 in, so 8 pt text stays >= 9 px at 880 px
+README_PX, MIN_PX, DPI = 880, 9.0, 100  # figures must read at the README's width: text >= 9 px after scaling
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8,
                      "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.titlesize": 10, "svg.fonttype": "none",
@@ -28,11 +34,20 @@ plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "
 
 
 def colours(n: int) -> list[str]:
-    """n categorical colours, in order: Okabe-Ito while it lasts, else cividis (ordered, colour-blind safe)."""
-    if n <= len(OKABE_ITO):
-        return OKABE_ITO[:n]
+    """n method colours, in order (a categorical palette; cividis past its end)."""
+    if n <= len(METHOD_COLOURS):
+        return METHOD_COLOURS[:n]
     cmap = colormaps["cividis"]
     return [matplotlib.colors.to_hex(cmap(0.9 * i / max(n - 1, 1))) for i in range(n)]
+
+
+def level_colour(rank: int, n_levels: int) -> str:
+    """Dense (rank 0) black; compressed level `rank` of `n_levels` on the warm ramp, light to dark."""
+    if rank <= 0:
+        return DENSE
+    name, lo, hi = LEVEL_RAMP
+    f = 0.5 if n_levels <= 1 else (rank - 1) / (n_levels - 1)
+    return matplotlib.colors.to_hex(colormaps[name](lo + (hi - lo) * f))
 
 
 def _legend_cols(width: float, labels: list[str]) -> int:
@@ -49,7 +64,7 @@ def _figure(n: int, title: str, sub: str, labels: list[str], ticks: list[str] = 
     cols = min(MAX_COLS, max(n, 1))
     rows = math.ceil(max(n, 1) / cols)
     width = max(PANEL_W * cols, MIN_W)
-    lines = textwrap.wrap(title, int(width * 12)) + [sub]  # ~12 title characters per inch
+    lines = textwrap.wrap(title, int(width * 12)) + textwrap.wrap(sub, int(width * 13))  # characters per inch
     leg_rows = math.ceil(len(labels) / _legend_cols(width, labels)) if labels else 0
     tick_h = max((len(t) for t in ticks), default=0) * CHAR_W * math.sin(math.radians(_angle(ticks)))
     top, bottom = 0.25 + 0.19 * len(lines) + 0.25, 0.15 + 0.2 * leg_rows + 0.6 + tick_h
@@ -136,105 +151,126 @@ def save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
     return out
 
 
-SEEDS_SUB = "mean ± std over seeds (n = seeds per point)"
+SEEDS_SUB = "line: mean over seeds; band: 95% interval of the mean (Student t; bootstrap with ≥ 5 seeds); dots: seeds"
 
 
 def _variant_colours(data: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
-    """Variants dense first, then least -> most compressed; dense black, the rest in order."""
+    """Variants dense first, then least -> most compressed, coloured by level (level_colour)."""
     variants = data.drop_duplicates("variant").sort_values("rank", kind="stable")
     names = variants["variant"].tolist()
-    comp = [v for v, r in zip(names, variants["rank"]) if r > 0]
-    return names, {**dict(zip(comp, colours(len(comp)))), "dense": DENSE}
+    n = int(variants["rank"].max()) if len(variants) else 0
+    return names, {v: level_colour(int(r), n) for v, r in zip(names, variants["rank"])}
 
 
-def _lines(data: pd.DataFrame, title: str, key: str, names: list, labels: list[str], order: str, ticks: list[str],
-           xlabel: str, ylabel: str, draw):
-    """What both line figures share: a panel per dataset, a line per value of `key` (`names`, in order) drawn
-    by draw(ax, i, name, rows sorted by `order`) -> its handle; the legend lists what was drawn."""
-    datasets = list(dict.fromkeys(data["dataset"]))
-    fig, axes = _figure(len(datasets), title, SEEDS_SUB, labels, ticks)
+def _share_y(axes, floor: Optional[float] = None, ceil: Optional[float] = None) -> None:
+    """One y range for every panel of a figure (so gaps read the same in each), within [floor, ceil]."""
+    los, his = zip(*(ax.get_ylim() for ax in axes)) if axes else ((0,), (1,))
+    lo, hi = min(los), max(his)
+    lo, hi = max(lo, floor) if floor is not None else lo, min(hi, ceil) if ceil is not None else hi
+    for ax in axes:
+        ax.set_ylim(lo, hi)
+
+
+def _lines(data: pd.DataFrame, points: pd.DataFrame, title: str, key: str, names: list, labels: list[str], order: str,
+           ticks: list[str], xlabel: str, ylabel: str, draw, scale: float, chance: Optional[dict] = None):
+    """What both line figures share: a panel per value of `panel` (one y scale for all), a line per value of
+    `key` (`names`, in order) drawn by draw(ax, i, name, rows sorted by `order`, its seeds) -> its handle; a
+    dotted chance line where `chance` has the panel; the legend lists what was drawn."""
+    panels = list(dict.fromkeys(data["panel"]))
+    chance = chance or {}
+    extra = ["chance (1 / classes)"] if any(chance.get(p) for p in panels) else []
+    fig, axes = _figure(len(panels), title, SEEDS_SUB, labels + extra, ticks)
     handles = {}
-    by = {k: g for k, g in data.groupby(["dataset", key], sort=False)}
-    for ax, ds in zip(axes, datasets):
+    by = {k: g for k, g in data.groupby(["panel", key], sort=False)}
+    seeds = {k: g for k, g in points.groupby(["panel", key], sort=False)} if len(points) else {}
+    for ax, p in zip(axes, panels):
         for i, name in enumerate(names):
-            line = by.get((ds, name))
+            line = by.get((p, name))
             if line is not None:
-                handles[name] = draw(ax, i, name, line.sort_values(order))
-        ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
+                handles[name] = draw(ax, i, name, line.sort_values(order), seeds.get((p, name)))
+        if chance.get(p):
+            handles["chance"] = ax.axhline(scale * chance[p], ls=":", color="0.35", lw=1.2)
+        ax.set_title(p, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
+    _share_y(axes, 0.0, 100.0 if scale == 100 else None)
     _outer(fig, axes, xlabel, ylabel, ticks)
-    _legend(fig, [handles[n] for n in names if n in handles], [lab for n, lab in zip(names, labels) if n in handles])
+    shown = [n for n in names if n in handles] + (["chance"] if "chance" in handles else [])
+    text = dict(zip(names, labels), chance="chance (1 / classes)")
+    _legend(fig, [handles[n] for n in shown], [text[n] for n in shown])
     return fig
 
 
-def lines_vs_budget(data: pd.DataFrame, title: str, ylabel: str, scale: float):
-    """One panel per dataset; x: data budget (categorical, ascending, 'full' last); one line per variant
-    (dense black, then least -> most compressed); band: ± one std over seeds. `data`: summarize() rows."""
+def _band(ax, x, line, scale, colour, seeds, seed_x, marker):
+    y = scale * line["mean"].to_numpy()
+    lo, hi = scale * line["lo"].to_numpy(), scale * line["hi"].to_numpy()
+    (handle,) = ax.plot(x, y, marker=marker, color=colour, lw=1.5, ms=4)
+    ax.fill_between(x, pd.Series(lo).fillna(pd.Series(y)), pd.Series(hi).fillna(pd.Series(y)), color=colour,
+                    alpha=0.15, lw=0)
+    if seeds is not None and len(seeds):
+        ax.scatter(seed_x(seeds), scale * seeds["value"].to_numpy(), s=7, color=colour, alpha=0.35, lw=0, zorder=1)
+    return handle
+
+
+def lines_vs_budget(data: pd.DataFrame, points: pd.DataFrame, title: str, ylabel: str, scale: float,
+                    chance: Optional[dict] = None):
+    """A panel per `panel` (method · dataset); x: data budget (categorical, ascending, 'full' last); a line per
+    variant (dense black, then the level ramp); band: 95% interval (`lo`, `hi`); dots: the seeds (`points`:
+    panel, variant, budget, value). `data`: summarize() rows with lo, hi and panel."""
     budgets = data.drop_duplicates("budget").sort_values("budget_rank")["budget"].tolist()
     xpos = {b: i for i, b in enumerate(budgets)}
     variants, colour = _variant_colours(data)
     labels = [f"{v} ({_n_text(data.loc[data['variant'] == v, 'n'])})" for v in variants]
 
-    def draw(ax, i, v, line):
-        x = [xpos[b] for b in line["budget"]]
-        y, s = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
-        (handle,) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[v], lw=1.5, ms=4)
-        lo, hi = y - s, y + s
-        if scale == 100:  # a percentage: the band stays within 0-100
-            lo, hi = lo.clip(0, 100), hi.clip(0, 100)
-        ax.fill_between(x, lo, hi, color=colour[v], alpha=0.15, lw=0)
-        return handle
+    def draw(ax, i, v, line, seeds):
+        return _band(ax, [xpos[b] for b in line["budget"]], line, scale, colour[v], seeds,
+                     lambda s: [xpos[b] + 0.06 * (i - 1) for b in s["budget"]], MARKERS[i % len(MARKERS)])
 
-    return _lines(data, title, "variant", variants, labels, "budget_rank", [b.replace("-shot", "") for b in budgets],
-                  "training images per class", ylabel, draw)
+    return _lines(data, points, title, "variant", variants, labels, "budget_rank",
+                  [b.replace("-shot", "") for b in budgets], "training images per class", ylabel, draw, scale, chance)
 
 
-def lines_vs_level(data: pd.DataFrame, title: str, ylabel: str, scale: float, xlabel: str):
-    """One panel per dataset; x: dense then each level, least -> most compressed (categorical); one line per
-    method, dodged sideways so error bars (± one std over seeds) do not hide each other."""
-    levels = data.drop_duplicates("rank").sort_values("rank")["variant"].tolist()
-    ticks = [v.split(" ")[-1] if i else v for i, v in enumerate(levels)]
+def lines_vs_level(data: pd.DataFrame, points: pd.DataFrame, title: str, ylabel: str, scale: float, xlabel: str,
+                   ticks: list[str], colour: dict):
+    """A panel per `panel` (dataset); x: dense then each level, least -> most compressed (categorical, `ticks`);
+    a line per method in its report-wide colour, dodged sideways; band: 95% interval; dots: the seeds."""
     ranks = sorted(data["rank"].unique())
     methods = list(dict.fromkeys(data["method"]))
-    colour = dict(zip(methods, colours(len(methods))))
     labels = [f"{m} ({_n_text(data.loc[data['method'] == m, 'n'])})" for m in methods]
-    width = 0.25 if len(methods) > 1 else 0.0
+    width = 0.2 if len(methods) > 1 else 0.0
 
-    def draw(ax, i, m, line):
+    def draw(ax, i, m, line, seeds):
         off = (i - (len(methods) - 1) / 2) * width / max(len(methods) - 1, 1)
-        x = [ranks.index(r) + off for r in line["rank"]]
-        y, e = scale * line["mean"].to_numpy(), scale * line["std"].fillna(0).to_numpy()
-        (handle,) = ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colour[m], lw=1.5, ms=4)
-        lo, hi = (y - e).clip(0), (y + e).clip(None, 100 if scale == 100 else None)  # the metrics are >= 0
-        ax.vlines(x, lo, hi, color=colour[m], lw=1.2)  # one collection: errorbar() cost 10 ms a call
-        return handle
+        return _band(ax, [ranks.index(r) + off for r in line["rank"]], line, scale, colour[m], seeds,
+                     lambda s: [ranks.index(r) + off for r in s["rank"]], MARKERS[i % len(MARKERS)])
 
-    return _lines(data, title, "method", methods, labels, "rank", ticks, xlabel, ylabel, draw)
+    return _lines(data, points, title, "method", methods, labels, "rank", ticks, xlabel, ylabel, draw, scale)
 
 
 def reliability_diagrams(data: pd.DataFrame, title: str):
     """One panel per dataset; per variant, accuracy against mean confidence of each non-empty bin (pooled over
-    seeds); the diagonal is perfect calibration."""
+    seeds), marker area proportional to the images in the bin; the diagonal is perfect calibration."""
     datasets = list(dict.fromkeys(data["dataset"]))
     variants, colour = _variant_colours(data)
-    labels = [f"{v} ({_n_text(data.loc[data['variant'] == v, 'runs'])[2:]} run{'s' * int(data.loc[data['variant'] == v, 'runs'].max() > 1)})"
-              for v in variants]
-    fig, axes = _figure(len(datasets), title, "bins pooled over seeds; dashed: perfect calibration", labels,
-                        share_y=True)
+    labels = [f"{v} ({_n_text(data.loc[data['variant'] == v, 'runs'])})" for v in variants]
+    fig, axes = _figure(len(datasets), title, "bins pooled over seeds (n = seeds); marker area ∝ images in the bin; "
+                        "dashed: perfect calibration", labels, share_y=True)
     handles = {}
-    by = {k: g for k, g in data[data["count"] > 0].groupby(["dataset", "variant"], sort=False)}
+    shown = data[data["count"] > 0]
+    biggest = max(float(shown["count"].max()), 1.0) if len(shown) else 1.0
+    by = {k: g for k, g in shown.groupby(["dataset", "variant"], sort=False)}
     for ax, ds in zip(axes, datasets):
-        ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
+        ax.plot([0, 100], [0, 100], ls="--", color="0.6", lw=1)
         for i, v in enumerate(variants):
             b = by.get((ds, v))
             if b is None:
                 continue
             b = b.sort_values("bin")
-            (handles[v],) = ax.plot(b["confidence"].to_numpy(), b["accuracy"].to_numpy(), marker=MARKERS[i % len(MARKERS)],
-                                    color=colour[v], lw=1.3, ms=3.5)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+            x, y = 100 * b["confidence"].to_numpy(), 100 * b["accuracy"].to_numpy()
+            (handles[v],) = ax.plot(x, y, color=colour[v], lw=1.2, marker=MARKERS[i % len(MARKERS)], ms=3)
+            ax.scatter(x, y, s=4 + 140 * b["count"].to_numpy() / biggest, color=colour[v], alpha=0.3, lw=0)
+        ax.set_xlim(-4, 104)  # a margin: points at 0 and 100 are drawn whole
+        ax.set_ylim(-4, 104)
         ax.set_title(ds, y=1.0, pad=4)  # a fixed place: matplotlib's automatic one measured every tick label
-    _outer(fig, axes, "confidence (mean top probability)", "accuracy in bin", share_y=True)
+    _outer(fig, axes, "confidence (mean top probability, %)", "accuracy in bin (%)", share_y=True)
     _legend(fig, [handles[v] for v in variants if v in handles], [lab for v, lab in zip(variants, labels) if v in handles])
     return fig
 
@@ -253,50 +289,52 @@ def _line_pitch(size: float, spacing: float) -> float:
     return (two - one) / 72
 
 
-def label_map_table(cells: pd.DataFrame, title: str, note: str):
-    """A table drawn as text: one row per target class, one column per (method, variant); each cell the source
-    class name, with ' k/n' when only k of n seeds chose it. `cells`: target, target_label, method, variant,
-    rank, source_label, agree, runs. Each column is one multi-line text (a text per cell cost 10x more)."""
-    cols = cells.drop_duplicates(["method", "rank"]).sort_values(["method", "rank"], kind="stable")
+def label_map_table(cells: pd.DataFrame, title: str, note: str, colour: dict):
+    """A table drawn as text, one block per method stacked top to bottom: a row per target class, a column per
+    variant; each cell the source class (' k/n' when only k of n seeds chose it; 'a / b' when seeds tie between
+    sources). `cells`: target, target_label, method, variant, rank, source_label, agree, runs. Each column is one
+    multi-line text (a text per cell cost 10x more). `colour`: method -> colour (the report's)."""
     methods = list(dict.fromkeys(cells["method"]))
-    cols = cols.assign(_m=cols["method"].map(methods.index)).sort_values(["_m", "rank"], kind="stable")
+    variants = cells.drop_duplicates("rank").sort_values("rank")[["rank", "variant"]]
+    n_levels = int(variants["rank"].max())
     targets = cells.drop_duplicates("target").sort_values("target")[["target", "target_label"]]
-    size, spacing = 7.5, 1.35
-    row_h = _line_pitch(size, spacing)  # inches from one line of a multi-line text to the next
-    col_w, first_w = 1.75, 1.3
-    width = max(first_w + col_w * len(cols) + 0.2, 4.5)
+    size, spacing = 8, 1.3
+    row_h = _line_pitch(size, spacing)
+    col_w, first_w = 2.3, 1.35
+    width = max(first_w + col_w * len(variants) + 0.2, 5.0)
     title_lines = textwrap.wrap(title, int(width * 11))
-    head = 0.3 + 0.17 * len(title_lines)
-    height = head + row_h * (len(targets) + 2) + 0.3 + (0.3 if note else 0)
+    head = 0.3 + 0.19 * len(title_lines)
+    block = row_h * (len(targets) + 2) + 0.15
+    foot = "k/n: the source class chosen by k of n seeds; a / b: seeds split evenly between sources." + \
+        (f" {note}" if note else "")
+    foot_lines = textwrap.wrap(foot, int(width * 12))
+    height = head + block * len(methods) + 0.2 + 0.17 * len(foot_lines)
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.axis("off")
     ax.text(0.1, 0.12, "\n".join(title_lines), fontsize=9, va="top", weight="bold")
-    body = head + 2 * row_h  # top of the first target row
-    for i in range(0, len(targets), 2):
-        ax.axhspan(body + i * row_h, body + (i + 1) * row_h, color="0.93", lw=0)
     kw = dict(fontsize=size, va="top", linespacing=spacing)
-    ax.text(0.1, head + row_h, "target class", weight="bold", **kw)
-    ax.text(0.1, body + 0.02, "\n".join(_short(t, 18) for t in targets["target_label"]), **kw)
     look = {(m, r, t): (s, a, n) for m, r, t, s, a, n in zip(cells["method"], cells["rank"], cells["target"],
                                                            cells["source_label"], cells["agree"], cells["runs"])}
-    prev = None
-    for j, (m, v, r) in enumerate(zip(cols["method"], cols["variant"], cols["rank"])):
-        x = first_w + j * col_w
-        if m != prev:
-            ax.text(x, head, m, weight="bold", color="#0072B2", **kw)
-            prev = m
-        ax.text(x, head + row_h, _short(v), weight="bold", color=DENSE if r == 0 else "#D55E00", **kw)
-        lines = []
-        for t in targets["target"]:
-            src, a, n = look.get((m, r, t), ("–", 0, 0))
-            lines.append(_short(src, 17) + f" {a}/{n}" if a < n else _short(src, 22))
-        ax.text(x, body + 0.02, "\n".join(lines), **kw)
-    foot = "k/n: the source class chosen by k of n seeds (the most common shown)." + (f" {note}" if note else "")
-    ax.text(0.1, height - 0.1, "\n".join(textwrap.wrap(foot, int(width * 13))), fontsize=7, style="italic",
-            va="bottom", color="0.3")
+    for k, m in enumerate(methods):
+        top = head + k * block
+        body = top + 2 * row_h
+        for i in range(0, len(targets), 2):
+            ax.axhspan(body + i * row_h, body + (i + 1) * row_h, color="0.93", lw=0)
+        ax.text(0.1, top, m, weight="bold", color=colour.get(m, "#0072B2"), **kw)
+        ax.text(0.1, top + row_h, "target class", weight="bold", **kw)
+        ax.text(0.1, body + 0.02, "\n".join(_short(t, 18) for t in targets["target_label"]), **kw)
+        for j, (r, v) in enumerate(zip(variants["rank"], variants["variant"])):
+            x = first_w + j * col_w
+            ax.text(x, top + row_h, _short(v), weight="bold", color=level_colour(int(r), n_levels), **kw)
+            lines = []
+            for t in targets["target"]:
+                src, a, n = look.get((m, r, t), ("–", 0, 0))
+                lines.append(_short(src, 29) if a >= n or " / " in src else _short(src, 24) + f" {a}/{n}")
+            ax.text(x, body + 0.02, "\n".join(lines), **kw)
+    ax.text(0.1, height - 0.1, "\n".join(foot_lines), fontsize=8, style="italic", va="bottom", color="0.3")
     return fig
 
 
@@ -320,6 +358,15 @@ def _drawn_texts(fig) -> list:
     return [t for t in out if t.get_visible() and t.get_text().strip()]
 
 
+def min_text_px(fig, width_px: int = README_PX) -> tuple[float, str]:
+    """(smallest text height in pixels, that text) when the saved PNG (DPI) is shown `width_px` wide (never
+    enlarged): font size (pt) x DPI / 72 x scale, over every drawn text of `fig`."""
+    fig.canvas.draw()
+    scale = min(1.0, width_px / (fig.get_figwidth() * DPI))
+    sizes = [(t.get_fontsize() * DPI / 72 * scale, t.get_text()) for t in _drawn_texts(fig)]
+    return min(sizes) if sizes else (math.inf, "")
+
+
 def overlapping_texts(fig) -> list[tuple[str, str]]:
     """Pairs of drawn texts of `fig` whose boxes overlap, and texts that stick out of the figure (a legibility
     check for tests)."""
@@ -338,3 +385,12 @@ def overlapping_texts(fig) -> list[tuple[str, str]]:
 
 KINDS = {"lines_vs_budget": lines_vs_budget, "lines_vs_level": lines_vs_level,
          "reliability_diagrams": reliability_diagrams, "label_map_table": label_map_table}
+
+
+def _paper_kinds() -> None:
+    from orchestrator.plots_paper import KINDS as more
+
+    KINDS.update(more)
+
+
+_paper_kinds()

@@ -9,7 +9,8 @@ if TYPE_CHECKING:
 
 METRICS = ("accuracy", "ece", "ece_paper", "conf_correct", "kl_incorrect", "kl_incorrect_paper")  # read without pandas
 # `vpgrid report --out DIR` (orchestrator.deliver): its figure and table families, vector formats and metric variants
-FAMILIES = ("accuracy", "ece", "confidence", "kl", "reliability", "mapping", "table1", "table2", "table3")
+FAMILIES = ("accuracy", "ece", "confidence", "kl", "reliability", "mapping", "classwise", "lottery", "prompts",
+            "best_epoch", "table1", "table2", "table3")
 VECTOR_FORMATS = ("svg", "pdf")
 VARIANTS = ("proper", "paper")
 SELECT_KEYS = ("model", "compression", "level", "method", "dataset", "shots", "seed")  # grid.MATCH_AXES (tested)

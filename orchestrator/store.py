@@ -163,6 +163,10 @@ class Store:
         self._put(path, data)
         return self._uri_of(path)
 
+    def read_prompt(self, run_key: str) -> Optional[bytes]:
+        """A run's learned prompt as put_prompt stored it (safetensors bytes); None when the store has none."""
+        return self._get(f"{self._base}/_prompts/{run_key}.safetensors")
+
     def compact(self) -> tuple[int, int]:
         """Merge all run files into one deduplicated file with large row groups. Returns (before, after).
 

@@ -102,3 +102,36 @@ def test_the_column_is_in_the_store_and_reports_show_it():
     table = report.summary(pd.DataFrame(rows))
     assert table["upstream_accuracy"].tolist() == [0.698]
     assert "resnet18 gmp@0.9 (ImageNet 69.8)" in report.markdown(table)
+
+
+class ColourFamily(nn.Module):
+    """A shapes 'classifier' that only sees colour: warm images -> class 0 (warm_disc), cool -> 10 (cool_disc);
+    right on exactly the held-out images of those two classes."""
+
+    def __init__(self, meta):
+        super().__init__()
+        self.mean, self.std = torch.tensor(meta.mean).view(1, 3, 1, 1), torch.tensor(meta.std).view(1, 3, 1, 1)
+
+    def forward(self, x):
+        x = x * self.std + self.mean  # back to [0, 1] pixels
+        warm = x[:, 0].amax(dim=(1, 2)) > x[:, 2].amax(dim=(1, 2))
+        logits = torch.zeros(len(x), 20)
+        logits[torch.arange(len(x)), torch.where(warm, 0, 10)] = 1.0
+        return logits
+
+
+def test_a_shapes_model_is_scored_on_a_held_out_shapes_split(tmp_path):
+    from workers.data.shapes import _split
+    from workers.models import MODELS
+
+    meta = MODELS.meta("demo_cnn")
+    model = ColourFamily(meta)
+    got = upstream.upstream_accuracy(model, meta, "v", None, tmp_path, torch.device("cpu"), "demo_cnn")
+    # independently: the held-out split rendered straight from its generation stream (seed 2s + 1), scored by hand
+    x, y = _split(upstream.SHAPES_HELD_OUT["n_test"], meta.input_size, 2 * upstream.SHAPES_HELD_OUT["seed"] + 1)
+    warm = x[:, 0].amax(dim=(1, 2)) > x[:, 2].amax(dim=(1, 2))
+    expect = float(((torch.where(warm, 0, 10) == y)).double().mean())
+    assert got == pytest.approx(expect) and 0.02 < got < 0.2  # two classes of 20 right, nearly all of their images
+    assert len(list((tmp_path / "upstream").glob("v-*.json"))) == 1
+    # another model name (an ImageNet one, no val set): null, not the shapes number
+    assert upstream.upstream_accuracy(model, meta, "w", None, tmp_path, torch.device("cpu"), "resnet18") is None

@@ -83,3 +83,11 @@ def target_names(dataset: str) -> Optional[tuple[str, ...]]:
 def target_name_or_index(k: int, dataset: Optional[str]) -> str:
     names = TARGET_CLASSES.get(dataset) if dataset else None
     return names[k] if names is not None and 0 <= k < len(names) else f"class {k}"
+
+
+UPSTREAM_TASKS = {"imagenet": "ImageNet-1k val", "shapes": "shapes held-out split"}
+
+
+def upstream_task(model: str) -> str:
+    """The task `upstream_accuracy` is measured on for `model` (its source task), as the report names it."""
+    return UPSTREAM_TASKS.get(SOURCE_CLASSES.get(model, ""), "source task")

@@ -109,7 +109,7 @@ class Context:
             model = _channels_last(model).eval().requires_grad_(False).to(self.device)
             frozen = fold_batchnorm(model)
             upstream = upstream_accuracy(frozen, meta, hash_json([str(k) for k in key]), self.data_root,
-                                         self.cache_dir, self.device)
+                                         self.cache_dir, self.device, spec.model)
             self.variants[key] = Variant(model, meta, built.weights_source, report.sparsity,
                                          json.dumps(report.layer_sparsity), sum(p.numel() for p in model.parameters()),
                                          report.weight_bits, report.act_bits, time.perf_counter() - t0, upstream,

@@ -8,6 +8,11 @@ evaluation preprocessing (ModelMeta: short side to input_size / crop_pct, interp
 
 Computed once per variant and val set, cached in the node cache (`<cache>/upstream/`); no val set under the data
 root, or a model whose source task is not ImageNet-1k, gives None (a null column), never a made-up number.
+
+A model whose source task is vpgrid's procedural `shapes` (the demo's demo_cnn, workers/classnames.py) is scored on
+a held-out shapes split instead: SHAPES_HELD_OUT images rendered from a generation seed no pre-training uses (the
+pre-training renders from seeds 2s and 2s + 1 of its own seed s, small numbers), at the model's input size. Cheap
+(a forward pass over 1,000 32-px images) and cached the same way.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from workers.models import ModelMeta
 from workers.train import to_canvas
 
 VAL_DIR = "imagenet/val"
+SHAPES_HELD_OUT = {"n_test": 1000, "seed": 100_003}  # its test stream is rendered from seed 200,007
 EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
@@ -64,21 +70,46 @@ def accuracy(model: torch.nn.Module, meta: ModelMeta, files: list[tuple[Path, in
     return correct / len(files)
 
 
+@torch.no_grad()
+def shapes_accuracy(model: torch.nn.Module, meta: ModelMeta, device: torch.device, batch_size: int = 250) -> float:
+    """Top-1 on the held-out shapes split (SHAPES_HELD_OUT) at the model's input size."""
+    from workers.data import load_dataset
+
+    data = load_dataset("shapes", size=meta.input_size, n_train=1, **SHAPES_HELD_OUT)
+    correct = 0
+    for i in range(0, len(data.test_x), batch_size):
+        pred = model(to_canvas(data.test_x[i:i + batch_size].to(device), meta)).argmax(1).cpu()
+        correct += int((pred == data.test_y[i:i + batch_size]).sum())
+    return correct / len(data.test_x)
+
+
 def upstream_accuracy(model: torch.nn.Module, meta: ModelMeta, variant_key: str, root: str | None, cache_dir: Path,
-                      device: torch.device) -> float | None:
-    """Top-1 on ImageNet val, cached by (variant, val set: file names and sizes, preprocessing)."""
+                      device: torch.device, name: str = "") -> float | None:
+    """Top-1 on the source task: ImageNet val, cached by (variant, val set: file names and sizes, preprocessing);
+    or the held-out shapes split for a model (`name`) whose source task is shapes."""
+    from workers.classnames import SOURCE_CLASSES
+
+    if SOURCE_CLASSES.get(name) == "shapes" and meta.num_classes == 20:
+        key = hashlib.sha256(json.dumps(["shapes", SHAPES_HELD_OUT, meta.input_size]).encode()).hexdigest()[:16]
+        return _cached(Path(cache_dir) / "upstream" / f"{variant_key}-{key}.json",
+                       lambda: shapes_accuracy(model, meta, device), len_=SHAPES_HELD_OUT["n_test"])
     if not is_imagenet_classifier(meta) or not (files := imagenet_val(root)):
         return None
     base = Path(root).expanduser() / VAL_DIR
     val = hashlib.sha256(json.dumps([(str(f.relative_to(base)), f.stat().st_size, y) for f, y in files]
                                     + [meta.input_size, meta.interpolation, meta.crop_pct]).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / "upstream" / f"{variant_key}-{val}.json"
+    return _cached(Path(cache_dir) / "upstream" / f"{variant_key}-{val}.json",
+                   lambda: accuracy(model, meta, files, device), len_=len(files))
+
+
+def _cached(path: Path, measure, len_: int) -> float:
+    """measure() once per node (file lock), its result kept in `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one actor evaluates; others on the node wait and read
         if not path.exists():
-            acc = accuracy(model, meta, files, device)
+            acc = measure()
             tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-            tmp.write_text(json.dumps({"accuracy": acc, "n": len(files)}))
+            tmp.write_text(json.dumps({"accuracy": acc, "n": len_}))
             os.replace(tmp, path)
     return float(json.loads(path.read_text())["accuracy"])
