@@ -133,10 +133,10 @@ def _prompts(fam_runs, read_prompt, study, model, setup, comp, head):
     ds = ok["dataset"].iloc[0]
     ok = ok[ok["dataset"] == ds]
     ranks = sorted(x for x in ok["rank"].unique() if x > 0)
-    if len(ranks) > MAX_PROMPT_LEVELS:
+    if len(ranks) > MAX_PROMPT_LEVELS:  # evenly spaced, the most compressed always in
         idx = [round(i * (len(ranks) - 1) / (MAX_PROMPT_LEVELS - 1)) for i in range(MAX_PROMPT_LEVELS)]
+        e.note = f"{len(dict.fromkeys(idx))} of {len(ranks)} compressed levels drawn. "
         ranks = [ranks[i] for i in dict.fromkeys(idx)]
-        e.note = f"{len(ranks)} compressed levels drawn. "
     ok = ok[ok["rank"].isin([0, *ranks])]
     # one seed per method where every variant has it (the same few-shot subset and start), else each its lowest
     common = {m: set.intersection(*(set(x) for _, x in g.groupby("rank")["seed"])) for m, g in ok.groupby("method")} \

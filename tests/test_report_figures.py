@@ -150,8 +150,9 @@ def test_captions_count_runs_and_list_what_is_missing(hand, tmp_path):
     # the full budget of dense and both levels, two methods: 18 runs, 15 ok, 1 failed, 2 pending
     assert caption(ece).startswith("Expected calibration error")
     assert "15 finished runs in 6 configurations, 1–3 seeds each; missing: 2 pending, 1 failed" in caption(ece)
-    acc_rlm = next(e for e in info["entries"] if e.family == "accuracy" and e.title.endswith("rlm: accuracy vs data budget"))
-    assert "18 finished runs in 6 configurations, 3 seeds each; nothing missing." in caption(acc_rlm)
+    acc = next(e for e in info["entries"] if e.family == "accuracy")
+    assert acc.title == "demo_cnn, magnitude: test accuracy vs data budget, per method"
+    assert "33 finished runs in 12 configurations, 1–3 seeds each; missing: 2 pending, 1 failed" in caption(acc)
     missing = pd.read_csv(tmp_path / "r" / "missing.csv")
     assert sorted(missing["state"]) == ["failed", "pending", "pending"]
     assert set(missing["run_key"]) == {_spec(runs, method="ilm", shots=None, level=lv, seed=s).run_key
@@ -180,7 +181,9 @@ def _demo_like(root: Path, text: str, fail_every: int = 13, pending_every: int =
         st.publish(RunResult.for_spec(spec, "ok", accuracy=acc, ece=0.05 + pen, ece_paper=0.01, conf_correct=0.6 - pen,
                                       kl_incorrect=0.3 + pen, kl_incorrect_paper=0.01,
                                       **_bins({b: (10, (b + 0.5) / 15, max(0.0, (b + 0.5) / 15 - pen)) for b in range(6, 15)}),
-                                      label_mapping=[(3 * t + spec.seed) % 20 for t in range(10)], finished_at=1.0))
+                                      label_mapping=[(3 * t + spec.seed) % 20 for t in range(10)],
+                                      per_class_accuracy=[min(1.0, acc + 0.02 * t - 0.1) for t in range(10)],
+                                      finished_at=1.0))
     return st
 
 
@@ -199,12 +202,15 @@ def test_every_family_is_written_for_a_demo_like_store(tmp_path):
     html = (tmp_path / "r" / "index.html").read_text()
     md = (tmp_path / "r" / "README.md").read_text()
     for fam in FAMILIES:
+        if fam in ("lottery", "prompts", "best_epoch"):  # > 3 levels, stored prompts, eval_every: not in this store
+            continue
         assert list((tmp_path / "r").glob(f"figures/{fam}/*.png") if fam not in ("table1", "table2", "table3")
                     else (tmp_path / "r").glob(f"tables/{fam}*.md")), fam
+    assert "Not drawn: no finished run with a stored prompt (STORE/_prompts/)" in md
     pngs = sorted(str(p.relative_to(tmp_path / "r")) for p in (tmp_path / "r").rglob("*.png"))
-    # 2 models x 2 compressions: 3 methods' accuracy + ece, confidence, kl + reliability of the most accurate
-    # method + the label mapping
-    assert len(pngs) == 4 * (3 + 3 + 1 + 1)
+    # 2 models x 2 compressions: accuracy (a panel per method) + ece, confidence, kl + reliability of the most
+    # accurate method + the label mapping + class-wise impact
+    assert len(pngs) == 4 * (1 + 3 + 1 + 1 + 1)
     for p in pngs:
         assert f'src="{p}"' in html and f"]({p})" in md
         assert (tmp_path / "r" / p).with_suffix(".svg").stat().st_size > 0
@@ -236,7 +242,7 @@ def test_a_users_own_model_appears_without_code_change(tmp_path):
     r = cli.invoke(app, ["report", str(st.root), "--out", str(tmp_path / "r"), "--family", "accuracy", "--family", "mapping"])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "r" / "README.md").read_text()
-    assert "my_net, magnitude, ilm: accuracy vs data budget" in md
+    assert "my_net, magnitude: test accuracy vs data budget, per method" in md
     assert "source class names of 'my_net' are not declared" in md and "ece" not in {p.name for p in (tmp_path / "r" / "figures").iterdir()}
 
 
@@ -284,7 +290,7 @@ def test_ece_paper_switch_draws_the_papers_variant(hand, tmp_path):
                          "--vector", "pdf"])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "r" / "README.md").read_text()
-    assert "ece_paper vs sparsity at the full training split" in md and "paper code's ECE" in md
+    assert "ECE, paper's code (logit units / batch) vs sparsity at the full training split" in md and "paper code's ECE" in md
     assert list((tmp_path / "r").glob("figures/ece/*.pdf")) and not list((tmp_path / "r").glob("figures/accuracy/*"))
 
 
