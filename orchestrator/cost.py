@@ -75,18 +75,31 @@ def pairs(runs: pd.DataFrame, metrics=COST_METRICS) -> pd.DataFrame:
 def summarize(p: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     """Per group of `by` (default: a configuration and metric), the paired cost: n, mean, lo, hi, interval,
     excludes_zero, seeds, dense_mean, compressed_mean. A group that spans several cells (datasets, say) is
-    first averaged per seed, so each seed stays one pair."""
+    first averaged per seed, so each seed stays one pair. The t interval is computed for all groups at once;
+    only groups with >= BOOT_MIN seeds are bootstrapped one by one."""
     by = by or KEYS + ["level_key", "variant", "rank", "budget", "budget_rank", "metric"]
+    cols = [*by, "n", "mean", "lo", "hi", "interval", "excludes_zero", "seeds", "dense_mean", "compressed_mean"]
     if p.empty:
-        return pd.DataFrame(columns=[*by, *COLUMNS[len(COLUMNS) - 10:]])
+        return pd.DataFrame(columns=cols)
     per_seed = p.groupby(by + ["seed"], dropna=False, sort=False)[["diff", "dense", "compressed"]].mean().reset_index()
-    rows = []
-    for key, g in per_seed.groupby(by, dropna=False, sort=False):
-        mean, lo, hi, kind = interval(g["diff"].to_numpy())
-        rows.append((*key, len(g), mean, lo, hi, kind, bool(kind) and (lo > 0 or hi < 0),
-                     ",".join(str(int(s)) for s in sorted(g["seed"])), g["dense"].mean(), g["compressed"].mean()))
-    return pd.DataFrame(rows, columns=[*by, "n", "mean", "lo", "hi", "interval", "excludes_zero", "seeds",
-                                       "dense_mean", "compressed_mean"])
+    g = per_seed.groupby(by, dropna=False, sort=False)
+    out = g.agg(n=("diff", "size"), mean=("diff", "mean"), sd=("diff", "std"), dense_mean=("dense", "mean"),
+                compressed_mean=("compressed", "mean")).reset_index()
+    out["seeds"] = g["seed"].agg(lambda x: ",".join(str(int(v)) for v in sorted(x))).to_numpy()
+    from scipy.stats import t
+
+    n = out["n"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = t.ppf((1 + LEVEL) / 2, np.where(n > 1, n - 1, np.nan)) * out["sd"].to_numpy() / np.sqrt(n)
+    out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    out["interval"] = np.where(n >= BOOT_MIN, "bootstrap", np.where(n > 1, "t", ""))
+    many = np.flatnonzero(n >= BOOT_MIN)
+    if len(many):
+        groups = [x["diff"].to_numpy() for _, x in g]
+        for i in many:
+            _, out.loc[i, "lo"], out.loc[i, "hi"], _ = interval(groups[i])
+    out["excludes_zero"] = (out["interval"] != "") & ((out["lo"] > 0) | (out["hi"] < 0))
+    return out[cols]
 
 
 def cost(runs: pd.DataFrame) -> pd.DataFrame:

@@ -218,7 +218,7 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
             r = _top_budget(fam_runs)
             phrase = _budget_phrase(r)
             e = Entry(fam, f"{head}: {label} vs {F.LEVEL_SHORT.get(lk, 'compression level')} {phrase}", r,
-                      what=f"{what}, {phrase}; line: mean over seeds, bar: its 95% interval, dots: the seeds",
+                      what=f"{what}, {phrase}; line: mean over seeds, band: its 95% interval, dots: the seeds",
                       stem=f"{fam}/{slug(study, model, setup, comp)}")
             d = fam_sum.merge(r[["method", "dataset", "budget"]].drop_duplicates(), on=["method", "dataset", "budget"])
             d = d[d["metric"] == metric]

@@ -66,6 +66,12 @@ def test_bootstrap_from_five_seeds_agrees_with_t_on_a_large_normal_sample():
     five = [0.1, 0.3, 0.2, 0.5, 0.4]
     _, lo5, hi5, kind5 = C.interval(five)
     assert kind5 == "bootstrap" and min(five) <= lo5 < 0.3 < hi5 <= max(five)
+    # summarize: groups of 2 and 5 seeds side by side, each with its own kind of interval
+    p = pd.DataFrame({"g": ["a"] * 2 + ["b"] * 5, "seed": [1, 2, 1, 2, 3, 4, 5], "diff": [-0.3, -0.2] + five,
+                      "dense": 0.5, "compressed": 0.4})
+    s = C.summarize(p, ["g"]).set_index("g")
+    assert (s.loc["b", "interval"], s.loc["b", "lo"], s.loc["b", "hi"]) == ("bootstrap", lo5, hi5)
+    assert s.loc["a", "interval"] == "t" and s.loc["a", "hi"] == pytest.approx(-0.25 + T_975_1 * 0.05)
 
 
 def test_summary_intervals_are_students_t_over_seeds(hand):

@@ -61,6 +61,12 @@ def test_compression_is_measured_in_the_row(runs, tmp_path):
     row = run(spec, Context(tmp_path, torch.device("cpu")))
     assert row.status == "ok" and row.compression_level == 0.5
     assert row.sparsity == pytest.approx(0.5, abs=0.01)
+    # demo_cnn's source task is shapes: its upstream accuracy is measured on the held-out shapes split, per variant
+    from workers.upstream import shapes_accuracy
+
+    ctx = Context(tmp_path / "again", torch.device("cpu"))
+    v = ctx.variant(spec)
+    assert row.upstream_accuracy == pytest.approx(shapes_accuracy(v.frozen, v.meta, torch.device("cpu")))
 
 
 def test_a_failing_run_becomes_a_failed_row_and_the_pack_goes_on(runs, tmp_path):
