@@ -15,7 +15,7 @@ import pandas as pd
 from orchestrator import figures as F
 
 MAX_CLASSES = 20  # classes drawn in a class-wise figure (those that lose most); all are in its CSV
-MAX_PROMPT_LEVELS = 3  # compressed levels drawn beside dense in the prompt figure
+MAX_PROMPT_LEVELS = 3  # compressed levels drawn beside dense in the prompt and class-wise figures
 HEATMAP_LEVELS = 3  # a compression with more levels than this gets the Δ heat-map
 
 
@@ -87,6 +87,11 @@ def _classwise(fam_runs, classes, best, study, model, setup, comp, head):
                  target_label=[target_name_or_index(t, x) for t, x in zip(d["target"], d["dataset"])])
     e.csv = d
     d = d[d["dataset"] == ds]
+    ranks = sorted(d["rank"].unique())
+    if len(ranks) > MAX_PROMPT_LEVELS:  # evenly spaced levels, the most compressed always in; all in the CSV
+        idx = dict.fromkeys(round(i * (len(ranks) - 1) / (MAX_PROMPT_LEVELS - 1)) for i in range(MAX_PROMPT_LEVELS))
+        e.note += f"{len(idx)} of {len(ranks)} compressed levels drawn. "
+        d = d[d["rank"].isin([ranks[i] for i in idx])]
     worst = d[d["rank"] == d["rank"].max()].sort_values("delta")["target"].tolist()
     if len(worst) > MAX_CLASSES:
         e.note += f"{MAX_CLASSES} of {len(worst)} classes drawn. "
