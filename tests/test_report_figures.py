@@ -216,7 +216,7 @@ def test_every_family_is_written_for_a_demo_like_store(tmp_path):
         assert (tmp_path / "r" / p).with_suffix(".svg").stat().st_size > 0
     assert "model_args=" in md  # the two widths are told apart, never averaged as seeds
     table1 = (tmp_path / "r" / "tables" / "table1_drops.md").read_text()
-    assert "| magnitude |" in table1 and "one-shot magnitude pruning" in table1
+    assert "| magnitude | unstructured |" in table1 and "| fakequant | quantization |" in table1
     mapping = pd.concat(pd.read_csv(p) for p in (tmp_path / "r").glob("figures/mapping/*.csv"))
     assert set(mapping["source_label"]) <= set(__import__("workers.classnames").classnames.shapes())
 
