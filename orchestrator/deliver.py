@@ -422,7 +422,8 @@ def _table1(runs, summary, paired) -> Entry:
                      "best method, budget": f"{r['method']}, {r['budget']}" if n else "–",
                      "Δ accuracy (pts) [95%]": C.text(r["mean"], r["lo"], r["hi"], n) if n else "–",
                      "seeds": n, "verdict": _verdict(r["mean"], r["lo"], r["hi"], n) if n else "",
-                     "mean drop, all cells (pts)": f"{100 * r['mean_drop']:.1f}", "cells": int(r["cells"])})
+                     "mean drop, all cells (pts)": f"{100 * r['mean_drop']:.1f}".replace("-", "−"),
+                     "cells": int(r["cells"])})
     shown = pd.DataFrame(rows)
     e.table_md, e.table_html = _md(shown), _html(shown)
     e.csv = t

@@ -86,7 +86,13 @@ def prompt_grid(images: dict, cells: pd.DataFrame, title: str):
     width = max(MIN_W, 1.2 + side * len(variants))
     height = 1.2 + side * len(methods) + 0.3
     fig = plt.figure(figsize=(width, height))
-    top = _title(fig, title, "sigmoid(prompt) as added to the canvas; seed shown per image", width) + 0.3
+    # small prompts sit near 0.5 (grey): their deviation is stretched by one factor for every image, so the images
+    # stay comparable with each other
+    dev = max(float(np.abs(np.asarray(im) - 0.5).max()) for im in images.values()) if images else 0.0
+    k = 0.5 / dev if dev > 0 else 1.0
+    how = f"0.5 + {k:.3g} × (sigmoid(prompt) − 0.5), one stretch for every image" if k > 1.01 else \
+        "sigmoid(prompt) as added to the canvas"
+    top = _title(fig, title, f"{how}; seed shown per image", width) + 0.3
     fig.subplots_adjust(left=1.0 / width, right=1 - 0.2 / width, top=1 - top / height, bottom=0.1 / height,
                         wspace=0.15, hspace=0.35)
     seeds = {(m, v): s for m, v, s in zip(cells["method"], cells["variant"], cells["seed"])}
@@ -96,7 +102,7 @@ def prompt_grid(images: dict, cells: pd.DataFrame, title: str):
             ax.set_xticks([])
             ax.set_yticks([])
             if (m, v) in images:
-                ax.imshow(np.clip(images[(m, v)], 0, 1), interpolation="nearest")
+                ax.imshow(np.clip(0.5 + k * (images[(m, v)] - 0.5), 0, 1), interpolation="nearest")
                 ax.set_title(f"{_short(v, 16)}, seed {seeds[(m, v)]}", fontsize=8, pad=3)
             else:
                 ax.axis("off")
