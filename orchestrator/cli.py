@@ -413,6 +413,36 @@ def report(store: StoreArg, as_json: JsonOpt = False,
         typer.echo(markdown(table, tuple(metric)))
 
 
+PRETRAINABLE = ("demo_cnn",)
+
+
+@app.command()
+def pretrain(model: Annotated[str, typer.Argument(help=f"The model to pre-train: {', '.join(PRETRAINABLE)}.",
+                                                  callback=_one_of(PRETRAINABLE))],
+             out: Annotated[Path, typer.Option("--out", help="The safetensors file to write.")],
+             width: Annotated[int, typer.Option(help="Channels of the first block.", min=1)] = 16,
+             epochs: Annotated[int, typer.Option(help="Epochs on shapes.", min=1)] = 10,
+             images: Annotated[int, typer.Option(help="Shapes training images.", min=1)] = 8000,
+             seed: Annotated[int, typer.Option(help="Seed of the initial weights, the data and the shuffling.")] = 0,
+             threads: Annotated[int, typer.Option(help="Torch threads: the float sums' order, so the bytes, depend on it.", min=1)] = 1) -> None:
+    """Pre-train a source model and write its weights: the shipped demo_cnn weights are this command with its
+    defaults (docs/demo.md). Prints the file's sha256."""
+    import torch
+
+    from workers.checkpoints import sha256_file
+    from workers.models.demo_cnn import pretrain as train, save
+
+    if out.suffix != ".safetensors":
+        _usage(f"--out {out}: the file must end in .safetensors")
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    net, acc = train(width=width, epochs=epochs, images=images, seed=seed)
+    made_by = {"width": width, "epochs": epochs, "images": images, "seed": seed, "threads": threads}
+    save(net, out, made_by, acc)
+    err(f"{model} pre-trained in {time.time() - t0:.0f} s: {100 * acc:.1f}% on the shapes test split")
+    typer.echo(f"{out} sha256:{sha256_file(out)}")
+
+
 def _axis(axis: str, v):
     from orchestrator.figures import axis_value
 

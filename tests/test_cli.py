@@ -244,5 +244,5 @@ def test_list_shows_every_declared_name_with_args_and_defaults():
 def test_list_table():
     r = cli.invoke(app, ["list", "models"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
-    assert "demo_cnn" in r.stdout and "width=24" in r.stdout and "input_size=224  int in [1, inf), a multiple of 16" in r.stdout
+    assert "demo_cnn" in r.stdout and "width=16" in r.stdout and "input_size=224  int in [1, inf), a multiple of 16" in r.stdout
     assert "magnitude" not in r.stdout  # models only

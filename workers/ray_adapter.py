@@ -31,13 +31,13 @@ def trainable(config: dict) -> None:
     import torch
 
     from orchestrator.store import Store
-    from workers.run import node_cache_dir, run_pack
+    from workers.run import node_cache_dir, run_pack, torch_threads
     from workers.spec import RunSpec
 
     if config["gpu"] and not config.get("logical_gpus") and not torch.cuda.is_available():
         raise RuntimeError(f"trial {config['trial_id']} was given {config['gpu']:g} GPU but this worker cannot use "
                            "CUDA (driver, CUDA_VISIBLE_DEVICES or a CPU-only torch); refusing to train on the CPU")
-    torch.set_num_threads(max(1, int(config["cpu"])))
+    torch.set_num_threads(torch_threads(config["cpu"]))
     store = Store(config["store"])
     trial = config["trial_id"]
     node = ray.get_runtime_context().get_node_id()

@@ -283,6 +283,17 @@ def node_cache_dir() -> Path:
     return Path(os.environ.get("VPGRID_CACHE") or Path.home() / ".cache" / "vpgrid").expanduser()
 
 
+def torch_threads(cpu: float) -> int:
+    """Torch threads of a trial: $VPGRID_TORCH_THREADS if set (the order of float sums, so the last digits of
+    every number, depends on it: the demo is checked at 1 and 2), else the trial's CPUs, at least 1."""
+    text = os.environ.get("VPGRID_TORCH_THREADS", "").strip()
+    if not text:
+        return max(1, int(cpu))
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"VPGRID_TORCH_THREADS={text!r}: must be a positive integer (torch threads per trial)")
+    return int(text)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
