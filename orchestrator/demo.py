@@ -65,11 +65,16 @@ def _runs(store: str):
 
     from orchestrator.store import Store
 
-    df = Store(store).frame()
-    ok = df[df["status"] == "ok"].copy()
-    level = ok["compression_level"].map(lambda v: "" if pd.isna(v) else f"@{v:g}")
-    ok["variant"] = ok["compression"] + level
-    ok["budget"] = ok["shots"].map(lambda s: "full" if pd.isna(s) else f"{int(s)}-shot")
+    try:
+        s = Store(store)
+        s.grid_text()  # a folder that is not a store fails here, in one line
+        df = s.frame()
+    except Exception as e:
+        raise SystemExit(f"error: {store}: not a readable store: {(str(e).splitlines() or [type(e).__name__])[0]}")
+    ok = df[df["status"] == "ok"].copy() if len(df) else df
+    level = [("" if pd.isna(v) else f"@{v:g}") for v in ok["compression_level"]] if len(ok) else []
+    ok["variant"] = [f"{c}{lv}" for c, lv in zip(ok["compression"], level)] if len(ok) else []
+    ok["budget"] = ["full" if pd.isna(v) else f"{int(v)}-shot" for v in ok["shots"]] if len(ok) else []
     return df, ok
 
 

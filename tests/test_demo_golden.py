@@ -51,3 +51,15 @@ def test_the_docs_blocks_are_filled_in_place():
         demo.replace_block(text, "tables", "new", "x")
     for path in demo.DOCS:  # the generated blocks are where the command writes them
         assert "<!-- demo:ilm -->" in path.read_text() or "<!-- demo:tables -->" in path.read_text(), path
+
+
+def test_the_command_refuses_a_missing_or_incomplete_store(tmp_path, capsys):
+    from orchestrator.store import Store
+
+    with pytest.raises(SystemExit, match="not a readable store: .*not a vpgrid store"):
+        demo.main(["--store", str(tmp_path / "none"), "--check"])
+    Store(tmp_path / "s").create(demo.GRID.read_text())
+    before = [p.stat().st_mtime_ns for p in (demo.GOLDEN, *demo.DOCS)]
+    with pytest.raises(SystemExit, match=r"not a complete run of demo.yaml \(0 of \d+ runs ok, 0 rows\)"):
+        demo.main(["--store", str(tmp_path / "s")])
+    assert [p.stat().st_mtime_ns for p in (demo.GOLDEN, *demo.DOCS)] == before  # nothing written
