@@ -369,3 +369,18 @@ def test_no_diary_in_the_docs():
     for p, text in pages().items():
         assert not re.search(r"\bload average|this session|\bsession of\b", text, re.I), p.name
         assert not re.search(r"\b(commit|clean checkout|clone) [0-9a-f]{7,40}\b|\([0-9a-f]{7}\)", text), p.name
+
+
+def test_every_grid_in_the_readme_and_docs_validates():
+    """A whole grid in a page's YAML block (one with a `name:`) validates and expands, as `vpgrid plan` does it.
+    extending.md's grid names entries that exist only once its examples are added: its own test checks it."""
+    from orchestrator.grid import expand, parse_grid
+    from orchestrator.validate import check_grid
+
+    grids = [(p.name, y) for p, text in pages().items() if p.name != "extending.md"
+             for y in re.findall(r"```yaml\n(.*?)```", text, re.S) if re.search(r"^name:", y, re.M)]
+    assert {name for name, _ in grids} >= {"README.md", "grid.md"}
+    for name, y in grids:
+        g = parse_grid(y, name)
+        check_grid(g, name)
+        assert expand(g, name), name
