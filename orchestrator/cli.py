@@ -79,7 +79,7 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(EXIT_RUNS_PENDING if isinstance(e, ClusterGone) else EXIT_ERROR)
 
 
-# Exit codes of launch, resume and submit (README, "CLI").
+# Exit codes of launch, resume and submit (docs/cli.md).
 EXIT_ERROR, EXIT_USAGE, EXIT_RUNS_FAILED, EXIT_RUNS_PENDING = 1, 2, 3, 4
 
 

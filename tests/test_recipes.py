@@ -137,15 +137,23 @@ def cluster_section() -> str:
     return text[start:text.index("\n## ", start + 1)]
 
 
-COMMAND_FILES = [RAY_UP, RAYJOB, SBATCH, README]
-COMMANDS = [(p.name, argv) for p in COMMAND_FILES
-            for argv in vpgrid_commands(cluster_section() if p == README else p.read_text(), p.suffix == ".md")]
+DOCS = ROOT / "docs"
+RECIPE_FILES = [RAY_UP, RAYJOB, SBATCH, README]
+# The recipes, and every Markdown page a user copies commands from: the README and the manual (its code blocks).
+COMMAND_FILES = [*RECIPE_FILES, *sorted(DOCS.glob("*.md"))]
+COMMANDS = [(str(p.relative_to(ROOT)), argv) for p in COMMAND_FILES
+            for argv in vpgrid_commands(p.read_text(), p.suffix == ".md")]
 
 
 def test_every_recipe_runs_vpgrid():
     names = {name for name, _ in COMMANDS}
-    assert names == {p.name for p in COMMAND_FILES}
+    assert names >= {str(p.relative_to(ROOT)) for p in RECIPE_FILES}
     assert any(argv[:2] == ["vpgrid", "launch"] for _, argv in COMMANDS)
+    # the cluster section's commands are among the README's
+    in_section = [argv for argv in vpgrid_commands(cluster_section(), markdown=True)]
+    assert in_section and all(argv in [a for n, a in COMMANDS if n == "README.md"] for argv in in_section)
+    # the manual's code blocks are parsed too (the pages with commands in them)
+    assert {"docs/cli.md", "docs/grid.md", "docs/extending.md"} <= names
 
 
 @pytest.mark.parametrize("where,argv", COMMANDS, ids=[f"{w}:{' '.join(a[1:3])}" for w, a in COMMANDS])
