@@ -427,18 +427,13 @@ def pretrain(model: Annotated[str, typer.Argument(help=f"The model to pre-train:
              threads: Annotated[int, typer.Option(help="Torch threads: the float sums' order, so the bytes, depend on it.", min=1)] = 1) -> None:
     """Pre-train a source model and write its weights: the shipped demo_cnn weights are this command with its
     defaults (docs/demo.md). Prints the file's sha256."""
-    import torch
-
     from workers.checkpoints import sha256_file
-    from workers.models.demo_cnn import pretrain as train, save
+    from workers.models.demo_cnn import pretrain_to_file
 
     if out.suffix != ".safetensors":
         _usage(f"--out {out}: the file must end in .safetensors")
-    torch.set_num_threads(threads)
     t0 = time.time()
-    net, acc = train(width=width, epochs=epochs, images=images, seed=seed)
-    made_by = {"width": width, "epochs": epochs, "images": images, "seed": seed, "threads": threads}
-    save(net, out, made_by, acc)
+    acc = pretrain_to_file(out, width=width, epochs=epochs, images=images, seed=seed, threads=threads)
     err(f"{model} pre-trained in {time.time() - t0:.0f} s: {100 * acc:.1f}% on the shapes test split")
     typer.echo(f"{out} sha256:{sha256_file(out)}")
 

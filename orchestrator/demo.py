@@ -141,26 +141,17 @@ def slice_specs() -> list:
 def run_slice(cache_dir: Path) -> list[dict]:
     """Each slice run alone at one torch thread (the float sums' order is then the same on every machine of
     a kind), as {run_key, what, metrics}."""
-    import torch
+    from workers.run import run_alone
 
-    from workers.run import Context, run
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ctx = Context(Path(cache_dir), torch.device("cpu"))
-        out = []
-        for spec in slice_specs():
-            row = run(spec, ctx)
-            if row.status != "ok":
-                raise RuntimeError(f"golden slice run {spec.run_key} failed: {row.error}")
-            what = f"{spec.compression}{'' if spec.compression_level is None else f'@{spec.compression_level:g}'} " \
-                   f"{spec.method} {spec.shots}-shot seed {spec.seed}"
-            out.append({"run_key": spec.run_key, "what": what,
-                        "metrics": {m: float(getattr(row, m)) for m in GOLDEN_METRICS}})
-        return out
-    finally:
-        torch.set_num_threads(threads)
+    out = []
+    for spec, row in zip(slice_specs(), run_alone(slice_specs(), Path(cache_dir), threads=1)):
+        if row.status != "ok":
+            raise RuntimeError(f"golden slice run {spec.run_key} failed: {row.error}")
+        what = f"{spec.compression}{'' if spec.compression_level is None else f'@{spec.compression_level:g}'} " \
+               f"{spec.method} {spec.shots}-shot seed {spec.seed}"
+        out.append({"run_key": spec.run_key, "what": what,
+                    "metrics": {m: float(getattr(row, m)) for m in GOLDEN_METRICS}})
+    return out
 
 
 # -- writing ----------------------------------------------------------------------------------------------------

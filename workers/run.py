@@ -278,6 +278,18 @@ def _variant_fields(v: Variant | None) -> dict:
                 weights_source=v.weights_source, setup_seconds=v.setup_seconds)
 
 
+def run_alone(specs: Iterable[RunSpec], cache_dir: Path, threads: int = 1) -> list[RunResult]:
+    """Each run by itself (no prompt batching) on the CPU at `threads` torch threads: the order of float sums is
+    then the same on every machine of a kind, as the demo's golden values need."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ctx = Context(Path(cache_dir), torch.device("cpu"))
+        return [run(spec, ctx) for spec in specs]
+    finally:
+        torch.set_num_threads(before)
+
+
 def node_cache_dir() -> Path:
     """This node's cache (weights, decoded datasets): $VPGRID_CACHE, else ~/.cache/vpgrid; never the shared store."""
     return Path(os.environ.get("VPGRID_CACHE") or Path.home() / ".cache" / "vpgrid").expanduser()

@@ -91,6 +91,19 @@ def pretrain(width: int = 16, epochs: int = 10, images: int = 8000, seed: int = 
     return model, (pred == data.test_y).float().mean().item()
 
 
+def pretrain_to_file(out: Path, width: int, epochs: int, images: int, seed: int, threads: int) -> float:
+    """`vpgrid pretrain demo_cnn`: train at `threads` torch threads (the float sums' order, so the bytes, depend on
+    it), write safetensors with how it was made, return the source test accuracy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        net, acc = pretrain(width=width, epochs=epochs, images=images, seed=seed)
+    finally:
+        torch.set_num_threads(before)
+    save(net, out, {"width": width, "epochs": epochs, "images": images, "seed": seed, "threads": threads}, acc)
+    return acc
+
+
 def save(model: DemoCNN, path: Path, made_by: dict, source_accuracy: float) -> None:
     """Safetensors (contiguous NCHW tensors), with how it was made in the header; written whole or not at all."""
     from safetensors.torch import save_file
