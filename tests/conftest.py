@@ -71,6 +71,26 @@ class Gate:
         for f in [self.path / "open", *self.path.glob("token-*")]:
             f.unlink(missing_ok=True)
 
+    def kill_holders(self, timeout: float = 120) -> None:
+        """SIGKILL every process started with this gate in its environment (Ray's workers outlive a SIGKILLed
+        driver, waiting at the gate, and would publish once it opens) and wait until they are gone."""
+        import psutil
+
+        t0 = time.time()
+        while True:
+            alive = []
+            for p in psutil.process_iter():
+                try:
+                    if p.pid != os.getpid() and p.environ().get("VPGRID_TEST_GATE") == str(self.path):
+                        p.kill()
+                        alive.append(p)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+            if not alive:
+                return
+            assert time.time() - t0 < timeout, f"{len(alive)} processes of a killed launch outlive SIGKILL"
+            psutil.wait_procs(alive, timeout=5)
+
 
 @pytest.fixture
 def gate(tmp_path: Path) -> Gate:

@@ -140,7 +140,8 @@ def test_sigkill_the_driver_then_resume_runs_each_run_exactly_once(tmp_path, gat
         wait_for_rows(store, len(finished) + release, p)
         os.kill(p.pid, signal.SIGKILL)  # the driver only, as a preemption would
         p.wait()
-        reap(p)  # its trials wait at the gate: none can publish another run
+        reap(p)
+        gate.kill_holders()  # the trials it left waiting at the gate: none publishes another run
         st = Store(store)
         now = {r: t for r, t in zip(st.frame()["run_key"], st.frame()["finished_at"])}
         assert len(now) == len(finished) + release
