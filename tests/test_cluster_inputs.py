@@ -32,11 +32,17 @@ def test_ray_client_addresses_are_refused_with_what_to_use_instead(tiny_grid, tm
     assert not (tmp_path / "s").exists()
 
 
-def test_an_address_nobody_answers_at(tiny_grid, tmp_path):
-    t0 = time.time()
+def test_an_address_nobody_answers_at(tiny_grid, tmp_path, monkeypatch):
+    """Refused by one connection attempt, never handed to ray.init (which would retry for minutes)."""
+    import ray
+
+    def no_init(*a, **kw):
+        raise AssertionError("ray.init was called for an address nobody answers at")
+
+    monkeypatch.setattr(ray, "init", no_init)
     line = one_line_error(cli.invoke(app, ["launch", str(tiny_grid), "--store", str(tmp_path / "s"),
                                            "--address", f"127.0.0.1:{free_port()}"]))
-    assert "no Ray head answers there" in line and time.time() - t0 < 30
+    assert "no Ray head answers there" in line
     assert not (tmp_path / "s").exists()
 
 
@@ -114,9 +120,8 @@ def test_status_of_a_launch_whose_driver_died_on_another_host(tiny_grid, tmp_pat
     st.create(tiny_grid.read_text())
     info = {"launch_id": "x", "host": "elsewhere", "pid": 1, "started": time.time() - 900}
     st.write_launch({**info, "heartbeat": time.time() - 600})
-    t0 = time.time()
-    r = cli.invoke(app, ["status", str(tmp_path / "s"), "--watch", "--interval", "0.1"])
-    assert r.exit_code == 0 and time.time() - t0 < 30
+    r = cli.invoke(app, ["status", str(tmp_path / "s"), "--watch", "--interval", "0.1"])  # returns: no launch to watch
+    assert r.exit_code == 0
     assert "no launch running; finish with: vpgrid resume" in r.stdout
     st.write_launch({**info, "heartbeat": time.time()})
     out = json.loads(cli.invoke(app, ["status", str(tmp_path / "s"), "--json"]).stdout)

@@ -31,6 +31,7 @@ def trainable(config: dict) -> None:
     import torch
 
     from orchestrator.store import Store
+    from workers.gate import wait_for_token
     from workers.run import node_cache_dir, run_pack, torch_threads
     from workers.spec import RunSpec
 
@@ -54,6 +55,7 @@ def trainable(config: dict) -> None:
         for i, result in enumerate(run_pack(specs, cache, trial=trial, data_root=config.get("data_root"),
                                                    gpu_share=config["gpu"] or None), 1):
             result.node = node
+            wait_for_token()  # test-only: no-op unless VPGRID_TEST_GATE is set
             publish(store, result)
             store.heartbeat(trial, {"runs_total": len(specs), "runs_done": i, "current": result.run_key})
             metrics = {k: getattr(result, k) for k in REPORTED if getattr(result, k) is not None}
