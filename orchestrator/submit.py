@@ -99,13 +99,13 @@ def _submit(client, address: str, kwargs: dict, say: Callable[[str], None]) -> s
                 raise LaunchError(f"could not submit to the Ray Jobs server at {address}: {first}") from None
             # a head that has just started has no job agent yet: wait for it a while
             waited = time.time() - t0
-            if waited >= AGENT_WAIT_S:
-                raise LaunchError(f"the Ray Jobs server at {address} found no job agent on the head in "
-                                  f"{waited:.0f} s (Ray: {first}). {AGENT_HINT}") from None
             if time.time() >= next_note:
                 say(f"waiting for the head's job agent ({waited:.0f} s of at most {AGENT_WAIT_S:.0f} s; "
                     "Ray says: No available agent) ...")
                 next_note = time.time() + 30
+            if waited >= AGENT_WAIT_S:
+                raise LaunchError(f"the Ray Jobs server at {address} found no job agent on the head in "
+                                  f"{waited:.0f} s (Ray: {first}). {AGENT_HINT}") from None
             time.sleep(2)  # poll interval
 
 
@@ -156,14 +156,11 @@ def follow_job(client, job_id: str, st: Optional[Store], record: dict, say: Call
         except Exception as e:  # the head went away right after accepting the job
             raise LaunchError(f"job {job_id} was submitted, but its status cannot be read: {first_line(str(e))}; "
                               f"follow it with: ray job logs --address {record['address']} --follow {job_id}") from None
-        if state != last or time.time() >= next_note:
-            say(f"job {job_id}: {state.lower()}, waiting for its driver's first heartbeat "
-                f"({time.time() - t0:.0f} s of at most {FOLLOW_S:.0f} s) ...")
-            last, next_note = state, time.time() + note_every
         if _driver_started(client, job_id, st):
-            say(f"job {job_id}: its driver is running")
+            say(f"job {job_id}: its driver started")
             return
         if state == "SUCCEEDED":  # e.g. nothing left to run: the driver ended before any heartbeat
+            say(f"job {job_id}: succeeded")
             return
         if state in JOB_FAILED_STATES:
             logs = client.get_job_logs(job_id)
@@ -179,6 +176,10 @@ def follow_job(client, job_id: str, st: Optional[Store], record: dict, say: Call
                 say(f"  | {line}")
             raise JobFailed(f"job {job_id} {state.lower()} before its driver started: {error[0]} "
                             f"(whole log: ray job logs --address {record['address']} {job_id})")
+        if state != last or time.time() >= next_note:
+            say(f"job {job_id}: {state.lower()}, waiting for its driver's first heartbeat "
+                f"({time.time() - t0:.0f} s of at most {FOLLOW_S:.0f} s) ...")
+            last, next_note = state, time.time() + note_every
         if time.time() - t0 > FOLLOW_S:
             say(f"job {job_id} is still {state.lower()} after {FOLLOW_S:.0f} s with no driver heartbeat; not waiting "
                 f"longer. Follow it with: ray job logs --address {record['address']} --follow {job_id}")
