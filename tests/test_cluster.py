@@ -126,6 +126,7 @@ def test_submit_with_the_store_on_s3_survives_a_worker_node_dying(cluster, s3_bu
     cluster.cluster.remove_node(cluster.workers[0], allow_graceful=False)  # the dead node's other processes
     # the job's log: one line for the trial lost with the node, and none of Ray's long node-death text
     logs = client.get_job_logs(job)
+    (tmp_path / "job.log").write_text(logs)  # kept with the test's temporary files, to read after a failure
     lost = re.findall(r"^trial (t\d+) lost with node (\w+); retry (\d) of 3$", logs, re.M)
     assert lost and {(node, retry) for _, node, retry in lost} == {(killed, "1")}, logs[-3000:]
     assert "Uploading package" not in logs and "has been marked dead" not in logs, logs[-3000:]
