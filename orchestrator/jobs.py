@@ -52,6 +52,8 @@ def job_state(record: dict, launch: dict, driver_alive: bool) -> Optional[dict]:
     started = launch.get("job_id") == record["job_id"]
     if started and (driver_alive or "finished" in launch):
         return None
+    if not started and float(launch.get("started", 0)) > float(record.get("submitted", 0)):
+        return None  # a later launch (from a node, or another job) has taken the store over
     out = {"job_id": record["job_id"], "address": record.get("address"), "state": "waiting", "error": None}
     if record.get("failed"):
         return {**out, "state": "failed", "error": record.get("error")}
