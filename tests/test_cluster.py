@@ -40,12 +40,15 @@ def cluster(s3_server):
 
     port = free_port()
     # Each node its own temp dir, as separate machines have: a dying node's clean-up cannot touch the others'
-    # runtime environments (short paths: Ray's sockets live there).
+    # runtime environments (short paths: Ray's sockets live there). And its own dashboard agent port: on one
+    # machine every node's agent would take 52365, and the head's, which runs jobs, may lose (docs/cluster.md).
     c = Cluster(initialize_head=True, connect=False,
                 head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-                                "dashboard_port": port, "temp_dir": tempfile.mkdtemp(prefix="rh-", dir="/tmp")})
+                                "dashboard_port": port, "dashboard_agent_listen_port": free_port(),
+                                "temp_dir": tempfile.mkdtemp(prefix="rh-", dir="/tmp")})
     try:
-        workers = [c.add_node(num_cpus=1, temp_dir=tempfile.mkdtemp(prefix=f"rw{i}-", dir="/tmp")) for i in range(2)]
+        workers = [c.add_node(num_cpus=1, dashboard_agent_listen_port=free_port(),
+                              temp_dir=tempfile.mkdtemp(prefix=f"rw{i}-", dir="/tmp")) for i in range(2)]
         c.wait_for_nodes()
         yield SimpleNamespace(cluster=c, workers=workers, jobs=f"http://127.0.0.1:{port}", gcs=c.address)
     finally:
@@ -219,7 +222,8 @@ def test_a_launch_whose_own_node_dies_stops_in_bounded_time_with_one_line(tmp_pa
 
 def test_runs_of_a_trial_out_of_retries_stay_pending_and_resume_finishes_them(cluster, tmp_path):
     """With no retries, a trial whose node dies leaves its runs pending: the launch says so and exits 4."""
-    extra = cluster.cluster.add_node(num_cpus=1, temp_dir=tempfile.mkdtemp(prefix="rw-x-", dir="/tmp"))
+    extra = cluster.cluster.add_node(num_cpus=1, dashboard_agent_listen_port=free_port(),
+                                     temp_dir=tempfile.mkdtemp(prefix="rw-x-", dir="/tmp"))
     cluster.cluster.wait_for_nodes()
     text = grid(train={"epochs": 30, "batch_size": 8, "input_size": 8}, pack_size=3, resources={"cpu": 1})
     g = write_grid(tmp_path, text)
