@@ -187,6 +187,8 @@ def _connect(address: Optional[str], num_cpus, num_gpus, runtime_env: dict) -> N
                 # "local": a private Ray, even when `ray start` left a cluster running on this machine
                 ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                          runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
+            if os.environ.get("VPGRID_DEBUG") != "1":
+                _shorten_raylet_errors()
             return
         except Exception as e:  # ConnectionError, RuntimeError, TimeoutError, ValueError: all end the same way
             ray.shutdown()
@@ -195,6 +197,30 @@ def _connect(address: Optional[str], num_cpus, num_gpus, runtime_env: dict) -> N
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise LaunchError(f"could not start or reach {where}: {first}"
                                   + ("" if address else "; run the command again")) from None
+
+
+def _shorten_raylet_errors() -> None:
+    """Ray's driver prints every error the raylets publish, whatever log_to_driver says, and on stdout: a node's
+    death comes as a 20-line state dump, often twice. vpgrid says one line per lost trial (RunProgress); of Ray's
+    messages keep the first line of each distinct one, once, on stderr (stdout carries data only)."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)  # the listener thread looks it up at each message
+    if original is None or getattr(original, "vpgrid", False):
+        return
+    seen: set[str] = set()
+
+    def first_lines_once(data, *args, **kwargs):
+        if data.get("pid") != "raylet":
+            return original(data, *args, **kwargs)
+        lines = [first for m in data.get("lines", []) if (first := (str(m).strip().splitlines() or [""])[0])]
+        lines = [line for line in dict.fromkeys(lines) if line not in seen]
+        seen.update(lines)
+        if lines:
+            original({**data, "lines": lines, "is_err": True}, *args, **kwargs)
+
+    first_lines_once.vpgrid = True
+    ray_worker.print_to_stdstream = first_lines_once
 
 
 class _ClusterWatch:
