@@ -239,3 +239,19 @@ def test_status_of_a_launch_whose_driver_died_on_another_host(tiny_grid, tmp_pat
     assert out["driver_alive"] is True
     st.write_launch({**info, "heartbeat": time.time(), "finished": time.time()})
     assert json.loads(cli.invoke(app, ["status", str(tmp_path / "s"), "--json"]).stdout)["driver_alive"] is False
+
+
+def test_rays_raylet_messages_reach_the_driver_as_one_line_once_on_stderr(capsys, monkeypatch):
+    """Ray's driver prints every error a raylet publishes (a node's death: a long state dump, often twice) on
+    stdout, whatever log_to_driver says. A launch keeps the first line of each, once, on stderr."""
+    import ray._private.worker as ray_worker
+
+    from orchestrator.launch import _shorten_raylet_errors
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # undone after the test
+    _shorten_raylet_errors()
+    dump = "The node with node id: 1f2e has been marked dead.\n\tRayTask ID: ...\n\tWorker exit detail: ..."
+    for _ in range(2):
+        ray_worker.print_to_stdstream({"lines": [dump], "pid": "raylet", "is_err": False}, False)
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("has been marked dead") == 1 and "Worker exit detail" not in err
