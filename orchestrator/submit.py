@@ -77,6 +77,17 @@ def prepare_store(st: Store, grid_text: str, say: Callable[[str], None] = _err) 
         return False
 
 
+def _quiet_ray(verbose: bool) -> None:
+    """Ray's "Uploading package ..." and "Creating a file package ..." INFO lines, unless -v. The SDK's module sets
+    its own logger to INFO when imported: import it first, then set the level."""
+    import logging
+
+    import ray.dashboard.modules.dashboard_sdk  # noqa: F401
+
+    for name in ("ray.dashboard", "ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def _client(address: str):
     from ray.job_submission import JobSubmissionClient
 
@@ -118,11 +129,7 @@ def submit_job(address: str, grid_text: str, args: list[str], store: str, data_r
                           "absolute path that every node mounts")
     st = Store(store)  # a malformed URI fails here, before anything is submitted
     store = st.root
-    import logging
-
-    if not verbose:  # Ray's "Uploading package ...", "Creating a file package ..." INFO lines
-        for logger in ("ray.dashboard", "ray._private.runtime_env"):
-            logging.getLogger(logger).setLevel(logging.WARNING)
+    _quiet_ray(verbose)
     client = _client(address)  # a Jobs server that does not answer: nothing is written
     reachable = prepare_store(st, grid_text, say) if check_store else False
     name = (yaml.safe_load(grid_text) or {}).get("name", "grid")
