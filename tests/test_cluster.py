@@ -356,10 +356,13 @@ class _HeldFile:
             def do_GET(self):
                 held.asked.set()
                 held.release.wait(600)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the run that asked is gone (interrupted): nobody to send it to
 
             def log_message(self, *args):
                 pass
