@@ -348,13 +348,21 @@ def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cp
         ray.shutdown()
 
 
-def _node_of(store: Store, trial: str) -> Optional[str]:
-    """The node a trial's heartbeat names (the trial may be gone with it: the store still says where it ran)."""
+def _node_of(store: Store, trial: str) -> tuple[Optional[str], Optional[bool]]:
+    """The node a trial's heartbeat names (the trial may be gone with it: the store still says where it ran), and
+    whether Ray still has that node alive (None: not known)."""
     try:
-        beat = store._get_json(f"{store.meta_dir}/running/{trial}.json") or {}
+        node = (store._get_json(f"{store.meta_dir}/running/{trial}.json") or {}).get("node")
     except OSError:
-        return None
-    return beat.get("node")
+        return None, None
+    if not node:
+        return None, None
+    import ray
+
+    try:
+        return node, any(n["NodeID"] == node and n["Alive"] for n in ray.nodes())
+    except Exception:  # the GCS unreachable for a moment: say what is known
+        return node, None
 
 
 def _tune_dir() -> Path:

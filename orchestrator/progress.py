@@ -14,7 +14,7 @@ class RunProgress(Callback):
         self.ok = self.failed = 0
         self._watch = watch
         self._max_failures = max_failures
-        self._node_of = node_of  # trial id -> the node its heartbeat names, for the lost-trial lines
+        self._node_of = node_of  # trial id -> (the node its heartbeat names, whether Ray has it alive)
         self._progress = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
                                   disable=not enabled)
@@ -61,17 +61,17 @@ class RunProgress(Callback):
         """One line for a trial that failed: lost with its node (Ray's long node-death text is not repeated), or
         failed with the last line of its error."""
         trial_id = trial.config.get("pack", {}).get("trial_id", str(trial))
-        node = self._node_of(trial_id) if self._node_of else None
+        node, alive = self._node_of(trial_id) if self._node_of else (None, None)
         try:
             error = trial.get_pickled_error() or trial.get_error() or ""
         except Exception:  # Tune's error file not readable (yet): the line still says which trial
             error = ""
         text = str(error).strip()
-        lost = type(error).__name__ in LOST or any(s in text for s in ("node has died", "died unexpectedly"))
-        where = f" with node {node}" if node else " with its node"
+        lost = alive is False or type(error).__name__ in LOST or any(s in text for s in ("node has died", "died unexpectedly"))
         if lost:
-            return f"trial {trial_id} lost{where}"
-        return f"trial {trial_id} failed{where.replace('with', 'on')}: {(text.splitlines() or ['error'])[-1][:200]}"
+            return f"trial {trial_id} lost with {f'node {node}' if node else 'its node'}"
+        why = (text.splitlines() or [""])[-1][:200]
+        return f"trial {trial_id} failed" + (f" on node {node}" if node else "") + (f": {why}" if why else "")
 
     def _say(self, line: str) -> None:
         self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -130,7 +130,7 @@ def test_submit_with_the_store_on_s3_survives_a_worker_node_dying(cluster, s3_bu
     # the job's log: one line for the trial lost with the node, and none of Ray's long node-death text
     logs = client.get_job_logs(job)
     (tmp_path / "job.log").write_text(logs)  # kept with the test's temporary files, to read after a failure
-    lost = re.findall(r"^trial (t\d+) lost with node (\w+); retry (\d) of 3$", logs, re.M)
+    lost = re.findall(r"^trial (\S+) lost with node (\w+); retry (\d) of 3$", logs, re.M)
     assert lost and {(node, retry) for _, node, retry in lost} == {(killed, "1")}, logs[-3000:]
     raylet = [line for line in logs.splitlines() if "(raylet)" in line]  # Ray's own messages: once, one line each
     assert len(raylet) == len(set(raylet)) and "Uploading package" not in logs, logs[-3000:]
