@@ -2,6 +2,8 @@
 that fails (retried or out of retries)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray.tune import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -62,12 +64,8 @@ class RunProgress(Callback):
         failed with the last line of its error."""
         trial_id = trial.config.get("pack", {}).get("trial_id", str(trial))
         node, alive = self._node_of(trial_id) if self._node_of else (None, None)
-        try:
-            error = trial.get_pickled_error() or trial.get_error() or ""
-        except Exception:  # Tune's error file not readable (yet): the line still says which trial
-            error = ""
-        text = str(error).strip()
-        lost = alive is False or type(error).__name__ in LOST or any(s in text for s in ("node has died", "died unexpectedly"))
+        text = _last_failure(trial)
+        lost = alive is False or any(s in text for s in LOST)
         if lost:
             return f"trial {trial_id} lost with {f'node {node}' if node else 'its node'}"
         why = (text.splitlines() or [""])[-1][:200]
@@ -77,6 +75,16 @@ class RunProgress(Callback):
         self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-# Ray's errors for a worker or node that went away, as opposed to an exception raised by the run itself
-LOST = ("ActorDiedError", "RayActorError", "WorkerCrashedError", "NodeDiedError", "ActorUnavailableError",
-        "OwnerDiedError")
+def _last_failure(trial) -> str:
+    """The text of the trial's latest failure, from the error file Tune writes on the driver before it calls the
+    callbacks (the copy in the experiment's storage is synced later)."""
+    try:
+        path = trial.error_file
+        return Path(path).read_text().rsplit("Failure #", 1)[-1].strip() if path and Path(path).is_file() else ""
+    except (OSError, AttributeError):
+        return ""
+
+
+# Ray's words for a worker or node that went away, as opposed to an exception raised by the run itself
+LOST = ("died unexpectedly", "node has died", "ActorDiedError", "RayActorError", "WorkerCrashedError",
+        "NodeDiedError", "ActorUnavailableError")
