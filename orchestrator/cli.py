@@ -74,9 +74,9 @@ def _fail(e: Exception) -> None:
     if os.environ.get("VPGRID_DEBUG") == "1":
         raise e
     err(f"error: {e}")
-    from orchestrator.errors import ClusterGone
+    from orchestrator.errors import ClusterGone, Interrupted
 
-    raise typer.Exit(EXIT_RUNS_PENDING if isinstance(e, ClusterGone) else EXIT_ERROR)
+    raise typer.Exit(EXIT_RUNS_PENDING if isinstance(e, (ClusterGone, Interrupted)) else EXIT_ERROR)
 
 
 # Exit codes of launch, resume and submit (docs/cli.md).
@@ -164,6 +164,9 @@ def _launch(source: str, grid_text: str, store: str, opts: dict) -> None:
     typer.echo(s.store)
     for e in dict.fromkeys(s.trial_errors):
         err(f"trial error: {e}")
+    if s.interrupted:
+        err(f"interrupted (Ctrl-C): {s.pending} runs are still pending; finish with: vpgrid resume {s.store}")
+        raise typer.Exit(EXIT_RUNS_PENDING)
     if s.pending:
         err(f"{s.pending} runs are still pending (their trials ran out of retries); finish with: vpgrid resume {s.store}")
         raise typer.Exit(EXIT_RUNS_PENDING)
@@ -172,11 +175,12 @@ def _launch(source: str, grid_text: str, store: str, opts: dict) -> None:
         raise typer.Exit(EXIT_RUNS_FAILED)
 
 
-def _submit(address: str, grid_text: str, args: list[str], store: str, data_root: Optional[str]) -> None:
+def _submit(address: str, grid_text: str, args: list[str], store: str, data_root: Optional[str],
+            check_store: bool = True, verbose: bool = False) -> None:
     from orchestrator.submit import submit_job
 
     try:
-        job = submit_job(address, grid_text, args, store, data_root)
+        job = submit_job(address, grid_text, args, store, data_root, check_store=check_store, verbose=verbose)
     except _known_errors() as e:
         _fail(e)
     typer.echo(job)
@@ -225,8 +229,13 @@ def launch(grid: Path, store: StoreOpt = None, address: AddressOpt = None, num_c
 def submit(grid: Path, address: Annotated[str, typer.Option("--address", help="The cluster's Ray Jobs address, http://HEAD:8265.")],
            store: Annotated[str, typer.Option("--store", help="Where results go, as the cluster sees it: s3://, gs:// or a path mounted on every node.")],
            retry_failed: RetryOpt = False, data_root: DataOpt = None, max_failures: MaxFailuresOpt = None,
-           callback: CallbackOpt = []) -> None:
-    """Submit GRID as a Ray Job that runs `vpgrid launch` on the cluster; print the job id and return."""
+           callback: CallbackOpt = [],
+           skip_store_check: Annotated[bool, typer.Option("--skip-store-check", help="Do not read or write the store "
+                                       "from this machine (a store only the cluster's nodes may use).")] = False,
+           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own INFO lines (package uploads).")] = False) -> None:
+    """Submit GRID as a Ray Job that runs `vpgrid launch` on the cluster. The store is checked and the grid written
+    to it from here when this machine reaches it; the job is followed until its driver's first heartbeat (exit 1
+    with the job's last log lines if it fails first). Prints the job id."""
     from orchestrator.grid import expand, load_grid
     from orchestrator.validate import check_grid
 
@@ -236,7 +245,8 @@ def submit(grid: Path, address: Annotated[str, typer.Option("--address", help="T
         expand(g, str(grid))
     except _known_errors() as e:
         _fail(e)
-    _submit(address, text, _job_args(retry_failed, max_failures, callback), store, data_root)
+    _submit(address, text, _job_args(retry_failed, max_failures, callback), store, data_root,
+            check_store=not skip_store_check, verbose=verbose)
 
 
 @app.command()
@@ -273,11 +283,19 @@ def _status_view(rep, show_failed: bool = False):
     parts = [Text.from_markup(f"[bold]{rep.grid}[/] in {rep.store}: {rep.done} done, {rep.failed} failed, "
                               f"{rep.pending} pending of {rep.total}" +
                               (f" ({rep.not_in_grid} rows of runs no longer in the grid)" if rep.not_in_grid else ""))]
+    job = rep.job or {}
+    if job.get("state") == "failed":
+        parts.append(Text(f"submitted as job {job['job_id']}, which failed before its driver ran: {job['error']}; "
+                          f"its log: ray job logs --address {job['address']} {job['job_id']}", style="red"))
+    elif job.get("state") == "waiting":
+        parts.append(Text(f"submitted as job {job['job_id']}, waiting for its driver"
+                          + (f" ({job['error']})" if job.get("error") else "")
+                          + f"; its log: ray job logs --address {job['address']} --follow {job['job_id']}"))
     if rep.driver_alive:
         rate = f"{rep.runs_per_minute:.1f} runs/min" if rep.runs_per_minute else "rate not measured yet"
         parts.append(Text(f"launch running: {len(rep.running)} trials active, {rate}, ETA {_fmt_eta(rep.eta_seconds)}"))
         parts += [Text(f"  {h['trial']}: {h['runs_done']}/{h['runs_total']} runs") for h in rep.running]
-    elif rep.pending:
+    elif rep.pending and job.get("state") != "waiting":
         parts.append(Text(f"no launch running; finish with: vpgrid resume {rep.store}"))
     t = Table("axis", "value", "done", "failed", "pending")
     for axis, values in rep.by_axis.items():
@@ -323,7 +341,8 @@ def status(store: StoreArg, as_json: JsonOpt = False,
     from rich.live import Live
 
     with Live(_status_view(rep), console=con, auto_refresh=False) as live:
-        while rep.driver_alive:
+        # a submitted job's driver is on its way while the Jobs server says so
+        while rep.driver_alive or ((rep.job or {}).get("state") == "waiting" and not rep.job.get("error")):
             time.sleep(interval)
             rep = compute(Store(store))
             live.update(_status_view(rep), refresh=True)

@@ -51,12 +51,15 @@ def cluster(s3_server, tmp_path_factory):
     os.makedirs(os.path.dirname(get_ray_address_file(None)), exist_ok=True)
     port = free_port()
     # Each node its own temp dir, as separate machines have: a dying node's clean-up cannot touch the others'
-    # runtime environments (short paths: Ray's sockets live there).
+    # runtime environments (short paths: Ray's sockets live there). And its own dashboard agent port: on one
+    # machine every node's agent would take 52365, and the head's, which runs jobs, may lose (docs/cluster.md).
     c = Cluster(initialize_head=True, connect=False,
                 head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-                                "dashboard_port": port, "temp_dir": tempfile.mkdtemp(prefix="rh-", dir="/tmp")})
+                                "dashboard_port": port, "dashboard_agent_listen_port": free_port(),
+                                "temp_dir": tempfile.mkdtemp(prefix="rh-", dir="/tmp")})
     try:
-        workers = [c.add_node(num_cpus=1, temp_dir=tempfile.mkdtemp(prefix=f"rw{i}-", dir="/tmp")) for i in range(2)]
+        workers = [c.add_node(num_cpus=1, dashboard_agent_listen_port=free_port(),
+                              temp_dir=tempfile.mkdtemp(prefix=f"rw{i}-", dir="/tmp")) for i in range(2)]
         c.wait_for_nodes()
         yield SimpleNamespace(cluster=c, workers=workers, jobs=f"http://127.0.0.1:{port}", gcs=c.address, gate=gate)
     finally:
@@ -123,10 +126,14 @@ def test_submit_with_the_store_on_s3_survives_a_worker_node_dying(cluster, s3_bu
     gate = cluster.gate
     gate.close()  # runs publish one token at a time: the kill comes mid-grid on any machine
     r = subprocess.run(VPGRID + ["submit", str(g), "--address", cluster.jobs, "--store", store, "--max-failures", "3"],
-                       env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                       env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip()
     assert job.startswith("vpgrid-tiny-") and "vpgrid status" in r.stderr
+    # submit wrote the grid and its job's record, and returned once the driver's first heartbeat named the job
+    assert re.search(rf"job {job}: (pending|running), waiting for its driver.s first heartbeat", r.stderr), r.stderr
+    assert f"job {job}: its driver started" in r.stderr and "Uploading package" not in r.stderr
+    assert Store(store).submitted_info()["job_id"] == job and Store(store).launch_info()["job_id"] == job
     client = JobSubmissionClient(cluster.jobs)
 
     st = Store(store)
@@ -146,7 +153,15 @@ def test_submit_with_the_store_on_s3_survives_a_worker_node_dying(cluster, s3_bu
         gate.open()
 
     assert wait_job(client, job) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
+    killed = cluster.workers[0].node_id
     cluster.cluster.remove_node(cluster.workers[0], allow_graceful=False)  # the dead node's other processes
+    # the job's log: one line for the trial lost with the node, and none of Ray's long node-death text
+    logs = client.get_job_logs(job)
+    (tmp_path / "job.log").write_text(logs)  # kept with the test's temporary files, to read after a failure
+    lost = re.findall(r"^trial (\S+) lost with node (\w+); retry (\d) of 3$", logs, re.M)
+    assert lost and {(node, retry) for _, node, retry in lost} == {(killed, "1")}, logs[-3000:]
+    raylet = [line for line in logs.splitlines() if "(raylet)" in line]  # Ray's own messages: once, one line each
+    assert len(raylet) == len(set(raylet)) and "Uploading package" not in logs, logs[-3000:]
     expected = {r.run_key for r in expand(parse_grid(text))}
     versions = one_row_versions(bucket, "demo/runs/")
     assert set(versions) == expected and set(versions.values()) == {1}, "a run was published twice"
@@ -249,7 +264,8 @@ def _runs_a_trial(node) -> bool:
 
 def test_runs_of_a_trial_out_of_retries_stay_pending_and_resume_finishes_them(cluster, tmp_path):
     """With no retries, a trial whose node dies leaves its runs pending: the launch says so and exits 4."""
-    extra = cluster.cluster.add_node(num_cpus=1, temp_dir=tempfile.mkdtemp(prefix="rw-x-", dir="/tmp"))
+    extra = cluster.cluster.add_node(num_cpus=1, dashboard_agent_listen_port=free_port(),
+                                     temp_dir=tempfile.mkdtemp(prefix="rw-x-", dir="/tmp"))
     cluster.cluster.wait_for_nodes()
     text = grid(pack_size=3, resources={"cpu": 1})
     g = write_grid(tmp_path, text)
@@ -284,3 +300,167 @@ def test_runs_of_a_trial_out_of_retries_stay_pending_and_resume_finishes_them(cl
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0 and f"{pending} ok, 0 failed of {pending} runs launched" in r.stderr, r.stderr[-3000:]
     assert sorted(Store(tmp_path / "s").statuses()) == sorted(x.run_key for x in expand(parse_grid(text)))
+
+
+def test_a_job_whose_driver_fails_at_once_ends_submit_and_status_says_so(cluster, s3_bucket, tmp_path):
+    """The job's driver exits before its first heartbeat (here: a --callback the cluster cannot create; in the
+    field: a module missing on the head): submit exits 1 with the job's last log lines, and status names the job
+    and its error, whether submit recorded it or the Jobs server is asked."""
+    g = write_grid(tmp_path, grid(resources={"cpu": 1}))
+    store = f"{s3_bucket}/fails"
+    r = subprocess.run(VPGRID + ["submit", str(g), "--address", cluster.jobs, "--store", store,
+                                 "--callback", "no_such_module:Recorder"],
+                       env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 1, r.stderr
+    job = Store(store).submitted_info()["job_id"]
+    cause = "callback 'no_such_module:Recorder': cannot create no_such_module:Recorder: No module named 'no_such_module'"
+    lines = r.stderr.strip().splitlines()
+    assert any(line.startswith("  | ") and cause in line for line in lines), r.stderr  # the job's last log lines
+    assert lines[-1].startswith(f"error: job {job} failed before its driver started: error: {cause}"), lines[-1]
+    assert "Traceback" not in lines[-1] and r.stdout == ""
+    s = subprocess.run(VPGRID + ["status", store], env=env(), capture_output=True, text=True, timeout=60)
+    assert s.returncode == 0 and f"submitted as job {job}, which failed before its driver ran: error: {cause}" in s.stdout
+    # a submit that did not stay to see it (killed, or past its wait): status asks the Jobs server
+    st = Store(store)
+    st.write_submitted({k: v for k, v in st.submitted_info().items() if k not in ("failed", "state", "error")})
+    s = subprocess.run(VPGRID + ["status", store, "--json"], env=env(), capture_output=True, text=True, timeout=60)
+    import json
+
+    out = json.loads(s.stdout)["job"]
+    assert (out["job_id"], out["state"]) == (job, "failed") and cause in out["error"], out
+
+
+def test_submit_checks_the_store_from_here_first(cluster, s3_server, tmp_path):
+    """A missing bucket ends submit here in one line, before anything is submitted; a store this machine cannot
+    reach is left to the cluster, which can (here: an S3 endpoint only the nodes are given)."""
+    from ray.job_submission import JobSubmissionClient
+
+    g = write_grid(tmp_path, grid(methods=["ilm"], seeds=[1], resources={"cpu": 1}))
+    client = JobSubmissionClient(cluster.jobs)
+    before = {j.submission_id for j in client.list_jobs()}
+    r = subprocess.run(VPGRID + ["submit", str(g), "--address", cluster.jobs, "--store", "s3://no-such-bucket/x"],
+                       env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: store s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist (or these credentials cannot "
+        "see it); create it first or fix the URI"], r.stderr
+    assert {j.submission_id for j in client.list_jobs()} == before  # nothing reached the cluster
+
+    import boto3
+
+    bucket = f"only-the-cluster-{os.getpid()}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    here = {**env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # no S3 answers there
+    r = subprocess.run(VPGRID + ["submit", str(g), "--address", cluster.jobs, "--store", f"s3://{bucket}/x"],
+                       env=here, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert "note: the store cannot be reached from this machine" in r.stderr, r.stderr
+    job = r.stdout.strip()
+    assert f"job {job}: its driver started" in r.stderr  # seen in the job's log: the store is not readable here
+    assert wait_job(client, job) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
+    assert len(Store(f"s3://{bucket}/x").statuses()) == 4
+
+
+def test_submit_to_a_head_whose_job_agent_cannot_start_says_where_to_look(s3_bucket, tmp_path):
+    """The dashboard agent's HTTP port is taken (another Ray on the machine): the head comes up without a job
+    agent. submit waits with a progress line, then says what that means and where to look."""
+    import socket
+
+    from ray.cluster_utils import Cluster
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    dash = free_port()
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                                "dashboard_port": dash, "dashboard_agent_listen_port": taken.getsockname()[1],
+                                "temp_dir": tempfile.mkdtemp(prefix="ra-", dir="/tmp")})
+    try:
+        g = write_grid(tmp_path, grid())
+        r = subprocess.run(VPGRID + ["submit", str(g), "--address", f"http://127.0.0.1:{dash}", "--store",
+                                     f"{s3_bucket}/x"], env={**env(), "VPGRID_AGENT_WAIT_S": "5"}, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    finally:
+        c.shutdown()
+        taken.close()
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1, r.stderr
+    assert any(line.startswith("waiting for the head's job agent") for line in lines), r.stderr
+    assert lines[-1].startswith(f"error: the Ray Jobs server at http://127.0.0.1:{dash} found no job agent on the head")
+    assert "dashboard_agent.log" in lines[-1] and "52365" in lines[-1] and "--dashboard-agent-listen-port" in lines[-1]
+
+
+class _HeldFile:
+    """A checkpoint served over HTTP on the loopback that is sent only once the test releases it: a run that
+    downloads it is in flight, and stays so, for as long as the test needs."""
+
+    def __init__(self, data: bytes) -> None:
+        import http.server
+        import threading
+
+        self.asked, self.release = threading.Event(), threading.Event()
+        held = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                held.asked.set()
+                held.release.wait(600)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the run that asked is gone (interrupted): nobody to send it to
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/demo.pt"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
+def test_ctrl_c_of_a_foreground_launch_says_it_was_interrupted_and_how_to_resume(tmp_path):
+    """SIGINT to the launch's process group (as a terminal's Ctrl-C) while a run is in flight, held there by
+    its checkpoint's download: the launch says it was interrupted, not that trials ran out of retries."""
+    import hashlib
+    import io
+
+    import torch
+
+    from workers.models.demo_cnn import DemoCNN
+
+    buf = io.BytesIO()
+    torch.save(DemoCNN(width=4).state_dict(), buf)
+    held = _HeldFile(buf.getvalue())
+    d = yaml.safe_load(TINY)
+    d["models"][0]["weights"] = {"url": held.url, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+    text = yaml.safe_dump({**d, "resources": {"cpu": 1}})
+    g = write_grid(tmp_path, text)
+    p = subprocess.Popen(VPGRID + ["launch", str(g), "--store", "s", "-q", "--num-cpus", "1"], cwd=tmp_path,
+                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        t0 = time.time()
+        while not held.asked.wait(0.5):  # a trial is running its first run, which waits on the download
+            assert p.poll() is None, p.communicate()[1][-3000:]
+            assert time.time() - t0 < 300, "no run asked for its checkpoint"
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=300)
+    finally:
+        held.close()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    total = len(expand(parse_grid(text)))
+    assert p.returncode == 4, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last == f"interrupted (Ctrl-C): {total} runs are still pending; finish with: vpgrid resume {tmp_path / 's'}"
+    assert "ran out of retries" not in err and "Traceback" not in err
+    st = Store(tmp_path / "s")
+    assert st.statuses() == {} and st.launch_info()["ended"] == "interrupted"

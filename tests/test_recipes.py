@@ -96,7 +96,7 @@ def test_rayjob_manifest():
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             ref = env[key]["valueFrom"]["secretKeyRef"]  # from a Secret, never inline
             assert ref["key"] == key and ref["name"] == "vpgrid-s3"
-    # The README's `kubectl create secret` makes the Secret the manifest reads.
+    # docs/cluster.md's `kubectl create secret` makes the Secret the manifest reads.
     assert "kubectl create secret generic vpgrid-s3" in cluster_section()
 
 
@@ -128,14 +128,12 @@ def vpgrid_commands(text: str, markdown: bool = False) -> list[list[str]]:
     return found
 
 
-README = ROOT / "README.md"
+CLUSTER_DOC = ROOT / "docs" / "cluster.md"
 
 
 def cluster_section() -> str:
-    """The README's "Running on a cluster" section, where the recipes are documented."""
-    text = README.read_text()
-    start = text.index("## Running on a cluster")
-    return text[start:text.index("\n## ", start + 1)]
+    """docs/cluster.md, where the recipes are documented (the README points there)."""
+    return CLUSTER_DOC.read_text()
 
 
 DOCS = ROOT / "docs"
@@ -414,3 +412,21 @@ def test_readme_commands_name_files_that_exist_and_the_one_image():
     assert f"docker push {IMAGE}" in blocks
     tools = {line.split()[0] for line in blocks.splitlines() if line.strip() and "=" not in line.split()[0]}
     assert tools <= {"docker", "ray", "vpgrid", "kubectl", "sbatch"}, tools
+
+
+def test_bare_metal_ray_start_lines_parse_with_rays_own_cli():
+    """docs/cluster.md's `ray start` lines (a head, a worker, the agent's port moved) and every option its
+    ports table names are options of the installed Ray's `ray start`."""
+    from ray.scripts.scripts import start
+
+    text = cluster_section()
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S))
+    lines = [shlex.split(line, comments=True) for line in blocks.splitlines() if line.startswith("ray start")]
+    assert any("--head" in argv for argv in lines) and any("--address" in argv for argv in lines)
+    assert any("--dashboard-agent-listen-port" in argv for argv in lines)
+    for argv in lines:
+        start.make_context("start", argv[2:])  # click.UsageError: no such option, bad value
+    table = text[text.index("| port | on |"):text.index("Behind a firewall")]
+    named = set(re.findall(r"`(--[a-z-]+)`", table))
+    known = {opt for param in start.params for opt in param.opts}
+    assert len(named) >= 10 and named <= known, named - known
