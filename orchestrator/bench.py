@@ -1,4 +1,4 @@
-"""Control-plane benchmarks behind `vpgrid bench`: numbers for the README, never assertions in tests. The
+"""Control-plane benchmarks behind `vpgrid bench`: numbers for docs/benchmarks.md, never assertions in tests. The
 model-speed benchmarks (train, loop, protocol, batching) live in the data plane, workers/bench.py."""
 from __future__ import annotations
 

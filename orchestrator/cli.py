@@ -74,12 +74,12 @@ def _fail(e: Exception) -> None:
     if os.environ.get("VPGRID_DEBUG") == "1":
         raise e
     err(f"error: {e}")
-    from orchestrator.errors import ClusterGone
+    from orchestrator.errors import ClusterGone, Interrupted
 
-    raise typer.Exit(EXIT_RUNS_PENDING if isinstance(e, ClusterGone) else EXIT_ERROR)
+    raise typer.Exit(EXIT_RUNS_PENDING if isinstance(e, (ClusterGone, Interrupted)) else EXIT_ERROR)
 
 
-# Exit codes of launch, resume and submit (README, "CLI").
+# Exit codes of launch, resume and submit (docs/cli.md).
 EXIT_ERROR, EXIT_USAGE, EXIT_RUNS_FAILED, EXIT_RUNS_PENDING = 1, 2, 3, 4
 
 
@@ -164,6 +164,9 @@ def _launch(source: str, grid_text: str, store: str, opts: dict) -> None:
     typer.echo(s.store)
     for e in dict.fromkeys(s.trial_errors):
         err(f"trial error: {e}")
+    if s.interrupted:
+        err(f"interrupted (Ctrl-C): {s.pending} runs are still pending; finish with: vpgrid resume {s.store}")
+        raise typer.Exit(EXIT_RUNS_PENDING)
     if s.pending:
         err(f"{s.pending} runs are still pending (their trials ran out of retries); finish with: vpgrid resume {s.store}")
         raise typer.Exit(EXIT_RUNS_PENDING)
@@ -172,11 +175,12 @@ def _launch(source: str, grid_text: str, store: str, opts: dict) -> None:
         raise typer.Exit(EXIT_RUNS_FAILED)
 
 
-def _submit(address: str, grid_text: str, args: list[str], store: str, data_root: Optional[str]) -> None:
+def _submit(address: str, grid_text: str, args: list[str], store: str, data_root: Optional[str],
+            check_store: bool = True, verbose: bool = False) -> None:
     from orchestrator.submit import submit_job
 
     try:
-        job = submit_job(address, grid_text, args, store, data_root)
+        job = submit_job(address, grid_text, args, store, data_root, check_store=check_store, verbose=verbose)
     except _known_errors() as e:
         _fail(e)
     typer.echo(job)
@@ -225,8 +229,13 @@ def launch(grid: Path, store: StoreOpt = None, address: AddressOpt = None, num_c
 def submit(grid: Path, address: Annotated[str, typer.Option("--address", help="The cluster's Ray Jobs address, http://HEAD:8265.")],
            store: Annotated[str, typer.Option("--store", help="Where results go, as the cluster sees it: s3://, gs:// or a path mounted on every node.")],
            retry_failed: RetryOpt = False, data_root: DataOpt = None, max_failures: MaxFailuresOpt = None,
-           callback: CallbackOpt = []) -> None:
-    """Submit GRID as a Ray Job that runs `vpgrid launch` on the cluster; print the job id and return."""
+           callback: CallbackOpt = [],
+           skip_store_check: Annotated[bool, typer.Option("--skip-store-check", help="Do not read or write the store "
+                                       "from this machine (a store only the cluster's nodes may use).")] = False,
+           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own INFO lines (package uploads).")] = False) -> None:
+    """Submit GRID as a Ray Job that runs `vpgrid launch` on the cluster. The store is checked and the grid written
+    to it from here when this machine reaches it; the job is followed until its driver's first heartbeat (exit 1
+    with the job's last log lines if it fails first). Prints the job id."""
     from orchestrator.grid import expand, load_grid
     from orchestrator.validate import check_grid
 
@@ -236,7 +245,8 @@ def submit(grid: Path, address: Annotated[str, typer.Option("--address", help="T
         expand(g, str(grid))
     except _known_errors() as e:
         _fail(e)
-    _submit(address, text, _job_args(retry_failed, max_failures, callback), store, data_root)
+    _submit(address, text, _job_args(retry_failed, max_failures, callback), store, data_root,
+            check_store=not skip_store_check, verbose=verbose)
 
 
 @app.command()
@@ -273,11 +283,19 @@ def _status_view(rep, show_failed: bool = False):
     parts = [Text.from_markup(f"[bold]{rep.grid}[/] in {rep.store}: {rep.done} done, {rep.failed} failed, "
                               f"{rep.pending} pending of {rep.total}" +
                               (f" ({rep.not_in_grid} rows of runs no longer in the grid)" if rep.not_in_grid else ""))]
+    job = rep.job or {}
+    if job.get("state") == "failed":
+        parts.append(Text(f"submitted as job {job['job_id']}, which failed before its driver ran: {job['error']}; "
+                          f"its log: ray job logs --address {job['address']} {job['job_id']}", style="red"))
+    elif job.get("state") == "waiting":
+        parts.append(Text(f"submitted as job {job['job_id']}, waiting for its driver"
+                          + (f" ({job['error']})" if job.get("error") else "")
+                          + f"; its log: ray job logs --address {job['address']} --follow {job['job_id']}"))
     if rep.driver_alive:
         rate = f"{rep.runs_per_minute:.1f} runs/min" if rep.runs_per_minute else "rate not measured yet"
         parts.append(Text(f"launch running: {len(rep.running)} trials active, {rate}, ETA {_fmt_eta(rep.eta_seconds)}"))
         parts += [Text(f"  {h['trial']}: {h['runs_done']}/{h['runs_total']} runs") for h in rep.running]
-    elif rep.pending:
+    elif rep.pending and job.get("state") != "waiting":
         parts.append(Text(f"no launch running; finish with: vpgrid resume {rep.store}"))
     t = Table("axis", "value", "done", "failed", "pending")
     for axis, values in rep.by_axis.items():
@@ -323,7 +341,8 @@ def status(store: StoreArg, as_json: JsonOpt = False,
     from rich.live import Live
 
     with Live(_status_view(rep), console=con, auto_refresh=False) as live:
-        while rep.driver_alive:
+        # a submitted job's driver is on its way while the Jobs server says so
+        while rep.driver_alive or ((rep.job or {}).get("state") == "waiting" and not rep.job.get("error")):
             time.sleep(interval)
             rep = compute(Store(store))
             live.update(_status_view(rep), refresh=True)
@@ -411,6 +430,31 @@ def report(store: StoreArg, as_json: JsonOpt = False,
         typer.echo(table.to_json(orient="records", indent=1))
     else:
         typer.echo(markdown(table, tuple(metric)))
+
+
+PRETRAINABLE = ("demo_cnn",)
+
+
+@app.command()
+def pretrain(model: Annotated[str, typer.Argument(help=f"The model to pre-train: {', '.join(PRETRAINABLE)}.",
+                                                  callback=_one_of(PRETRAINABLE))],
+             out: Annotated[Path, typer.Option("--out", help="The safetensors file to write.")],
+             width: Annotated[int, typer.Option(help="Channels of the first block.", min=1)] = 16,
+             epochs: Annotated[int, typer.Option(help="Epochs on shapes.", min=1)] = 10,
+             images: Annotated[int, typer.Option(help="Shapes training images.", min=1)] = 8000,
+             seed: Annotated[int, typer.Option(help="Seed of the initial weights, the data and the shuffling.")] = 0,
+             threads: Annotated[int, typer.Option(help="Torch threads: the float sums' order, so the bytes, depend on it.", min=1)] = 1) -> None:
+    """Pre-train a source model and write its weights: the shipped demo_cnn weights are this command with its
+    defaults (docs/demo.md). Prints the file's sha256."""
+    from workers.checkpoints import sha256_file
+    from workers.models.demo_cnn import pretrain_to_file
+
+    if out.suffix != ".safetensors":
+        _usage(f"--out {out}: the file must end in .safetensors")
+    t0 = time.time()
+    acc = pretrain_to_file(out, width=width, epochs=epochs, images=images, seed=seed, threads=threads)
+    err(f"{model} pre-trained in {time.time() - t0:.0f} s: {100 * acc:.1f}% on the shapes test split")
+    typer.echo(f"{out} sha256:{sha256_file(out)}")
 
 
 def _axis(axis: str, v):

@@ -11,3 +11,7 @@ class LaunchError(RuntimeError):
 
 class ClusterGone(LaunchError):
     """The cluster went away mid-launch: what finished is in the store, the rest is pending."""
+
+
+class Interrupted(LaunchError):
+    """Ctrl-C stopped a launch: what finished is in the store, the rest is pending."""

@@ -7,7 +7,9 @@ cluster, often as a Ray Job from `vpgrid submit`); it only needs to reach the st
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.errors import ClusterGone, LaunchError
+from orchestrator.errors import ClusterGone, Interrupted, LaunchError
 from orchestrator.grid import Grid, GridError, expand
 from orchestrator.plan import Trial, pack
 from orchestrator.status import HEARTBEAT_S
@@ -41,7 +43,8 @@ class LaunchSummary:
     trials: int = 0
     seconds: float = 0.0
     errored_trials: int = 0
-    pending: int = 0  # launched runs with no row at the end: their trial ran out of retries
+    pending: int = 0  # launched runs with no row at the end: their trial ran out of retries, or Ctrl-C
+    interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what is pending was never given its chance
     trial_errors: list = field(default_factory=list)  # first line of each errored trial's error
 
 
@@ -86,6 +89,7 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
     check_grid(grid, source)  # names and args against the schemas, torch-free, as `vpgrid plan` does
     runs = expand(grid, source)  # refuses a grid whose rules leave no run
     defaults = check_names(runs, source)  # before the store exists: a bad grid leaves nothing behind
+    extra = [_callback(c) for c in dict.fromkeys(callbacks + tuple(grid.callbacks))]  # a bad name, too
     store = Store(store_uri)
     store.create(grid_text)
     todo = pending(runs, store.statuses(), retry_failed)
@@ -99,7 +103,14 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
     launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     info = {"launch_id": launch_id, "pid": os.getpid(), "host": socket.gethostname(), "started": t_start,
             "heartbeat": time.time(), "runs": len(todo), "trials": len(trials)}
+    if os.environ.get("VPGRID_JOB_ID"):  # a Ray Job from `vpgrid submit`, which waits for this heartbeat
+        info["job_id"] = os.environ["VPGRID_JOB_ID"]
     store.write_launch(info)
+    if "job_id" in info:
+        from orchestrator.jobs import DRIVER_STARTED
+
+        print(f"{DRIVER_STARTED}: job {info['job_id']}, {len(todo)} runs in {len(trials)} trials, store {store.root}",
+              file=sys.stderr, flush=True)
     configs = [{"trial_id": t.trial_id, "runs": [r.to_dict() for r in t.runs], "cpu": t.cpu, "gpu": t.gpu,
                 "store": store.root, "cache": str(Path(cache_dir).resolve()) if cache_dir else None,
                 "data_root": data_root, "retry_failed": retry_failed,
@@ -109,9 +120,13 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
     keeper = _Housekeeper(store, info)
     keeper.start()
     try:
-        errors = _run_tune(configs, launch_id, store, address, num_cpus, num_gpus, progress,
-                           max_failures if max_failures is not None else grid.max_failures,
-                           callbacks + tuple(grid.callbacks))
+        errors, summary.interrupted = _run_tune(configs, launch_id, store, address, num_cpus, num_gpus, progress,
+                                                max_failures if max_failures is not None else grid.max_failures,
+                                                extra)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over SIGINT: leave now, no compaction
+        keeper.stop()
+        store.write_launch({**info, "heartbeat": time.time(), "finished": time.time(), "ended": "interrupted"})
+        raise Interrupted(f"interrupted (Ctrl-C); finished runs are in the store: vpgrid resume {store.root}") from None
     except LaunchError as e:
         keeper.stop()
         store.write_launch({**info, "heartbeat": time.time(), "finished": time.time(), "ended": str(e)})
@@ -124,7 +139,8 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
     summary.ok = sum(1 for r in todo if have.get(r.run_key) == "ok")
     summary.failed = sum(1 for r in todo if have.get(r.run_key) == "failed")
     summary.pending = summary.launched - summary.ok - summary.failed
-    store.write_launch({**info, "heartbeat": time.time(), "finished": time.time()})
+    store.write_launch({**info, "heartbeat": time.time(), "finished": time.time(),
+                        **({"ended": "interrupted"} if summary.interrupted else {})})
     summary.seconds = time.time() - t_start
     return summary
 
@@ -171,6 +187,8 @@ def _connect(address: Optional[str], num_cpus, num_gpus, runtime_env: dict) -> N
                 # "local": a private Ray, even when `ray start` left a cluster running on this machine
                 ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                          runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
+            if os.environ.get("VPGRID_DEBUG") != "1":
+                _shorten_raylet_errors()
             return
         except Exception as e:  # ConnectionError, RuntimeError, TimeoutError, ValueError: all end the same way
             ray.shutdown()
@@ -181,18 +199,65 @@ def _connect(address: Optional[str], num_cpus, num_gpus, runtime_env: dict) -> N
                                   + ("" if address else "; run the command again")) from None
 
 
+def _shorten_raylet_errors() -> None:
+    """Ray's driver prints every error the raylets publish, whatever log_to_driver says, and on stdout: a node's
+    death comes as a 20-line state dump, often twice. vpgrid says one line per lost trial (RunProgress); of Ray's
+    messages keep the first line of each distinct one, once, on stderr (stdout carries data only)."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)  # the listener thread looks it up at each message
+    if original is None or getattr(original, "vpgrid", False):
+        return
+    seen: set[str] = set()
+
+    def first_lines_once(data, *args, **kwargs):
+        if data.get("pid") != "raylet":
+            return original(data, *args, **kwargs)
+        lines = [first for m in data.get("lines", []) if (first := (str(m).strip().splitlines() or [""])[0])]
+        lines = [line for line in dict.fromkeys(lines) if line not in seen]
+        seen.update(lines)
+        if lines:
+            original({**data, "lines": lines, "is_err": True}, *args, **kwargs)
+
+    first_lines_once.vpgrid = True
+    ray_worker.print_to_stdstream = first_lines_once
+
+
 class _ClusterWatch:
     """A Tune callback's worth of checks: the driver's own node alive, and some CPUs somewhere. Without it
-    Tune loops forever on "Cluster resources not detected or are 0" once the driver's raylet is gone."""
+    Tune loops forever on "Cluster resources not detected or are 0" once the driver's raylet is gone.
+
+    It also notes a Ctrl-C: Tune takes SIGINT to stop gracefully, and its results alone cannot tell an interrupted
+    launch from one whose trials ran out of retries."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._last = 0.0
         self._zero_since: Optional[float] = None
+        self.interrupted = False
+        self._hooked = False
+
+    def _note_sigint(self) -> None:
+        """Wrap the SIGINT handler Tune installed for its loop (this runs inside the loop, in the main thread)."""
+        self._hooked = True
+        if threading.current_thread() is not threading.main_thread():
+            return
+        tune_handler = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(sig, frame):
+            self.interrupted = True
+            if callable(tune_handler):
+                tune_handler(sig, frame)  # Tune stops its loop and puts back the handler it found
+            elif tune_handler != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_sigint)
 
     def check(self) -> None:
         import ray
 
+        if not self._hooked:
+            self._note_sigint()
         now = time.time()
         if now - self._last < 2.0:
             return
@@ -230,14 +295,13 @@ def _callback(name: str):
 
 
 def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cpus, num_gpus, progress: bool,
-              max_failures: int, callbacks: tuple[str, ...]) -> list[str]:
-    """Runs the trials; returns the last line of each errored trial's error."""
+              max_failures: int, extra: list) -> tuple[list[str], bool]:
+    """Runs the trials; returns the last line of each errored trial's error, and whether Ctrl-C stopped them."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from files; never wait on the hub
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's new console output ignores verbose=0 and uses stdout
-    extra = [_callback(c) for c in dict.fromkeys(callbacks)]  # before Ray starts: a bad name costs nothing
     from ray import tune
 
     from orchestrator.progress import RunProgress
@@ -254,7 +318,9 @@ def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cp
 
     try:
         total_runs = sum(len(c["runs"]) for c in configs)
-        bar = RunProgress(total_runs, _ClusterWatch(store), enabled=progress)
+        watch = _ClusterWatch(store)
+        bar = RunProgress(total_runs, watch, enabled=progress, max_failures=max_failures,
+                          node_of=lambda trial: _node_of(store, trial))
         resources = tune.with_resources(trainable, lambda cfg: {"cpu": cfg["pack"]["cpu"], "gpu": cfg["pack"]["gpu"]})
         storage = f"{store.meta_dir}/tune" if store.local else str(_tune_dir())
         tuner = tune.Tuner(
@@ -269,11 +335,34 @@ def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cp
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),
         )
-        with bar:
-            grid = tuner.fit()
-        return [(str(r.error).strip().splitlines() or ["error"])[-1][:300] for r in grid if r.error is not None]
+        before = signal.getsignal(signal.SIGINT)
+        try:
+            with bar:
+                grid = tuner.fit()
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, before)  # Tune leaves its handler behind; the next launch in this process
+        errors = [(str(r.error).strip().splitlines() or ["error"])[-1][:300] for r in grid if r.error is not None]
+        return errors, watch.interrupted
     finally:
         ray.shutdown()
+
+
+def _node_of(store: Store, trial: str) -> tuple[Optional[str], Optional[bool]]:
+    """The node a trial's heartbeat names (the trial may be gone with it: the store still says where it ran), and
+    whether Ray still has that node alive (None: not known)."""
+    try:
+        node = (store._get_json(f"{store.meta_dir}/running/{trial}.json") or {}).get("node")
+    except OSError:
+        return None, None
+    if not node:
+        return None, None
+    import ray
+
+    try:
+        return node, any(n["NodeID"] == node and n["Alive"] for n in ray.nodes())
+    except Exception:  # the GCS unreachable for a moment: say what is known
+        return node, None
 
 
 def _tune_dir() -> Path:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from orchestrator.grid import expand, parse_grid
+from orchestrator.jobs import job_state
 from orchestrator.plan import breakdown_by_state
 from orchestrator.store import Store
 
@@ -27,6 +28,7 @@ class StatusReport:
     runs_per_minute: Optional[float] = None
     eta_seconds: Optional[float] = None
     not_in_grid: int = 0  # rows of runs the current grid no longer has
+    job: Optional[dict] = None  # a submitted Ray Job whose driver has not started, or that failed (orchestrator.jobs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,6 +36,14 @@ class StatusReport:
 
 DRIVER_STALE_S = 60.0  # the driver rewrites launch.json every HEARTBEAT_S; six missed beats mean it is gone
 HEARTBEAT_S = 10.0
+TRIAL_STALE_S = 60.0  # a running trial rewrites its heartbeat every HEARTBEAT_S too; a dead node's trial stops
+
+
+def running_trials(heartbeats: list[dict], now: Optional[float] = None) -> list[dict]:
+    """The heartbeats of trials that are running: fresh ones. A trial whose node died leaves its file behind until
+    Tune retries it (which rewrites it) or the next launch clears it; it is not running meanwhile."""
+    now = now or time.time()
+    return [h for h in heartbeats if now - float(h.get("updated", 0)) <= TRIAL_STALE_S]
 
 
 def driver_alive(info: dict, now: Optional[float] = None) -> bool:
@@ -68,8 +78,9 @@ def status(store: Store) -> StatusReport:
     rep.not_in_grid = len(states.keys() - set(keys))
     info = store.launch_info()
     rep.driver_alive = driver_alive(info)
+    rep.job = job_state(store.submitted_info(), info, rep.driver_alive)
     if rep.driver_alive:
-        rep.running = store.heartbeats()
+        rep.running = running_trials(store.heartbeats())
         started = info.get("started", time.time())
         recent = [t for _, t in scanned.values() if t is not None and t >= started]
         elapsed = time.time() - started

@@ -4,7 +4,7 @@ A store is a local path or a URI (file://, s3://, gs://), all through one pyarro
 Layout of a store ROOT:
     ROOT/runs/<run_key>.<ok|failed>.parquet   one row, published whole (see `_put`)
     ROOT/runs/part-<id>.parquet               many rows, written by `compact`
-    ROOT/_vpgrid/                             grid.yaml, launch.json, running/ heartbeats
+    ROOT/_vpgrid/                             grid.yaml, launch.json, submitted.json, running/ heartbeats
 A one-row file's name carries its run's status, so `statuses` lists the folder instead of opening every
 file. pyarrow (and so pandas and DuckDB) skip names starting with '.' or '_', so `pandas.read_parquet(ROOT)`
 reads exactly the rows. Readers deduplicate by run_key (see `dedup`).
@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import re
+import threading
 import time
 import typing
 import uuid
@@ -122,11 +123,14 @@ class Store:
         with ThreadPoolExecutor(1 if self.local else 16) as pool:  # object stores delete one key per request
             list(pool.map(rm, paths))
 
+    def _check_bucket(self) -> None:
+        if bucket_missing(self.fs, self._base):
+            raise StoreError(f"store {self.root}: bucket {self._base.split('/', 1)[0]!r} does not exist "
+                             "(or these credentials cannot see it); create it first or fix the URI")
+
     def _check_writable(self, what: str, fn: Callable[[], T]) -> T:
         try:
-            if bucket_missing(self.fs, self._base):
-                raise StoreError(f"store {self.root}: bucket {self._base.split('/', 1)[0]!r} does not exist "
-                                 "(or these credentials cannot see it); create it first or fix the URI")
+            self._check_bucket()
             return fn()
         except OSError as e:
             raise StoreError(f"store {self.root}: cannot {what}: {str(e).splitlines()[0]}") from None
@@ -189,6 +193,8 @@ class Store:
     def grid_text(self) -> str:
         try:
             data = self._get(f"{self.meta_dir}/grid.yaml")
+            if data is None:
+                self._check_bucket()  # no bucket: say that, not "not a vpgrid store"
         except OSError as e:
             raise StoreError(f"store {self.root}: cannot read it: {str(e).splitlines()[0]}") from None
         if data is None:
@@ -314,8 +320,23 @@ class Store:
     def launch_info(self) -> dict:
         return self._get_json(f"{self.meta_dir}/launch.json") or {}
 
+    def write_submitted(self, info: dict) -> None:
+        """The Ray Job that `vpgrid submit` started for this store (its id and Jobs address), so `status` can say a
+        driver is on its way, or that the job failed before its driver wrote anything."""
+        self._put_json(info, f"{self.meta_dir}/submitted.json")
+
+    def submitted_info(self) -> dict:
+        return self._get_json(f"{self.meta_dir}/submitted.json") or {}
+
     def heartbeat(self, trial: str, info: dict) -> None:
         self._put_json({**info, "trial": trial, "updated": time.time()}, f"{self.meta_dir}/running/{trial}.json")
+
+    def keep_beating(self, trial: str, info: dict, every: float) -> "_Beat":
+        """Rewrite a trial's heartbeat (with `info` as it is then) every `every` seconds until `.stop()`: a run can
+        take hours, and a heartbeat that stops is how `status` tells a trial whose node died from a running one."""
+        beat = _Beat(self, trial, info, every)
+        beat.start()
+        return beat
 
     def end_heartbeat(self, trial: str) -> None:
         self._delete([f"{self.meta_dir}/running/{trial}.json"])
@@ -331,3 +352,22 @@ class Store:
 
     def clear_heartbeats(self) -> None:
         self._delete([i.path for i in self._list(f"{self.meta_dir}/running")])
+
+
+class _Beat(threading.Thread):
+    def __init__(self, store: Store, trial: str, info: dict, every: float) -> None:
+        super().__init__(daemon=True, name=f"vpgrid-heartbeat-{trial}")
+        self.store, self.trial, self.info, self.every = store, trial, info, every
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every):
+            try:
+                self.store.heartbeat(self.trial, dict(self.info))
+            except Exception:  # a store blip: the next beat tries again; the runs' rows are what matter
+                pass
+
+    def stop(self) -> None:
+        """Stop and wait, so no beat lands after the caller removes the heartbeat."""
+        self._stop_event.set()
+        self.join(timeout=60)

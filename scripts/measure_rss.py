@@ -1,4 +1,4 @@
-"""Peak memory of the actors that decode and read a dataset cache (README "Datasets"): EuroSAT at 336 px with
+"""Peak memory of the actors that decode and read a dataset cache (docs/benchmarks.md, "Memory"): EuroSAT at 336 px with
 CLIP's crop, on a synthetic EuroSAT of the real size (27,000 64x64 JPEGs in torchvision's layout).
 
     python scripts/measure_rss.py WORKDIR [--scale 1.0]

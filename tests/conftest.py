@@ -45,6 +45,58 @@ def tiny_grid(tmp_path: Path) -> Path:
     return write_grid(tmp_path)
 
 
+class Gate:
+    """The test side of workers/gate.py: a launch started with `gate.env` publishes exactly as many runs as
+    tokens were released (then its workers wait), so a test stops a grid at a known point on any machine."""
+
+    def __init__(self, path: Path):
+        self.path, self.released = path, 0
+        path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def env(self) -> dict:
+        return {"VPGRID_TEST_GATE": str(self.path)}
+
+    def release(self, n: int) -> None:
+        for _ in range(n):
+            self.released += 1
+            (self.path / f"token-{self.released:06d}").touch()
+
+    def open(self) -> None:
+        """Every further run publishes at once."""
+        (self.path / "open").touch()
+
+    def close(self) -> None:
+        """Back to holding: no open file, no unclaimed token."""
+        for f in [self.path / "open", *self.path.glob("token-*")]:
+            f.unlink(missing_ok=True)
+
+    def kill_holders(self, timeout: float = 120) -> None:
+        """SIGKILL every process started with this gate in its environment (Ray's workers outlive a SIGKILLed
+        driver, waiting at the gate, and would publish once it opens) and wait until they are gone."""
+        import psutil
+
+        t0 = time.time()
+        while True:
+            alive = []
+            for p in psutil.process_iter():
+                try:
+                    if p.pid != os.getpid() and p.environ().get("VPGRID_TEST_GATE") == str(self.path):
+                        p.kill()
+                        alive.append(p)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+            if not alive:
+                return
+            assert time.time() - t0 < timeout, f"{len(alive)} processes of a killed launch outlive SIGKILL"
+            psutil.wait_procs(alive, timeout=5)
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Gate:
+    return Gate(tmp_path / "gate")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run many small ops: on 2 shared cores one torch thread was several times faster than two

@@ -24,8 +24,8 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHON
 VPGRID = [sys.executable, "-m", "orchestrator.cli"]
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(VPGRID + args, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def start(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(VPGRID + args, cwd=cwd, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
 
@@ -69,6 +69,7 @@ def concurrency(df: pd.DataFrame) -> int:
     return best
 
 
+@pytest.mark.smoke
 def test_launch_end_to_end_and_relaunch_runs_nothing(tmp_path):
     g = write_grid(tmp_path, grid_text())
     out, err = finish(start(["launch", str(g), "--store", "s", "-q"], tmp_path))
@@ -86,55 +87,73 @@ def test_launch_end_to_end_and_relaunch_runs_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("gpu, expected", [(0.25, 4), (0.5, 2)])
-def test_fractional_gpu_packing_on_a_logical_gpu(tmp_path, gpu, expected):
-    """ray.init(num_gpus=1) on a CPU machine: trials of gpu 0.25 run four at a time, of 0.5 two."""
-    text = grid_text(resources={"cpu": 0.5, "gpu": gpu}, train={"epochs": 60}, pack_size=2,
-                     methods=["rlm", "ilm"])  # 8 trials of 2 runs, each a few seconds
+def test_fractional_gpu_packing_on_a_logical_gpu(tmp_path, gpu, expected, gate):
+    """ray.init(num_gpus=1) on a CPU machine: trials of gpu 0.25 run four at a time, of 0.5 two. The gate holds
+    every trial at its first run, so the packing limit is reached however slowly trials start, and the trials'
+    heartbeats show how many run at once."""
+    text = grid_text(resources={"cpu": 0.5, "gpu": gpu}, pack_size=2, methods=["rlm", "ilm"])  # 8 trials of 2 runs
     g = write_grid(tmp_path, text)
-    finish(start(["launch", str(g), "--store", "s", "-q", "--num-gpus", "1", "--num-cpus", "8"], tmp_path))
+    p = start(["launch", str(g), "--store", "s", "-q", "--num-gpus", "1", "--num-cpus", "8"], tmp_path, gate.env)
+    running, most, t0 = tmp_path / "s" / "_vpgrid" / "running", 0, time.time()
+    try:
+        while most < expected:  # held at the gate: the trials Ray lets run at once pile up
+            assert p.poll() is None and time.time() - t0 < 400, f"{most} trials at once"
+            most = max(most, len(list(running.glob("*.json"))) if running.is_dir() else 0)
+            time.sleep(0.05)
+        gate.open()
+        while p.poll() is None:
+            most = max(most, len(list(running.glob("*.json"))) if running.is_dir() else 0)
+            time.sleep(0.05)
+    except BaseException:
+        reap(p)
+        raise
+    finish(p)
     df = pd.read_parquet(tmp_path / "s")
     assert (df["status"] == "ok").all() and df["trial"].nunique() == 8
-    assert concurrency(df) == expected
+    assert most == expected and concurrency(df) <= expected
 
 
 def wait_for_rows(store: Path, n: int, p: subprocess.Popen, timeout: float = 400) -> None:
     t0 = time.time()
     while len(raw_keys(store)) < n if (store / "runs").is_dir() else True:
         assert p.poll() is None, "launch ended before the kill point"
-        assert time.time() - t0 < timeout
+        assert time.time() - t0 < timeout, f"{len(raw_keys(store))} of {n} rows after {timeout} s"
         time.sleep(0.05)
 
 
-def test_sigkill_the_driver_then_resume_runs_each_run_exactly_once(tmp_path):
-    g = write_grid(tmp_path, grid_text(train={"epochs": 25}, pack_size=3))
+def test_sigkill_the_driver_then_resume_runs_each_run_exactly_once(tmp_path, gate):
+    """Kill points held by the gate: the launch publishes exactly the runs released, whatever the machine's speed."""
+    g = write_grid(tmp_path, grid_text(pack_size=3))
     store = tmp_path / "s"
     expected = sorted(r.run_key for r in expand(parse_grid(g.read_text())))
     finished: dict[str, float] = {}
-    # kill points: while Ray starts (no rows yet), after a few runs, and after most of them
-    for i, kill_at in enumerate([None, 3, 15]):
+    # kill points: while Ray starts (no rows yet), after 3 runs, and after 18 of the 24
+    for i, release in enumerate([0, 3, 15]):
         args = ["launch", str(g), "--store", "s", "-q"] if i == 0 else ["resume", "s", "-q"]
-        p = start(args, tmp_path)
-        if kill_at is None:  # the store exists and Ray is starting: launch.json is written just before ray.init
+        p = start(args, tmp_path, gate.env)
+        gate.release(release)
+        if release == 0:  # the store exists and Ray is starting: launch.json is written just before ray.init
             t0 = time.time()
             while not (store / "_vpgrid" / "launch.json").exists():
                 assert p.poll() is None and time.time() - t0 < 400
                 time.sleep(0.05)
-        else:
-            wait_for_rows(store, len(finished) + kill_at, p)
+        wait_for_rows(store, len(finished) + release, p)
         os.kill(p.pid, signal.SIGKILL)  # the driver only, as a preemption would
         p.wait()
-        time.sleep(2.0)  # trials die with their raylet; one may publish the run it was finishing
         reap(p)
+        gate.kill_holders()  # the trials it left waiting at the gate: none publishes another run
         st = Store(store)
         now = {r: t for r, t in zip(st.frame()["run_key"], st.frame()["finished_at"])}
+        assert len(now) == len(finished) + release
         for key, t in finished.items():
             assert now[key] == t, "a run finished before the kill ran again"
         finished = now
     # Tune's own state may be torn by a kill; the store does not depend on it
     for f in (store / "_vpgrid" / "tune").rglob("experiment_state*.json"):
         f.write_text(f.read_text()[:50])
-    out, err = finish(start(["resume", "s", "-q"], tmp_path))
-    assert f"({len(finished)} already done)" in err
+    gate.open()
+    out, err = finish(start(["resume", "s", "-q"], tmp_path, gate.env))
+    assert "(18 already done)" in err
     keys = raw_keys(store)
     assert sorted(keys) == expected  # every run present, exactly once, no duplicates
     df = Store(store).frame()
@@ -177,22 +196,23 @@ def test_failed_runs_exit_3_and_retry_failed_reruns_only_them(tmp_path):
         first = now
 
 
-def test_the_store_is_compacted_during_a_long_launch(tmp_path):
-    g = write_grid(tmp_path, grid_text(train={"epochs": 25}, pack_size=3))
-    p = subprocess.Popen(VPGRID + ["launch", str(g), "--store", "s", "-q"], cwd=tmp_path,
-                         env={**ENV, "VPGRID_COMPACT_EVERY_S": "1", "VPGRID_COMPACT_MIN_FILES": "2"},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    runs, seen = tmp_path / "s" / "runs", []
+def test_the_store_is_compacted_during_a_long_launch(tmp_path, gate):
+    """Three runs published, the rest held at the gate: trials are at work, and the merge must still happen."""
+    g = write_grid(tmp_path, grid_text(pack_size=3))
+    p = start(["launch", str(g), "--store", "s", "-q"], tmp_path,
+              {**gate.env, "VPGRID_COMPACT_EVERY_S": "1", "VPGRID_COMPACT_MIN_FILES": "2"})
+    runs = tmp_path / "s" / "runs"
     try:
-        while p.poll() is None:
-            parts = list(runs.glob("part-*.parquet")) if runs.is_dir() else []
-            trials_running = list((tmp_path / "s" / "_vpgrid" / "running").glob("*.json")) if runs.is_dir() else []
-            if parts and trials_running:  # not the compaction at the end: trials are still at work
-                seen.append(time.time())
-            time.sleep(0.2)
-        _, err = p.communicate()
-    finally:
+        gate.release(3)
+        wait_for_rows(tmp_path / "s", 3, p)
+        t0 = time.time()
+        while not list(runs.glob("part-*.parquet")):  # merged while trials wait at the gate
+            assert p.poll() is None and time.time() - t0 < 120, "no compaction during the launch"
+            time.sleep(0.1)
+        assert list((tmp_path / "s" / "_vpgrid" / "running").glob("*.json"))  # trials still at work
+        gate.open()
+    except BaseException:
         reap(p)
-    assert p.returncode == 0, err[-3000:]
-    assert seen  # merged while the launch was still running
+        raise
+    finish(p)
     assert sorted(raw_keys(tmp_path / "s")) == sorted(r.run_key for r in expand(parse_grid(g.read_text())))

@@ -1,3 +1,6 @@
+import json
+import re
+
 import pytest
 import torch
 
@@ -23,18 +26,72 @@ def test_every_model_builds_frozen_and_runs(name, tmp_path):
     assert out.shape == (2, meta.num_classes)
 
 
-def test_pretrained_demo_model_is_trained_once_and_cached(tmp_path):
-    args = {"width": 8, "pretrain_epochs": 3, "pretrain_images": 1500}
-    a, _ = build_model("demo_cnn", "pretrained", args, tmp_path)
-    files = list(tmp_path.glob("demo_cnn-*.pt"))
-    assert len(files) == 1 and "sha256:" in a.weights_source
-    mtime = files[0].stat().st_mtime_ns
-    b, _ = build_model("demo_cnn", "pretrained", args, tmp_path)
-    assert files[0].stat().st_mtime_ns == mtime  # loaded, not trained again
-    for (k, v), (k2, v2) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2)
-    # and it learned something: well above chance (1/20) on its own source task
-    assert torch.load(files[0], weights_only=True)["source_accuracy"] > 0.15
+def test_shipped_demo_weights_load_to_the_recorded_hash(tmp_path):
+    """`pretrained` reads the file in the repository, whose sha256 is recorded beside it; a trained network."""
+    from safetensors import safe_open
+
+    from workers.checkpoints import sha256_file
+    from workers.models.demo_cnn import SHIPPED, WEIGHTS_DIR
+
+    path = WEIGHTS_DIR / SHIPPED["file"]
+    assert sha256_file(path) == SHIPPED["sha256"] and path.stat().st_size < 1_000_000
+    built, _ = build_model("demo_cnn", "pretrained", {}, tmp_path)
+    assert SHIPPED["sha256"][:16] in built.weights_source and not list(tmp_path.iterdir())  # nothing trained or cached
+    with safe_open(str(path), "pt") as f:
+        for k, v in built.model.state_dict().items():
+            assert torch.equal(v, f.get_tensor(k)), k
+        header = f.metadata()
+    assert json.loads(header["made_by"]) == SHIPPED["made_by"]
+    assert float(header["source_accuracy"]) > 0.5  # well above chance (1/20) on its own source task
+
+
+def test_shipped_demo_weights_missing_altered_or_other_args_are_clear_errors(tmp_path, monkeypatch):
+    import shutil
+
+    import workers.models.demo_cnn as demo
+    from workers.models.demo_cnn import SHIPPED, WEIGHTS_DIR
+
+    with pytest.raises(CheckpointError, match="ship for width=16, seed=0 only, not width=8.*vpgrid pretrain demo_cnn"):
+        build_model("demo_cnn", "pretrained", {"width": 8}, tmp_path)
+    monkeypatch.setattr(demo, "WEIGHTS_DIR", tmp_path / "w")
+    with pytest.raises(CheckpointError, match="shipped weights .*demo_cnn.safetensors are missing"):
+        build_model("demo_cnn", "pretrained", {}, tmp_path)
+    (tmp_path / "w").mkdir()
+    altered = tmp_path / "w" / SHIPPED["file"]
+    shutil.copy(WEIGHTS_DIR / SHIPPED["file"], altered)
+    with open(altered, "r+b") as f:  # one bit of the last tensor flipped: still a readable file
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    with pytest.raises(CheckpointError, match="shipped weights were altered .*sha256 mismatch"):
+        build_model("demo_cnn", "pretrained", {}, tmp_path)
+
+
+def test_pretrain_command_writes_a_trained_network_that_loads(tmp_path):
+    """A short pre-training (tiny epochs) through the CLI: a safetensors file, its sha256 printed, loadable by
+    path, well above chance on shapes; its defaults are how the shipped file was made."""
+    import inspect
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app, pretrain
+    from workers.checkpoints import sha256_file
+    from workers.models.demo_cnn import SHIPPED
+
+    out = tmp_path / "w.safetensors"
+    r = CliRunner().invoke(app, ["pretrain", "demo_cnn", "--out", str(out), "--width", "8", "--epochs", "3",
+                                 "--images", "1500"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == f"{out} sha256:{sha256_file(out)}"
+    assert float(re.search(r"([0-9.]+)% on the shapes test split", r.stderr).group(1)) > 15
+    built, _ = build_model("demo_cnn", resolve({"path": str(out), "sha256": sha256_file(out)}, {}, tmp_path),
+                           {"width": 8}, tmp_path)
+    assert built.model.fc.weight.shape == (20, 32)
+    defaults = {k: p.default for k, p in inspect.signature(pretrain).parameters.items() if k in SHIPPED["made_by"]}
+    assert defaults == SHIPPED["made_by"]
+    bad = CliRunner().invoke(app, ["pretrain", "demo_cnn", "--out", str(tmp_path / "w.pt")])
+    assert bad.exit_code == 2 and "must end in .safetensors" in bad.output and not (tmp_path / "w.pt").exists()
 
 
 def test_checkpoint_from_path_loads_strictly(tmp_path):
@@ -139,12 +196,13 @@ def test_checkpoint_paths_expand_environment_variables(tmp_path, monkeypatch):
         resolve("$VPGRID_CKPT/w.pt", {}, tmp_path)
 
 
-def test_demo_pretraining_is_reproducible_whatever_ran_before(tmp_path):
-    """Two fresh caches, with the global RNG in different states, give bit-identical pretrained weights."""
-    args = {"width": 4, "pretrain_epochs": 1, "pretrain_images": 200}
+def test_demo_pretraining_is_reproducible_whatever_ran_before():
+    """Two pre-trainings, with the global RNG in different states, give bit-identical weights."""
+    from workers.models.demo_cnn import pretrain
+
     torch.manual_seed(123)
-    a, _ = build_model("demo_cnn", "pretrained", args, tmp_path / "a")
+    a, _ = pretrain(width=4, epochs=1, images=200)
     torch.rand(1000)  # move the global stream
-    b, _ = build_model("demo_cnn", "pretrained", args, tmp_path / "b")
-    for (k, v), (_, w) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    b, _ = pretrain(width=4, epochs=1, images=200)
+    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(v, w), k

@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -82,7 +83,7 @@ def test_rayjob_manifest():
     assert argv[:2] == ["vpgrid", "launch"]
     assert argv[argv.index("--store") + 1].startswith("s3://")
     cluster = spec["rayClusterSpec"]
-    assert base(cluster["rayVersion"]) == base(md.version("ray"))
+    assert cluster["rayVersion"] == dockerfile_args()["RAY_VERSION"]  # the Ray inside the image
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     workers = [g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]]
     gpu = [c for c in workers if int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1]
@@ -95,7 +96,7 @@ def test_rayjob_manifest():
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             ref = env[key]["valueFrom"]["secretKeyRef"]  # from a Secret, never inline
             assert ref["key"] == key and ref["name"] == "vpgrid-s3"
-    # The README's `kubectl create secret` makes the Secret the manifest reads.
+    # docs/cluster.md's `kubectl create secret` makes the Secret the manifest reads.
     assert "kubectl create secret generic vpgrid-s3" in cluster_section()
 
 
@@ -128,24 +129,28 @@ def vpgrid_commands(text: str, markdown: bool = False) -> list[list[str]]:
 
 
 README = ROOT / "README.md"
+CLUSTER_DOC = ROOT / "docs" / "cluster.md"
 
 
 def cluster_section() -> str:
-    """The README's "Running on a cluster" section, where the recipes are documented."""
-    text = README.read_text()
-    start = text.index("## Running on a cluster")
-    return text[start:text.index("\n## ", start + 1)]
+    """docs/cluster.md, where the recipes are documented (the README points there)."""
+    return CLUSTER_DOC.read_text()
 
 
-COMMAND_FILES = [RAY_UP, RAYJOB, SBATCH, README]
-COMMANDS = [(p.name, argv) for p in COMMAND_FILES
-            for argv in vpgrid_commands(cluster_section() if p == README else p.read_text(), p.suffix == ".md")]
+DOCS = ROOT / "docs"
+RECIPE_FILES = [RAY_UP, RAYJOB, SBATCH, README]
+# The recipes, and every Markdown page a user copies commands from: the README and the manual (its code blocks).
+COMMAND_FILES = [*RECIPE_FILES, *sorted(DOCS.glob("*.md"))]
+COMMANDS = [(str(p.relative_to(ROOT)), argv) for p in COMMAND_FILES
+            for argv in vpgrid_commands(p.read_text(), p.suffix == ".md")]
 
 
 def test_every_recipe_runs_vpgrid():
     names = {name for name, _ in COMMANDS}
-    assert names == {p.name for p in COMMAND_FILES}
+    assert names >= {str(p.relative_to(ROOT)) for p in RECIPE_FILES}
     assert any(argv[:2] == ["vpgrid", "launch"] for _, argv in COMMANDS)
+    # the manual's code blocks are parsed too (the pages with commands in them), the cluster page's included
+    assert {"docs/cli.md", "docs/grid.md", "docs/extending.md", "docs/cluster.md"} <= names
 
 
 @pytest.mark.parametrize("where,argv", COMMANDS, ids=[f"{w}:{' '.join(a[1:3])}" for w, a in COMMANDS])
@@ -300,11 +305,12 @@ def test_dockerfile_pins_torch_to_the_base_images_cuda():
     assert '"torch==${TORCH}" "torchvision==${TORCHVISION}"' in text
     # ... and the build checks torch's CUDA against the image's ($CUDA_VERSION of the nvidia/cuda base).
     assert "torch.version.cuda == img" in text
-    # The versions the tests ran with.
-    assert args["TORCH"] == base(md.version("torch"))
-    assert args["TORCHVISION"] == base(md.version("torchvision"))
-    assert args["RAY_VERSION"] == base(md.version("ray"))
-    assert sys.version_info[:2] == (3, 11)  # the image is py311
+    # The image's versions are the project's: torch within pyproject's range, Ray the lock's, Python allowed.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = {Requirement(d).name: Requirement(d) for d in project["dependencies"]}
+    assert deps["torch"].specifier.contains(args["TORCH"]) and deps["torchvision"].specifier.contains(args["TORCHVISION"])
+    assert lock_pins()["ray"] == args["RAY_VERSION"]
+    assert SpecifierSet(project["requires-python"]).contains("3.11")  # the image is py311
 
 
 def test_dockerfile_installs_vpgrid_non_editable_from_the_lock():
@@ -350,13 +356,49 @@ def test_lock_pins_every_dependency_of_pyproject():
     assert not [n for n in pins if n.startswith("nvidia-") or n == "triton"]  # they come with the CUDA torch
 
 
-def test_lock_is_what_the_tests_run_with():
-    """The lock is the tested environment: regenerated here it is the same file (else run make_lock.py)."""
+# The image's Python and platform: the lock's markers are evaluated for them, not for whoever runs the tests.
+IMAGE_ENV = {"python_version": "3.11", "python_full_version": "3.11.0", "sys_platform": "linux",
+             "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+             "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+
+def test_lock_is_consistent_where_this_environment_can_tell():
+    """The lock is the image's record, not a picture of the environment running the tests (a fresh install
+    resolves newer releases the day they appear). What can be checked offline: for every pinned package that is
+    installed here at the pinned version, each of its requirements (markers for the image's py311 on Linux) is
+    pinned too, at a version that satisfies it; torch's own dependencies come with the CUDA torch."""
+    pins = lock_pins()
+    checked = 0
+    for name, version in pins.items():
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            continue
+        if dist.version != version:
+            continue  # another release is installed here: its requirements say nothing of the pinned one's
+        checked += 1
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            if req.marker is not None and not req.marker.evaluate({**IMAGE_ENV, "extra": ""}):
+                continue
+            dep = re.sub(r"[-_.]+", "-", req.name).lower()
+            if dep in ("torch", "torchvision") or dep.startswith("nvidia-") or dep == "triton":
+                continue
+            assert dep in pins, f"{name}=={version} needs {req}, which {LOCK.name} does not pin"
+            assert req.specifier.contains(pins[dep], prereleases=True), f"{dep}=={pins[dep]} breaks {name}'s {req}"
+    assert checked >= 1, "no pinned package is installed at its pinned version: nothing could be checked"
+
+
+def test_make_lock_writes_a_lock_of_the_same_form():
+    """docker/make_lock.py (the maintainers' way to refresh the lock) runs here and pins every project dependency;
+    its versions are this environment's, so only the form and the names are compared."""
     out = subprocess.run([sys.executable, "docker/make_lock.py"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout == LOCK.read_text(), "regenerate: python docker/make_lock.py > docker/requirements.lock"
+    fresh = {m.group(1) for m in re.finditer(r"^([a-z0-9-]+)==\S+$", out.stdout, re.M)}
+    deps = [re.sub(r"[-_.]+", "-", Requirement(d).name).lower()
+            for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    assert {d for d in deps if d not in ("torch", "torchvision")} <= fresh and {"torch", "torchvision"}.isdisjoint(fresh)
 
 
-# -------------------------------------------------------------------------------------------- README
 def test_readme_commands_name_files_that_exist_and_the_one_image():
     text = cluster_section()
     blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S))
@@ -368,3 +410,21 @@ def test_readme_commands_name_files_that_exist_and_the_one_image():
     assert f"docker push {IMAGE}" in blocks
     tools = {line.split()[0] for line in blocks.splitlines() if line.strip() and "=" not in line.split()[0]}
     assert tools <= {"docker", "ray", "vpgrid", "kubectl", "sbatch"}, tools
+
+
+def test_bare_metal_ray_start_lines_parse_with_rays_own_cli():
+    """docs/cluster.md's `ray start` lines (a head, a worker, the agent's port moved) and every option its
+    ports table names are options of the installed Ray's `ray start`."""
+    from ray.scripts.scripts import start
+
+    text = cluster_section()
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S))
+    lines = [shlex.split(line, comments=True) for line in blocks.splitlines() if line.startswith("ray start")]
+    assert any("--head" in argv for argv in lines) and any("--address" in argv for argv in lines)
+    assert any("--dashboard-agent-listen-port" in argv for argv in lines)
+    for argv in lines:
+        start.make_context("start", argv[2:])  # click.UsageError: no such option, bad value
+    table = text[text.index("| port | on |"):text.index("Behind a firewall")]
+    named = set(re.findall(r"`(--[a-z-]+)`", table))
+    known = {opt for param in start.params for opt in param.opts}
+    assert len(named) >= 10 and named <= known, named - known

@@ -1,5 +1,6 @@
 """The worker as a plain function: no Ray."""
 import dataclasses
+import re
 import math
 
 import pytest
@@ -197,3 +198,16 @@ def test_a_trial_given_a_gpu_it_cannot_use_fails_instead_of_training_on_the_cpu(
     pack = {"trial_id": "t1", "runs": [], "cpu": 1, "gpu": 0.5, "store": "/nonexistent", "cache": None}
     with pytest.raises(RuntimeError, match="given 0.5 GPU but this worker cannot use CUDA.*refusing to train on the CPU"):
         trainable({"pack": pack})
+
+
+def test_torch_threads_are_the_trials_cpus_or_the_environments(monkeypatch):
+    from workers.run import torch_threads
+
+    monkeypatch.delenv("VPGRID_TORCH_THREADS", raising=False)
+    assert (torch_threads(1), torch_threads(2.0), torch_threads(0.5)) == (1, 2, 1)
+    monkeypatch.setenv("VPGRID_TORCH_THREADS", "2")
+    assert torch_threads(1) == 2
+    for bad in ("0", "two", "-1", "1.5"):
+        monkeypatch.setenv("VPGRID_TORCH_THREADS", bad)
+        with pytest.raises(ValueError, match=f"VPGRID_TORCH_THREADS='{re.escape(bad)}': must be a positive integer"):
+            torch_threads(1)

@@ -1,4 +1,4 @@
-"""Data-plane benchmarks behind `vpgrid bench` (numbers for the README, never assertions in tests):
+"""Data-plane benchmarks behind `vpgrid bench` (numbers for docs/benchmarks.md, never assertions in tests):
 
 - train:    the throughput table `vpgrid plan --estimate --throughput` reads: per model, images/s of a frozen
             forward and of forward + input-gradient backward through a pad prompt, and the start-up of one run
@@ -125,7 +125,7 @@ def _default_batch(model: str, device: torch.device) -> int:
 
 
 def bench_train(models: list[str] | None = None, batch: int | None = None, steps: int = 3) -> dict:
-    """The throughput table of this machine (format: orchestrator/estimate.py, README "What a grid will cost")."""
+    """The throughput table of this machine (format: orchestrator/estimate.py, docs/cost.md)."""
     device = default_device()
     imports = import_seconds()
     table = {"machine": card(device), "device": device.type, "card": card(device),

@@ -1,7 +1,7 @@
 """Accuracy and calibration metrics from mapped target logits (all computed in float64).
 
 Two definitions where the paper's code differs from the textbook one: `ece` / `ece_paper` and
-`kl_incorrect` / `kl_incorrect_paper` (README, "Metrics and how they differ from the paper's code").
+`kl_incorrect` / `kl_incorrect_paper` (docs/methods-and-metrics.md).
 """
 from __future__ import annotations
 

@@ -30,14 +30,16 @@ def trainable(config: dict) -> None:
     config = config["pack"]
     import torch
 
+    from orchestrator.status import HEARTBEAT_S
     from orchestrator.store import Store
-    from workers.run import node_cache_dir, run_pack
+    from workers.gate import wait_for_token
+    from workers.run import node_cache_dir, run_pack, torch_threads
     from workers.spec import RunSpec
 
     if config["gpu"] and not config.get("logical_gpus") and not torch.cuda.is_available():
         raise RuntimeError(f"trial {config['trial_id']} was given {config['gpu']:g} GPU but this worker cannot use "
                            "CUDA (driver, CUDA_VISIBLE_DEVICES or a CPU-only torch); refusing to train on the CPU")
-    torch.set_num_threads(max(1, int(config["cpu"])))
+    torch.set_num_threads(torch_threads(config["cpu"]))
     store = Store(config["store"])
     trial = config["trial_id"]
     node = ray.get_runtime_context().get_node_id()
@@ -49,16 +51,21 @@ def trainable(config: dict) -> None:
     specs = [s for s in map(RunSpec.from_dict, config["runs"])
              if not (have.get(s.run_key) == "ok" or (s.run_key in have and not retry))]
     cache = Path(config["cache"]) if config.get("cache") else node_cache_dir()
-    store.heartbeat(trial, {"runs_total": len(specs), "runs_done": 0, "current": None})
+    progress = {"runs_total": len(specs), "runs_done": 0, "current": None, "node": node}
+    store.heartbeat(trial, progress)
+    beat = store.keep_beating(trial, progress, HEARTBEAT_S)  # stops with this process: a dead node's trial goes stale
     try:
         for i, result in enumerate(run_pack(specs, cache, trial=trial, data_root=config.get("data_root"),
                                                    gpu_share=config["gpu"] or None), 1):
             result.node = node
+            wait_for_token()  # test-only: no-op unless VPGRID_TEST_GATE is set
             publish(store, result)
-            store.heartbeat(trial, {"runs_total": len(specs), "runs_done": i, "current": result.run_key})
+            progress.update(runs_done=i, current=result.run_key)
+            store.heartbeat(trial, progress)
             metrics = {k: getattr(result, k) for k in REPORTED if getattr(result, k) is not None}
             tune.report({"run_key": result.run_key, "ok": int(result.status == "ok"), "runs_done": i,
                          "model": result.model, "compression": result.compression, "method": result.method,
                          "dataset": result.dataset, "shots": "full" if result.shots is None else result.shots, "seed": result.seed, **metrics})
     finally:
+        beat.stop()
         store.end_heartbeat(trial)

@@ -278,9 +278,32 @@ def _variant_fields(v: Variant | None) -> dict:
                 weights_source=v.weights_source, setup_seconds=v.setup_seconds)
 
 
+def run_alone(specs: Iterable[RunSpec], cache_dir: Path, threads: int = 1) -> list[RunResult]:
+    """Each run by itself (no prompt batching) on the CPU at `threads` torch threads: the order of float sums is
+    then the same on every machine of a kind, as the demo's golden values need."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ctx = Context(Path(cache_dir), torch.device("cpu"))
+        return [run(spec, ctx) for spec in specs]
+    finally:
+        torch.set_num_threads(before)
+
+
 def node_cache_dir() -> Path:
     """This node's cache (weights, decoded datasets): $VPGRID_CACHE, else ~/.cache/vpgrid; never the shared store."""
     return Path(os.environ.get("VPGRID_CACHE") or Path.home() / ".cache" / "vpgrid").expanduser()
+
+
+def torch_threads(cpu: float) -> int:
+    """Torch threads of a trial: $VPGRID_TORCH_THREADS if set (the order of float sums, so the last digits of
+    every number, depends on it: the demo is checked at 1 and 2), else the trial's CPUs, at least 1."""
+    text = os.environ.get("VPGRID_TORCH_THREADS", "").strip()
+    if not text:
+        return max(1, int(cpu))
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"VPGRID_TORCH_THREADS={text!r}: must be a positive integer (torch threads per trial)")
+    return int(text)
 
 
 def default_device() -> torch.device:

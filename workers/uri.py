@@ -31,6 +31,9 @@ def open_uri(location: Union[str, Path]) -> tuple[pafs.FileSystem, str, str]:
     scheme, rest = text.split("://", 1)
     scheme = scheme.lower()
     if scheme == "file":
+        if not rest.startswith("/"):  # file://results/x would silently become this machine's ./results/x
+            raise URIError(f"{text}: a file:// URI needs an absolute path (file:///abs/path); "
+                           f"for a path relative to here, give it without file://")
         path = str(Path(rest).resolve())
         return pafs.LocalFileSystem(), path, path
     rest = rest.strip("/")

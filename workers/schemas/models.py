@@ -11,12 +11,10 @@ _CLIP = {"templates": Arg("str", "openai", "text templates of the zero-shot head
          "classes": Arg("str", "imagenet", "source class names of the zero-shot head", choices=("imagenet",))}
 
 MODELS = {
-    "demo_cnn": Schema("vpgrid's small CNN, pre-trained by vpgrid on `shapes` (20 classes)", {
+    "demo_cnn": Schema("vpgrid's small CNN, pre-trained on `shapes` (20 classes); the weights ship with vpgrid", {
         "input_size": _input_size(32),
-        "width": Arg("int", 24, "channels of the first block", lo=1),
-        "pretrain_epochs": Arg("int", 6, "epochs of pre-training on shapes", lo=1),
-        "pretrain_images": Arg("int", 8000, "shapes images used for pre-training", lo=1),
-        "seed": Arg("int", 0, "seed of the initial weights and pre-training")}),
+        "width": Arg("int", 16, "channels of the first block (pretrained: the shipped 16 only)", lo=1),
+        "seed": Arg("int", 0, "seed of the initial weights (pretrained: the shipped 0 only)")}),
     "resnet18": Schema("torchvision ResNet-18, ImageNet-1k", {"input_size": _input_size(224)}),
     "resnet34": Schema("torchvision ResNet-34, ImageNet-1k", {"input_size": _input_size(224)}),
     "resnet50": Schema("torchvision ResNet-50, ImageNet-1k", {"input_size": _input_size(224)}),

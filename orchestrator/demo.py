@@ -1,0 +1,205 @@
+"""The offline demo's numbers in the docs and the golden values that pin them.
+
+`python -m orchestrator.demo --store results/demo` (after `vpgrid launch grids/demo.yaml`, docs/demo.md):
+  1. checks the store holds the whole demo grid, every run ok;
+  2. checks every finding the docs state (`FINDINGS`): a paired difference over seeds whose 95% interval
+     excludes zero, in the stated direction; a finding that does not hold writes nothing and exits 1;
+  3. runs the golden slice (`SLICE`: a few runs of the demo grid, one torch thread, in this process) and writes
+     its metrics to tests/golden/demo_slice.json, which tests/test_demo_golden.py compares to 1e-4;
+  4. rewrites the generated parts of README.md and docs/demo.md (between `<!-- demo:NAME -->` markers).
+
+Torch and the workers are imported only by the slice: the tables and findings need pandas alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ROOT / "grids" / "demo.yaml"
+GOLDEN = ROOT / "tests" / "golden" / "demo_slice.json"
+DOCS = (ROOT / "README.md", ROOT / "docs" / "demo.md")
+GOLDEN_METRICS = ("accuracy", "ece", "nll", "conf_correct", "kl_incorrect", "final_train_loss", "sparsity")
+
+# The golden slice: one seed of each variant with ILM at 10 shots, and the other two label mappings on the dense
+# model: every compression and every mapping of the demo, ~30 s of one CPU core.
+SLICE = [{"method": "ilm", "shots": 10, "seed": 1},
+         {"compression": "dense", "method": "rlm", "shots": 10, "seed": 1},
+         {"compression": "dense", "method": "flm", "shots": 10, "seed": 1}]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """`sign * (b - a) > 0` for `metric` over seeds paired by seed; a, b: (variant, method, budget)."""
+
+    text: str
+    metric: str
+    a: tuple[str, str, str]
+    b: tuple[str, str, str]
+    sign: int = 1
+
+
+FINDINGS = (
+    Finding("80% magnitude sparsity costs ILM accuracy (full split)", "accuracy",
+            ("magnitude@0.8", "ilm", "full"), ("dense", "ilm", "full")),
+    Finding("80% sparsity costs more than 60% (ILM, full split)", "accuracy",
+            ("magnitude@0.8", "ilm", "full"), ("magnitude@0.6", "ilm", "full")),
+    Finding("3-bit fake quantisation costs ILM accuracy (full split)", "accuracy",
+            ("fakequant@3", "ilm", "full"), ("dense", "ilm", "full")),
+    Finding("ILM beats FLM on the dense model (10 shots)", "accuracy",
+            ("dense", "flm", "10-shot"), ("dense", "ilm", "10-shot")),
+    Finding("the full split beats 10 shots (dense, ILM)", "accuracy",
+            ("dense", "ilm", "10-shot"), ("dense", "ilm", "full")),
+)
+
+
+# -- the store's tables and findings (pandas only) -------------------------------------------------------------
+
+def _runs(store: str):
+    import pandas as pd
+
+    from orchestrator.store import Store
+
+    try:
+        s = Store(store)
+        s.grid_text()  # a folder that is not a store fails here, in one line
+        df = s.frame()
+    except Exception as e:
+        raise SystemExit(f"error: {store}: not a readable store: {(str(e).splitlines() or [type(e).__name__])[0]}")
+    ok = df[df["status"] == "ok"].copy() if len(df) else df
+    level = [("" if pd.isna(v) else f"@{v:g}") for v in ok["compression_level"]] if len(ok) else []
+    ok["variant"] = [f"{c}{lv}" for c, lv in zip(ok["compression"], level)] if len(ok) else []
+    ok["budget"] = ["full" if pd.isna(v) else f"{int(v)}-shot" for v in ok["shots"]] if len(ok) else []
+    return df, ok
+
+
+def check_store(store: str) -> None:
+    """The store is the demo grid, whole: every run of grids/demo.yaml is in it, ok."""
+    from orchestrator.grid import expand, parse_grid
+
+    df, ok = _runs(store)
+    want = {r.run_key for r in expand(parse_grid(GRID.read_text(), str(GRID)), str(GRID))}
+    missing = want - set(ok["run_key"])
+    if missing or len(df) != len(want):
+        raise SystemExit(f"error: {store}: not a complete run of {GRID.name} ({len(want) - len(missing)} of "
+                         f"{len(want)} runs ok, {len(df)} rows); launch it again: vpgrid launch grids/demo.yaml")
+
+
+def paired(ok, finding: Finding) -> dict:
+    """Mean of sign*(b - a) over the seeds both have, in points, with its 95% t interval's half-width."""
+    from scipy import stats
+
+    def values(v, m, b):
+        s = ok[(ok["variant"] == v) & (ok["method"] == m) & (ok["budget"] == b)]
+        return s.set_index("seed")[finding.metric]
+
+    d = (finding.sign * 100 * (values(*finding.b) - values(*finding.a))).dropna()
+    n = len(d)
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+    return {"finding": finding.text, "metric": finding.metric, "seeds": n, "mean": float(d.mean()),
+            "half": half, "holds": bool(d.mean() - half > 0)}
+
+
+def findings_md(rows: list[dict]) -> str:
+    lines = ["| finding | metric | difference (points) | 95% interval over seeds | holds |", "|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["mean"] - r["half"], r["mean"] + r["half"]
+        lines.append(f"| {r['finding']} | {r['metric']} | {r['mean']:+.1f} | [{lo:+.1f}, {hi:+.1f}] "
+                     f"({r['seeds']} seeds) | {'yes' if r['holds'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def tables_md(store: str, methods: tuple[str, ...] | None = None) -> str:
+    """`vpgrid report`'s Markdown tables of accuracy and ECE, of some methods only if asked."""
+    from orchestrator.report import markdown, summary
+    from orchestrator.store import Store
+
+    df = Store(store).frame()
+    if methods:
+        df = df[df["method"].isin(methods)]
+    return markdown(summary(df), ("accuracy", "ece")).strip()
+
+
+# -- the golden slice (torch, in this process) ------------------------------------------------------------------
+
+def slice_specs() -> list:
+    """The demo grid's runs that SLICE names, in SLICE's order then the grid's."""
+    from orchestrator.grid import expand, parse_grid
+
+    runs = expand(parse_grid(GRID.read_text(), str(GRID)), str(GRID))
+    out = []
+    for want in SLICE:
+        out += [r for r in runs if all(getattr(r, k) == v for k, v in want.items()) and r not in out]
+    return out
+
+
+def run_slice(cache_dir: Path) -> list[dict]:
+    """Each slice run alone at one torch thread (the float sums' order is then the same on every machine of
+    a kind), as {run_key, what, metrics}."""
+    from workers.run import run_alone
+
+    out = []
+    for spec, row in zip(slice_specs(), run_alone(slice_specs(), Path(cache_dir), threads=1)):
+        if row.status != "ok":
+            raise RuntimeError(f"golden slice run {spec.run_key} failed: {row.error}")
+        what = f"{spec.compression}{'' if spec.compression_level is None else f'@{spec.compression_level:g}'} " \
+               f"{spec.method} {spec.shots}-shot seed {spec.seed}"
+        out.append({"run_key": spec.run_key, "what": what,
+                    "metrics": {m: float(getattr(row, m)) for m in GOLDEN_METRICS}})
+    return out
+
+
+# -- writing ----------------------------------------------------------------------------------------------------
+
+def replace_block(text: str, name: str, body: str, where: str) -> str:
+    """The text between `<!-- demo:NAME -->` and `<!-- demo:NAME end -->` replaced by `body`."""
+    pattern = re.compile(rf"(<!-- demo:{name} -->\n).*?(<!-- demo:{name} end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"error: {where}: no <!-- demo:{name} --> ... <!-- demo:{name} end --> block to fill")
+    return pattern.sub(lambda m: m.group(1) + body.strip() + "\n" + m.group(2), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--store", required=True, help="a finished demo store (vpgrid launch grids/demo.yaml)")
+    p.add_argument("--cache", default=None, help="node cache for the slice [default: $VPGRID_CACHE]")
+    p.add_argument("--check", action="store_true", help="check the store and findings only; write nothing")
+    args = p.parse_args(argv)
+    check_store(args.store)
+    _, ok = _runs(args.store)
+    rows = [paired(ok, f) for f in FINDINGS]
+    print(findings_md(rows))
+    failed = [r["finding"] for r in rows if not r["holds"]]
+    if failed:
+        print(f"error: {len(failed)} finding(s) the docs state do not hold in {args.store}: {'; '.join(failed)}; "
+              "nothing written", file=sys.stderr)
+        return 1
+    if args.check:
+        return 0
+    from workers.run import node_cache_dir
+
+    golden = run_slice(Path(args.cache) if args.cache else node_cache_dir())
+    blocks = {"tables": tables_md(args.store), "ilm": tables_md(args.store, ("ilm",)), "findings": findings_md(rows)}
+    texts = {}
+    for path in DOCS:
+        text = path.read_text()
+        for name, body in blocks.items():
+            if f"<!-- demo:{name} -->" in text:
+                text = replace_block(text, name, body, str(path))
+        texts[path] = text
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    GOLDEN.write_text(json.dumps({"grid": GRID.name, "threads": 1, "runs": golden}, indent=1) + "\n")
+    for path, text in texts.items():
+        path.write_text(text)
+    print(f"wrote {GOLDEN.relative_to(ROOT)} ({len(golden)} runs) and the demo tables in "
+          f"{', '.join(str(p.relative_to(ROOT)) for p in DOCS)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
