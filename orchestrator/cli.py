@@ -96,7 +96,10 @@ def plan(grid: Path, as_json: JsonOpt = False,
                                                 "they take, for vpgrid and for the reference scripts' protocol.")] = False,
          throughput: Annotated[Optional[Path], typer.Option("--throughput", metavar="FILE", help="Throughput table "
                                "(JSON, from `vpgrid bench train --json`) for the hours; implies --estimate "
-                               "[default: the table shipped for this repository's CPU].")] = None) -> None:
+                               "[default: the table shipped for this repository's CPU].")] = None,
+         gpus: Annotated[Optional[int], typer.Option("--gpus", min=1, metavar="N", help="Also schedule the packed trials "
+                         "on N GPUs as the launch will and print the predicted wall time, slot utilisation and the "
+                         "longest trial; implies --estimate (docs/scale.md).")] = None) -> None:
     """Count the runs and trials of GRID, with a breakdown per axis. Runs nothing."""
     from orchestrator.grid import expand, load_grid
     from orchestrator.plan import breakdown, pack
@@ -115,9 +118,12 @@ def plan(grid: Path, as_json: JsonOpt = False,
         resources[m] = res.model_dump() if res else "model default"
     out = {"grid": g.name, "runs": len(runs), "trials": len(trials), "by_axis": breakdown(runs),
            "resources_per_trial": resources}
-    cost = _estimate(g, str(grid), throughput) if estimate or throughput else None
+    cost = _estimate(g, str(grid), throughput) if estimate or throughput or gpus else None
     if cost:
         out["estimate"] = {"throughput": cost[2], "studies": [p.to_dict() for p in cost[0]], "total": cost[1].to_dict()}
+    span = _makespan(g, str(grid), runs, cost[3], gpus) if gpus else None
+    if span:
+        out["estimate"]["makespan"] = span.to_dict()
     if as_json:
         typer.echo(json.dumps(out, indent=1))
         return
@@ -130,6 +136,24 @@ def plan(grid: Path, as_json: JsonOpt = False,
         from orchestrator.estimate import render
 
         typer.echo("\n".join(render(*cost[:2], cost[3])))
+    if span:
+        from orchestrator.estimate import render_makespan
+
+        typer.echo("\n".join(render_makespan(span)))
+
+
+def _makespan(g, source: str, runs, table, gpus: int):
+    """The launch's packing and order on `gpus` GPUs. Trial resources need the models' registered defaults, as
+    the launch resolves them (this imports the workers)."""
+    from orchestrator.estimate import TableError, makespan
+    from orchestrator.launch import check_names
+
+    try:
+        return makespan(g, source, table, gpus, check_names(runs, source))
+    except TableError as e:
+        _usage(str(e))
+    except _known_errors() as e:
+        _fail(e)
 
 
 def _estimate(g, source: str, throughput: Optional[Path]):
