@@ -321,32 +321,40 @@ class Makespan:
 
 
 def schedule(trials: list, seconds: list[float], gpus: int) -> Makespan:
-    """Trials on `gpus` GPUs as the launch hands them to Ray Tune: in launch order (plan.pack's, largest first),
-    each started as soon as a GPU has room for its share, on the lowest-numbered GPU with room; no trial overtakes
-    an earlier one. CPUs are assumed not to bind (a cluster node has CPUs for its GPUs' trials)."""
+    """Trials on `gpus` GPUs as the launch hands them to Ray Tune: whenever a trial ends (and at the start), the
+    waiting trials are tried in launch order (plan.pack's, largest first) and each one that fits starts, on the
+    lowest-numbered GPU with room for its share; a trial too large for the room left waits while smaller later
+    ones start (Tune asks Ray for many pending trials at once). CPUs are assumed not to bind."""
     import heapq
 
-    shares = [t.gpu for t in trials]
-    if any(not s or s > 1 for s in shares):
-        bad = next(t for t in trials if not t.gpu or t.gpu > 1)
+    bad = next((t for t in trials if not t.gpu or t.gpu > 1), None)
+    if bad is not None:
         raise TableError(f"--gpus: trial {bad.trial_id} asks for gpu {bad.gpu!r}; a schedule on GPUs needs "
                          "every trial's share in (0, 1] (set resources.gpu in the grid)")
+    shares = [t.gpu for t in trials]
+    smallest = min(shares, default=1.0)
     free = [1.0] * gpus
     ends: list[tuple[float, int, float]] = []  # (end time, gpu, share) of running trials
+    waiting = list(range(len(trials)))
     now = busy = 0.0
-    for trial, share, secs in zip(trials, shares, seconds):
-        while True:
-            while ends and ends[0][0] <= now:  # trials ended by now free their share
+    while waiting:
+        i = 0
+        while i < len(waiting) and max(free) >= smallest - 1e-9:
+            share = shares[waiting[i]]
+            gpu = next((g for g in range(gpus) if free[g] >= share - 1e-9), None)
+            if gpu is None:
+                i += 1
+                continue
+            k = waiting.pop(i)
+            free[gpu] -= share
+            heapq.heappush(ends, (now + seconds[k], gpu, share))
+            busy += share * seconds[k]
+        if waiting:
+            now = ends[0][0]  # the next trial to end frees its share (and any ending at the same moment)
+            while ends and ends[0][0] <= now:
                 _, g, s = heapq.heappop(ends)
                 free[g] += s
-            gpu = next((g for g in range(gpus) if free[g] >= share - 1e-9), None)
-            if gpu is not None:
-                break
-            now = ends[0][0]  # wait for the next trial to end
-        free[gpu] -= share
-        heapq.heappush(ends, (now + secs, gpu, share))
-        busy += share * secs
-    wall = max((e for e, _, _ in ends), default=0.0)
+    wall = max([now] + [e for e, _, _ in ends])
     longest = max(range(len(trials)), key=lambda i: seconds[i]) if trials else None
     return Makespan(gpus, wall, busy, busy / (gpus * wall) if wall else 0.0,
                     seconds[longest] if trials else 0.0, trials[longest].trial_id if trials else "", len(trials),
@@ -363,6 +371,6 @@ def render_makespan(m: Makespan) -> list[str]:
     def hm(s: float) -> str:
         return f"{s / 3600:,.1f} h" if s >= 3600 else f"{s / 60:.1f} min"
 
-    return [f"on {m.gpus} GPUs ({', '.join(f'{n} trials at {s} GPU' for s, n in m.shares.items())}, in launch order): "
+    return [f"on {m.gpus} GPUs ({', '.join(f'{n} trials at {s} GPU' for s, n in m.shares.items())}, as the launch packs and orders them): "
             f"predicted wall {hm(m.wall_s)}, slot utilisation {100 * m.utilisation:.0f}%, "
             f"longest trial {hm(m.longest_s)} ({m.longest_trial}: no schedule ends sooner)"]

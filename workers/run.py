@@ -278,11 +278,6 @@ def _variant_fields(v: Variant | None) -> dict:
                 weights_source=v.weights_source, setup_seconds=v.setup_seconds)
 
 
-def node_cache_dir() -> Path:
-    """This node's cache (weights, decoded datasets): $VPGRID_CACHE, else ~/.cache/vpgrid; never the shared store."""
-    return Path(os.environ.get("VPGRID_CACHE") or Path.home() / ".cache" / "vpgrid").expanduser()
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
