@@ -496,10 +496,11 @@ def _axis(axis: str, v):
 
 
 @app.command()
-def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster, report "
-                                                         "(orchestration); train, loop, protocol, batching (model speed, "
+def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster, report, "
+                                                         "scale (orchestration; scale: the paper grid rehearsed on a local "
+                                                         "multi-node cluster, ~20 min, docs/scale.md); train, loop, protocol, batching (model speed, "
                                                          "measured by workers/bench.py); gpu (the GPU check) "
-                                                         "[default: all but batching and gpu].", show_default=False)] = None,
+                                                         "[default: all but batching, scale and gpu].", show_default=False)] = None,
           as_json: JsonOpt = False,
           models: Annotated[Optional[str], typer.Option("--models", metavar="A,B", help="Models `train` measures "
                             "[default: those of --grid, else the paper's and the demo's].")] = None,
@@ -511,7 +512,7 @@ def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, s
     from orchestrator.bench import BENCHES, DATA_BENCHES, GPU_CHECK, machine
 
     valid = [*BENCHES, *DATA_BENCHES, GPU_CHECK]
-    what = what or [w for w in valid if w not in ("batching", GPU_CHECK)]
+    what = what or [w for w in valid if w not in ("batching", "scale", GPU_CHECK)]
     unknown = [w for w in what if w not in valid]
     if unknown:
         _usage(f"unknown benchmark {unknown[0]!r}; valid: {', '.join(valid)}")
