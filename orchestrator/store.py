@@ -45,7 +45,7 @@ def _schema() -> pa.Schema:
 
 
 SCHEMA = _schema()
-ROW_GROUP = 4096  # rows a merged file's row group holds at most; compaction buffers one group's worth
+ROW_GROUP = 1024  # rows a merged file's row group holds (about); compaction buffers one group
 ONE_ROW = re.compile(r"^([0-9a-f]{16})\.(ok|failed|rehearsed)\.parquet$")
 # A run is done when its row says ok, or rehearsed in a rehearsal store (docs/scale.md); the two never mix.
 DONE = ("ok", "rehearsed")
@@ -189,44 +189,60 @@ class Store:
         """Merge all run files into one deduplicated file with large row groups. Returns (before, after).
 
         Safe while trials publish: only the files read are deleted, after the merged file is in place.
-        Streamed: one-row files are read whole, merged files by three columns, to pick the rows to keep; then
-        each merged file is read whole in turn, so memory holds the merged output and one file, never a pandas
-        copy of every row (12k rows took a driver to 2.8 GB that way)."""
+        Streamed: the rows to keep are picked from the one-row files' names and three columns of the merged
+        files; then files are read a batch at a time into row groups, so memory holds the merged output and one
+        batch, never a pandas copy of every row (12k rows took a driver to 2.8 GB that way)."""
         picked = self._consistent(self._winners)
         if len(picked) <= 1:
             return len(picked), len(picked)
         buf = pa.BufferOutputStream()
         with pq.ParquetWriter(buf, SCHEMA) as out:
-            group, n = [], 0
-            for k, (path, (whole, keep)) in enumerate(picked.items()):
-                if keep:
-                    group.append((whole if whole is not None else self._read([path])).take(pa.array(keep, pa.int64())))
-                    n += len(keep)
-                if group and (n >= ROW_GROUP or k == len(picked) - 1):
+            group: list[pa.Table] = []
+            one_row: list[str] = []
+
+            def flush(force: bool) -> None:
+                if one_row and (force or len(one_row) >= ROW_GROUP // 4):
+                    group.append(self._read(one_row))  # one pyarrow.dataset read of many small files
+                    one_row.clear()
+                n = sum(t.num_rows for t in group)
+                if n and (force or n >= ROW_GROUP):
                     out.write_table(pa.concat_tables(group).combine_chunks(), row_group_size=n)
-                    group, n = [], 0
+                    group.clear()
+
+            for path, keep in picked.items():
+                if keep is None:
+                    one_row.append(path)
+                elif keep:
+                    group.append(self._read([path]).take(pa.array(keep, pa.int64())))
+                flush(False)
+            flush(True)
         self._put(f"{self.runs_dir}/part-{uuid.uuid4().hex[:12]}.parquet", buf.getvalue().to_pybytes())
         self._delete(list(picked))
         return len(picked), len(self._files())
 
-    def _winners(self, infos: list[pafs.FileInfo]) -> dict[str, tuple[Optional[pa.Table], list[int]]]:
-        """path -> (the file's table if it is a one-row file, else None; its row numbers `dedup` keeps)."""
+    def _winners(self, infos: list[pafs.FileInfo]) -> dict[str, Optional[list[int]]]:
+        """path -> the row numbers of a merged file that `dedup` keeps; for a one-row file None when its row is kept,
+        [] when not. A one-row file is known by its name (its time: the file's modification time, as `scan`)."""
         cols = ["run_key", "status", "finished_at"]
-
-        def read(info: pafs.FileInfo) -> tuple[Optional[pa.Table], pa.Table]:
-            if ONE_ROW.match(info.base_name):
-                whole = self._read([info.path])
-                return whole, whole.select(cols)
-            return None, self._columns([info.path], cols)
-
-        with ThreadPoolExecutor(1 if self.local else 16) as pool:  # object stores: one GET per request
-            tables = list(pool.map(read, infos))
-        owner = [(info.path, j) for info, (_, t) in zip(infos, tables) for j in range(t.num_rows)]
-        out = {info.path: (whole, []) for info, (whole, _) in zip(infos, tables)}
-        if owner:
-            merged = pa.concat_tables([t for _, t in tables])
-            for i in winners(*(merged.column(c).to_pylist() for c in cols)):
-                out[owner[i][0]][1].append(owner[i][1])
+        keys, statuses, times, owner = [], [], [], []
+        for info in infos:
+            m = ONE_ROW.match(info.base_name)
+            if m:
+                keys.append(m.group(1)), statuses.append(m.group(2))
+                times.append(info.mtime.timestamp() if info.mtime else None)
+                owner.append((info.path, None))
+                continue
+            t = self._columns([info.path], cols)
+            for c, acc in zip(cols, (keys, statuses, times)):
+                acc.extend(t.column(c).to_pylist())
+            owner.extend((info.path, j) for j in range(t.num_rows))
+        out: dict[str, Optional[list[int]]] = {i.path: [] for i in infos}
+        for i in winners(keys, statuses, times):
+            path, j = owner[i]
+            if j is None:
+                out[path] = None
+            else:
+                out[path].append(j)
         return out
 
     # -- reading ---------------------------------------------------------------------------------
