@@ -264,3 +264,58 @@ def test_a_rehearsal_of_2000_runs_on_two_nodes_with_the_store_on_s3(s3_bucket, t
     assert "predicted" in r.stderr and "measured" in r.stderr
     st = subprocess.run(VPGRID + ["status", store], capture_output=True, text=True, timeout=120)
     assert st.stdout.startswith("REHEARSAL") and f"of {len(runs)}" in st.stdout
+
+
+def test_the_trials_go_to_tune_in_launch_order_as_small_configs():
+    """The searcher that replaces grid_search: each config once, in order, then finished; the runs are not in it."""
+    from ray.tune.search import Searcher
+
+    from orchestrator.launch import _pack_payload, _packs_searcher
+    from orchestrator.plan import pack
+
+    grid = parse_grid(TINY)
+    packed = pack(grid, expand(grid), {"demo_cnn": {"cpu": 1, "gpu": 0}})
+    configs = [{"trial_id": t.trial_id} for t in packed]
+    s = _packs_searcher(configs)
+    got = [s.suggest(str(i)) for i in range(len(configs) + 2)]
+    assert got[:-2] == [{"pack": c} for c in configs] and got[-2:] == [Searcher.FINISHED] * 2
+    table = load_table(DEFAULT_TABLE)
+    payload = json.loads(_pack_payload(packed[0], table))
+    from workers.spec import RunSpec
+
+    assert [RunSpec.from_dict(r) for r in payload["runs"]] == list(packed[0].runs)
+    assert payload["seconds"] == [run_seconds(r, table) for r in packed[0].runs]
+    assert payload["startup_s"] == table.get("demo_cnn").startup_s
+
+
+def test_the_trainable_rehearses_a_pack_without_torch_or_ray(tiny_grid, tmp_path, monkeypatch):
+    """The Ray adapter's rehearsal branch, with Ray's two calls stood in for: rows published, done ones skipped."""
+    from workers import ray_adapter
+
+    reports = []
+    monkeypatch.setattr(ray_adapter.ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "n1"))
+    monkeypatch.setattr(ray_adapter.tune, "report", reports.append)
+    from orchestrator.launch import _pack_payload
+    from orchestrator.plan import pack
+
+    grid = parse_grid(tiny_grid.read_text())
+    (trial, *_) = pack(grid, expand(grid), {"demo_cnn": {"cpu": 1, "gpu": 0}})
+    store = Store(tmp_path / "rh")
+    store.create(tiny_grid.read_text(), rehearsal={"speedup": 1e6, "throughput": None})
+    from workers.spec import RunResult
+
+    store.publish(RunResult.for_spec(trial.runs[0], "rehearsed", finished_at=1.0))  # an earlier attempt's
+    config = {"trial_id": trial.trial_id, "cpu": 1, "gpu": 0, "store": store.root, "cache": str(tmp_path / "c"),
+              "data_root": None, "retry_failed": False, "rehearse": 1e6}
+    ray_adapter.trainable({"pack": config}, {trial.trial_id: _pack_payload(trial, load_table(DEFAULT_TABLE))})
+    df = store.frame()
+    assert sorted(df["run_key"]) == sorted(r.run_key for r in trial.runs) and (df["status"] == "rehearsed").all()
+    assert len(reports) == len(trial.runs) - 1 and all(r["ok"] == 1 for r in reports)
+    assert set(df.loc[df["finished_at"] > 1.0, "node"]) == {"n1"} and store.heartbeats() == []
+
+
+def test_a_rehearsal_worker_does_not_import_torch():
+    code = ("import sys, workers.rehearse, workers.schemas.layouts; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 0, r.stderr

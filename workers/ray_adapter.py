@@ -50,9 +50,9 @@ def trainable(config: dict, packs: dict) -> None:
     # --retry-failed an old failed row may be that row, so only a done one counts.
     have = store.statuses()
     retry = config.get("retry_failed")
-    keep = [i for i, s in enumerate(payload["runs"])
-            if not (have.get(s["run_key"]) in DONE or (s["run_key"] in have and not retry))]
-    specs = [RunSpec.from_dict(payload["runs"][i]) for i in keep]
+    every = [RunSpec.from_dict(d) for d in payload["runs"]]
+    keep = [i for i, s in enumerate(every) if not (have.get(s.run_key) in DONE or (s.run_key in have and not retry))]
+    specs = [every[i] for i in keep]
     cache = Path(config["cache"]) if config.get("cache") else node_cache_dir()
     if config.get("rehearse"):  # the rehearsal differs from the real run here only: no torch, no weights, no GPU
         from workers.rehearse import rehearse_pack
