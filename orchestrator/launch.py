@@ -363,6 +363,10 @@ def _run_tune(configs: list[dict], packs: dict[str, bytes], launch_id: str, stor
 
     try:
         gpus = ray.cluster_resources().get("GPU", 0.0)
+        # Tune lets a custom searcher have one pending trial at a time (trials would start one by one); allow
+        # what it allows grid_search: at least 200, else 1.1 per CPU.
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG",
+                              str(max(200, int(1.1 * ray.cluster_resources().get("CPU", 1.0)))))
         total_runs = sum(c["runs"] for c in configs)
         bar = RunProgress(total_runs, _ClusterWatch(store), enabled=progress)
         resources = tune.with_resources(tune.with_parameters(trainable, packs=packs),
