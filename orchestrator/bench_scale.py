@@ -237,13 +237,15 @@ def bench_scale(workers: int = 3, gpus: int = 1, sleeps_s: float = 600, seeds: O
             cluster.shutdown()
             mon.stop.set()
         out.update(_tally(store_uri, plan, proxy.counts, mon, walls, time.time() - t0, speedup, predicted,
-                          workers * gpus, trials))
+                          workers * gpus, trials, sum(secs) / speedup))
     out["driver_log_tail"] = log.read_text().splitlines()[-5:]
     return out
 
 
 def _tally(store_uri: str, plan, counts: Counter, mon: Monitor, walls: list[float], wall: float, speedup: float,
-           predicted: float, gpus: int, trials) -> dict:
+           predicted: float, gpus: int, trials, slept: float) -> dict:
+    """`slept`: the sleeps of every trial once (start-up and runs, / speed-up); a trial cut by a kill sleeps again
+    for its unfinished runs, which counts here as orchestration."""
     import boto3
     import statistics
 
@@ -258,7 +260,6 @@ def _tally(store_uri: str, plan, counts: Counter, mon: Monitor, walls: list[floa
             if m:
                 versions[m.group(1)] += 1
             parts += "/part-" in v["Key"]
-    slept = float((df["train_seconds"].fillna(0)).sum()) / speedup
     lat = sorted(mon.latency)
     slots = 4 * gpus  # 0.25-GPU trials; CLIP's 0.5-GPU trials take two
     return {
@@ -272,6 +273,7 @@ def _tally(store_uri: str, plan, counts: Counter, mon: Monitor, walls: list[floa
         "status_json_p95_s": lat[int(0.95 * (len(lat) - 1))] if lat else None,
         "status_samples": len(lat),
         "s3_requests_per_run": {k: v / len(plan) for k, v in sorted(counts.items())},
-        "compactions": parts, "predicted_wall_s": predicted, "measured_wall_x_speedup_s": sum(walls) * speedup,
+        "compactions": parts, "sleeps_s": slept, "predicted_wall_s": predicted,
+        "measured_wall_x_speedup_s": sum(walls) * speedup,
         "gpus": gpus,
     }
