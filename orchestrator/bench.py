@@ -156,17 +156,17 @@ def bench_status(repeats: int = 3) -> dict:
 
 
 @contextlib.contextmanager
-def moto_s3(bucket: str, port: Optional[int] = None):
+def moto_s3(bucket: str, log: Optional[Path] = None):
     """A real S3 API server (moto's server mode, installed with the test extra) on the loopback with `bucket` in
-    it, and the standard AWS variables pointing this process (and what it starts) at it; yields its port."""
+    it, and the standard AWS variables pointing this process (and what it starts) at it; yields its port. `log`:
+    where the server's access log goes (one line a request)."""
     import boto3
 
-    if port is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=open(log, "wb") if log else subprocess.DEVNULL)
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
