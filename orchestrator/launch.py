@@ -199,13 +199,16 @@ def _predicted(trials: list[Trial], table, gpus: float) -> Optional[float]:
 
 
 def _missing_inputs(store: Store) -> dict[str, list[str]]:
-    """A rehearsal's failed rows grouped by error (its first line, without the node) -> the hosts it failed on."""
-    t = store.table().select(["status", "error", "host"])
+    """A rehearsal's failed rows grouped by error (its first line, without where) -> the nodes it failed on."""
+    import re
+
+    t = store.table().select(["status", "error"])
     out: dict[str, set] = {}
-    for status, error, host in zip(*(t.column(c).to_pylist() for c in ("status", "error", "host"))):
+    for status, error in zip(*(t.column(c).to_pylist() for c in ("status", "error"))):
         if status == "failed" and error:
-            line = error.splitlines()[0].removesuffix(f" (on {host})")
-            out.setdefault(line, set()).add(host or "?")
+            m = re.fullmatch(r"(.*) \(on (.+)\)", error.splitlines()[0])
+            line, where = m.groups() if m else (error.splitlines()[0], "?")
+            out.setdefault(line, set()).add(where)
     return {k: sorted(v) for k, v in out.items()}
 
 

@@ -58,7 +58,7 @@ def trainable(config: dict, packs: dict) -> None:
         from workers.rehearse import rehearse_pack
 
         results = rehearse_pack(specs, [payload["seconds"][i] for i in keep], payload["startup_s"],
-                                config["rehearse"], cache, config.get("data_root"), trial)
+                                config["rehearse"], cache, config.get("data_root"), trial, node)
     else:
         from workers.run import run_pack
 

@@ -79,9 +79,11 @@ def check_inputs(spec: RunSpec, cache_dir: Path, data_root: Optional[str], diges
 
 
 def rehearse_pack(specs: list[RunSpec], seconds: list[float], startup_s: float, speedup: float, cache_dir: Path,
-                  data_root: Optional[str], trial: str = "") -> Iterator[RunResult]:
-    """Each run's row, in order: inputs checked, then its estimated seconds slept (the trial's start-up first)."""
+                  data_root: Optional[str], trial: str = "", node: str = "") -> Iterator[RunResult]:
+    """Each run's row, in order: inputs checked, then its estimated seconds slept (the trial's start-up first).
+    A failed row's error ends with where it failed: `(on HOST)`, or `(on HOST node ID)` given the Ray node."""
     host, digests, checked = socket.gethostname(), Digests(cache_dir), {}
+    where = f"{host} node {node[:12]}" if node else host
     time.sleep(startup_s / speedup)
     for spec, secs in zip(specs, seconds):
         started = time.time()
@@ -92,7 +94,7 @@ def rehearse_pack(specs: list[RunSpec], seconds: list[float], startup_s: float, 
                 check_inputs(spec, cache_dir, data_root, digests)
                 checked[what] = None
             except (CheckpointError, OSError, ValueError) as e:
-                checked[what] = f"{type(e).__name__}: {e} (on {host})"
+                checked[what] = f"{type(e).__name__}: {e} (on {where})"
         common = dict(started_at=started, trial=trial, host=host, pid=os.getpid(), device="rehearsal")
         if checked[what] is not None:
             yield RunResult.for_spec(spec, "failed", error=checked[what], finished_at=time.time(), **common)
