@@ -126,8 +126,11 @@ def _launch(args: list[str], mon: Monitor, log: Path) -> subprocess.Popen:
 def _first_trial_after(store, since: float, timeout: float = 600) -> Optional[float]:
     """Seconds from `since` until a trial's heartbeat appears in the store."""
     while time.time() - since < timeout:
-        if any(h.get("updated", 0) >= since for h in store.heartbeats()):
-            return time.time() - since
+        try:
+            if any(h.get("updated", 0) >= since for h in store.heartbeats()):
+                return time.time() - since
+        except OSError:  # the S3 server busy: try again
+            pass
         time.sleep(1)
     return None
 

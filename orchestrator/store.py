@@ -391,7 +391,10 @@ class Store:
         out = []
         for info in sorted(self._list(f"{self.meta_dir}/running"), key=lambda i: i.path):
             if info.base_name.endswith(".json") and not info.base_name.startswith("."):
-                hb = self._get_json(info.path)  # None: removed between listing and reading
+                try:
+                    hb = self._get_json(info.path)  # None: removed between listing and reading
+                except OSError:  # on S3 a removal mid-read can surface as a failed read, not a missing key
+                    continue
                 if hb is not None:
                     out.append(hb)
         return out
