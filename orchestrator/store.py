@@ -191,7 +191,16 @@ class Store:
         Safe while trials publish: only the files read are deleted, after the merged file is in place.
         Streamed: the rows to keep are picked from the one-row files' names and three columns of the merged
         files; then files are read a batch at a time into row groups, so memory holds the merged output and one
-        batch, never a pandas copy of every row (12k rows took a driver to 2.8 GB that way)."""
+        batch, never a pandas copy of every row (12k rows took a driver to 2.8 GB that way). Another compaction
+        deleting a picked file meanwhile (a driver's housekeeper still finishing one) has merged it: list again."""
+        for _ in range(5):
+            try:
+                return self._compact_once()
+            except FileNotFoundError:
+                continue
+        raise StoreError(f"store {self.root}: other compactions kept removing its files; try again")
+
+    def _compact_once(self) -> tuple[int, int]:
         picked = self._consistent(self._winners)
         if len(picked) <= 1:
             return len(picked), len(picked)

@@ -109,7 +109,8 @@ def fetch(location: str, sha256: str | None, cache_dir: Path) -> tuple[Path, str
     dest = remote_cache_path(location, sha256, cache_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not dest.exists():
-        _copy_object(location, dest) if scheme in ("s3", "gs") else _download(location, dest)
+        remote = urllib.parse.urlparse(location).scheme in ("s3", "gs")
+        _copy_object(location, dest) if remote else _download(location, dest)
     try:
         return dest, _verify(dest, sha256, location)
     except CheckpointError:
