@@ -2,6 +2,7 @@
 model-speed benchmarks (train, loop, protocol, batching) live in the data plane, workers/bench.py."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -153,15 +155,18 @@ def bench_status(repeats: int = 3) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def bench_status_s3(repeats: int = 3) -> dict:
-    """The same on a real S3 API server on the loopback (moto's server mode, installed with the test extra)."""
+@contextlib.contextmanager
+def moto_s3(bucket: str, log: Optional[Path] = None):
+    """A real S3 API server (moto's server mode, installed with the test extra) on the loopback with `bucket` in
+    it, and the standard AWS variables pointing this process (and what it starts) at it; yields its port. `log`:
+    where the server's access log goes (one line a request)."""
     import boto3
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=open(log, "wb") if log else subprocess.DEVNULL)
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
@@ -169,17 +174,23 @@ def bench_status_s3(repeats: int = 3) -> dict:
         os.environ.update(env)
         for _ in range(100):
             try:
-                boto3.client("s3").create_bucket(Bucket="bench")
+                boto3.client("s3").create_bucket(Bucket=bucket)
                 break
             except Exception:  # the server is still starting
                 time.sleep(0.2)
-        out = _status_at_paper_scale("s3://bench/store", repeats, threads=16)
-        return {"bench": "status_s3", **out,
-                "status_cli_compacted_s": _cli_seconds(["status", "s3://bench/store", "--json"], repeats)}
+        yield port
     finally:
         server.kill()
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def bench_status_s3(repeats: int = 3) -> dict:
+    """The same on a real S3 API server on the loopback (moto's server mode, installed with the test extra)."""
+    with moto_s3("bench"):
+        out = _status_at_paper_scale("s3://bench/store", repeats, threads=16)
+        return {"bench": "status_s3", **out,
+                "status_cli_compacted_s": _cli_seconds(["status", "s3://bench/store", "--json"], repeats)}
 
 
 def _short_runs_grid(name: str, trials: int, runs_per_trial: int) -> str:
@@ -339,3 +350,12 @@ def _workers() -> int:
 
 
 BENCHES["report"] = bench_report
+
+
+def bench_scale() -> dict:
+    from orchestrator.bench_scale import bench_scale as run
+
+    return run()
+
+
+BENCHES["scale"] = bench_scale  # long (~20 min): not in the default set

@@ -63,6 +63,13 @@ GpusOpt = Annotated[Optional[float], typer.Option("--num-gpus", help="Local clus
                                                   callback=_at_least(0))]
 RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Run again the runs whose row says failed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+RehearseOpt = Annotated[bool, typer.Option("--rehearse", help="Run the grid through the whole real path, but each run only "
+                        "checks its inputs on its node and sleeps its estimated seconds; rows say `rehearsed`, into a "
+                        "store of its own (docs/scale.md).")]
+SpeedupOpt = Annotated[float, typer.Option("--speedup", metavar="X", help="With --rehearse: sleep the estimated seconds / X (> 0).",
+                                           callback=_at_least(0, strict=True))]
+ThroughputOpt = Annotated[Optional[Path], typer.Option("--throughput", metavar="FILE", help="With --rehearse: the throughput "
+                          "table the sleeps come from [default: the shipped one, as plan --estimate].")]
 DataOpt = Annotated[Optional[str], typer.Option("--data-root", help="Dataset root on this cluster [default: $VPGRID_DATA, else the grid's data_root].")]
 
 
@@ -96,7 +103,10 @@ def plan(grid: Path, as_json: JsonOpt = False,
                                                 "they take, for vpgrid and for the reference scripts' protocol.")] = False,
          throughput: Annotated[Optional[Path], typer.Option("--throughput", metavar="FILE", help="Throughput table "
                                "(JSON, from `vpgrid bench train --json`) for the hours; implies --estimate "
-                               "[default: the table shipped for this repository's CPU].")] = None) -> None:
+                               "[default: the table shipped for this repository's CPU].")] = None,
+         gpus: Annotated[Optional[int], typer.Option("--gpus", min=1, metavar="N", help="Also schedule the packed trials "
+                         "on N GPUs as the launch will and print the predicted wall time, slot utilisation and the "
+                         "longest trial; implies --estimate (docs/scale.md).")] = None) -> None:
     """Count the runs and trials of GRID, with a breakdown per axis. Runs nothing."""
     from orchestrator.grid import expand, load_grid
     from orchestrator.plan import breakdown, pack
@@ -115,9 +125,12 @@ def plan(grid: Path, as_json: JsonOpt = False,
         resources[m] = res.model_dump() if res else "model default"
     out = {"grid": g.name, "runs": len(runs), "trials": len(trials), "by_axis": breakdown(runs),
            "resources_per_trial": resources}
-    cost = _estimate(g, str(grid), throughput) if estimate or throughput else None
+    cost = _estimate(g, str(grid), throughput) if estimate or throughput or gpus else None
     if cost:
         out["estimate"] = {"throughput": cost[2], "studies": [p.to_dict() for p in cost[0]], "total": cost[1].to_dict()}
+    span = _makespan(g, str(grid), runs, cost[3], gpus) if gpus else None
+    if span:
+        out["estimate"]["makespan"] = span.to_dict()
     if as_json:
         typer.echo(json.dumps(out, indent=1))
         return
@@ -130,6 +143,24 @@ def plan(grid: Path, as_json: JsonOpt = False,
         from orchestrator.estimate import render
 
         typer.echo("\n".join(render(*cost[:2], cost[3])))
+    if span:
+        from orchestrator.estimate import render_makespan
+
+        typer.echo("\n".join(render_makespan(span)))
+
+
+def _makespan(g, source: str, runs, table, gpus: int):
+    """The launch's packing and order on `gpus` GPUs. Trial resources need the models' registered defaults, as
+    the launch resolves them (this imports the workers)."""
+    from orchestrator.estimate import TableError, makespan
+    from orchestrator.launch import check_names
+
+    try:
+        return makespan(g, source, table, gpus, check_names(runs, source))
+    except TableError as e:
+        _usage(str(e))
+    except _known_errors() as e:
+        _fail(e)
 
 
 def _estimate(g, source: str, throughput: Optional[Path]):
@@ -146,6 +177,16 @@ def _estimate(g, source: str, throughput: Optional[Path]):
     return parts, total, header, table
 
 
+def _rehearsal(rehearse: bool, speedup: float, throughput: Optional[Path]):
+    if not rehearse:
+        if speedup != 1.0 or throughput is not None:
+            _usage("--speedup and --throughput go with --rehearse")
+        return None
+    from orchestrator.launch import Rehearsal
+
+    return Rehearsal(speedup, str(throughput.resolve()) if throughput else None)
+
+
 def _launch(source: str, grid_text: str, store: str, opts: dict) -> None:
     """Run a grid here (this process drives Ray) and exit with a code that says how it went."""
     from orchestrator.grid import parse_grid
@@ -158,6 +199,8 @@ def _launch(source: str, grid_text: str, store: str, opts: dict) -> None:
         _fail(e)
     if s.launched == 0:
         err(f"nothing to run: all {s.total} runs of {g.name} are in the store")
+    elif s.rehearsal:
+        _rehearsal_summary(s)
     else:
         err(f"{s.ok} ok, {s.failed} failed of {s.launched} runs launched ({s.skipped} already done) "
             f"in {s.seconds:.0f} s" + (f"; {s.errored_trials} trials errored" if s.errored_trials else ""))
@@ -175,6 +218,19 @@ def _launch(source: str, grid_text: str, store: str, opts: dict) -> None:
         raise typer.Exit(EXIT_RUNS_FAILED)
 
 
+def _rehearsal_summary(s) -> None:
+    """What a rehearsal found: runs rehearsed, inputs missing on which nodes, predicted against measured wall."""
+    x = s.rehearsal.speedup
+    err(f"rehearsal: {s.ok} rehearsed, {s.failed} failed of {s.launched} runs launched ({s.skipped} already done) "
+        f"in {s.seconds:.0f} s" + (f"; {s.errored_trials} trials errored" if s.errored_trials else ""))
+    for error, hosts in s.missing.items():
+        err(f"  missing on {', '.join(hosts)}: {error}")
+    if s.predicted_s:
+        measured = s.tune_s * x
+        err(f"  wall on {s.gpus:g} GPUs: predicted {s.predicted_s / 3600:,.2f} h, measured {s.tune_s:.0f} s x {x:g} = "
+            f"{measured / 3600:,.2f} h ({100 * (measured / s.predicted_s - 1):+.0f}%)")
+
+
 def _submit(address: str, grid_text: str, args: list[str], store: str, data_root: Optional[str],
             check_store: bool = True, verbose: bool = False) -> None:
     from orchestrator.submit import submit_job
@@ -188,14 +244,21 @@ def _submit(address: str, grid_text: str, args: list[str], store: str, data_root
         f"  or: vpgrid status {store} --watch")
 
 
-def _run_options(address, num_cpus, num_gpus, retry_failed, quiet, data_root, max_failures, callback) -> dict:
+def _run_options(address, num_cpus, num_gpus, retry_failed, quiet, data_root, max_failures, callback,
+                 rehearse=None) -> dict:
     return dict(address=address, num_cpus=num_cpus, num_gpus=num_gpus, retry_failed=retry_failed,
-                progress=not quiet, data_root=data_root, max_failures=max_failures, callbacks=tuple(callback))
+                progress=not quiet, data_root=data_root, max_failures=max_failures, callbacks=tuple(callback),
+                rehearse=rehearse)
 
 
-def _job_args(retry_failed, max_failures, callback) -> list[str]:
-    """The options a Ray Job's `vpgrid launch` gets: what means the same on the cluster (no local Ray sizes)."""
+def _job_args(retry_failed, max_failures, callback, rehearse=None) -> list[str]:
+    """The options a Ray Job's `vpgrid launch` gets: what means the same on the cluster (no local Ray sizes).
+    A rehearsal's --throughput table is a file here, not on the cluster: submit refuses it (launch on the head)."""
+    if rehearse is not None and rehearse.throughput:
+        _usage("--throughput is a file on this machine; a submitted rehearsal sleeps by the shipped table "
+               "(run vpgrid launch --rehearse --throughput FILE on the head node instead)")
     out = ["-q"] + (["--retry-failed"] if retry_failed else [])
+    out += ["--rehearse", "--speedup", f"{rehearse.speedup:g}"] if rehearse is not None else []
     out += ["--max-failures", str(max_failures)] if max_failures is not None else []
     for c in callback:
         out += ["--callback", c]
@@ -208,28 +271,30 @@ StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Where results 
 @app.command()
 def launch(grid: Path, store: StoreOpt = None, address: AddressOpt = None, num_cpus: CpusOpt = None,
            num_gpus: GpusOpt = None, retry_failed: RetryOpt = False, quiet: QuietOpt = False,
-           data_root: DataOpt = None, max_failures: MaxFailuresOpt = None, callback: CallbackOpt = []) -> None:
+           data_root: DataOpt = None, max_failures: MaxFailuresOpt = None, callback: CallbackOpt = [],
+           rehearse: RehearseOpt = False, speedup: SpeedupOpt = 1.0, throughput: ThroughputOpt = None) -> None:
     """Run every run of GRID that the store does not have yet; print the store. Exit codes: 0 all ok,
     1 error, 2 usage, 3 some runs failed, 4 some runs still pending (trials out of retries, cluster gone)."""
     from orchestrator.grid import load_grid
 
+    rh = _rehearsal(rehearse, speedup, throughput)
     try:
         g, text = load_grid(grid)
     except _known_errors() as e:
         _fail(e)
     store = store or str(Path("results") / g.name)
     if address and address.startswith(("http://", "https://")):
-        _submit(address, text, _job_args(retry_failed, max_failures, callback), store, data_root)
+        _submit(address, text, _job_args(retry_failed, max_failures, callback, rh), store, data_root)
         return
     _launch(str(grid), text, store,
-            _run_options(address, num_cpus, num_gpus, retry_failed, quiet, data_root, max_failures, callback))
+            _run_options(address, num_cpus, num_gpus, retry_failed, quiet, data_root, max_failures, callback, rh))
 
 
 @app.command()
 def submit(grid: Path, address: Annotated[str, typer.Option("--address", help="The cluster's Ray Jobs address, http://HEAD:8265.")],
            store: Annotated[str, typer.Option("--store", help="Where results go, as the cluster sees it: s3://, gs:// or a path mounted on every node.")],
            retry_failed: RetryOpt = False, data_root: DataOpt = None, max_failures: MaxFailuresOpt = None,
-           callback: CallbackOpt = [],
+           callback: CallbackOpt = [], rehearse: RehearseOpt = False, speedup: SpeedupOpt = 1.0,
            skip_store_check: Annotated[bool, typer.Option("--skip-store-check", help="Do not read or write the store "
                                        "from this machine (a store only the cluster's nodes may use).")] = False,
            verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own INFO lines (package uploads).")] = False) -> None:
@@ -245,27 +310,29 @@ def submit(grid: Path, address: Annotated[str, typer.Option("--address", help="T
         expand(g, str(grid))
     except _known_errors() as e:
         _fail(e)
-    _submit(address, text, _job_args(retry_failed, max_failures, callback), store, data_root,
-            check_store=not skip_store_check, verbose=verbose)
+    _submit(address, text, _job_args(retry_failed, max_failures, callback, _rehearsal(rehearse, speedup, None)),
+            store, data_root, check_store=not skip_store_check, verbose=verbose)
 
 
 @app.command()
 def resume(store: StoreArg, address: AddressOpt = None, num_cpus: CpusOpt = None, num_gpus: GpusOpt = None,
            retry_failed: RetryOpt = False, quiet: QuietOpt = False, data_root: DataOpt = None,
-           max_failures: MaxFailuresOpt = None, callback: CallbackOpt = []) -> None:
+           max_failures: MaxFailuresOpt = None, callback: CallbackOpt = [], rehearse: RehearseOpt = False,
+           speedup: SpeedupOpt = 1.0, throughput: ThroughputOpt = None) -> None:
     """Finish the grid saved in STORE: run exactly what the store lacks (same exit codes as launch)."""
     from orchestrator.store import Store
 
+    rh = _rehearsal(rehearse, speedup, throughput)
     try:
         s = Store(store)
         text = s.grid_text()
     except _known_errors() as e:
         _fail(e)
     if address and address.startswith(("http://", "https://")):
-        _submit(address, text, _job_args(retry_failed, max_failures, callback), s.root, data_root)
+        _submit(address, text, _job_args(retry_failed, max_failures, callback, rh), s.root, data_root)
         return
     _launch(f"{s.root}/_vpgrid/grid.yaml", text, s.root,
-            _run_options(address, num_cpus, num_gpus, retry_failed, quiet, data_root, max_failures, callback))
+            _run_options(address, num_cpus, num_gpus, retry_failed, quiet, data_root, max_failures, callback, rh))
 
 
 def _fmt_eta(seconds: Optional[float]) -> str:
@@ -274,13 +341,17 @@ def _fmt_eta(seconds: Optional[float]) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} days"
 
 
+REHEARSAL_LINE = "REHEARSAL: this store holds a rehearsal; its done runs were rehearsed (inputs checked, no training), not results"
+
+
 def _status_view(rep, show_failed: bool = False):
     """The status as rich renderables: a summary line, running trials, and a per-axis table."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    parts = [Text.from_markup(f"[bold]{rep.grid}[/] in {rep.store}: {rep.done} done, {rep.failed} failed, "
+    parts = [Text(REHEARSAL_LINE)] if rep.rehearsal else []
+    parts += [Text.from_markup(f"[bold]{rep.grid}[/] in {rep.store}: {rep.done} done, {rep.failed} failed, "
                               f"{rep.pending} pending of {rep.total}" +
                               (f" ({rep.not_in_grid} rows of runs no longer in the grid)" if rep.not_in_grid else ""))]
     job = rep.job or {}
@@ -393,6 +464,8 @@ def report(store: StoreArg, as_json: JsonOpt = False,
         opts = Options(select=wanted, ece=ece, kl=kl, families=tuple(family) or FAMILIES, vector=vector,
                        metrics=tuple(metric))
         try:
+            if Store(store).rehearsal():
+                err(REHEARSAL_LINE)
             info = write(store, out, opts, progress=err)
         except SelectError as e:
             _usage(str(e))
@@ -412,6 +485,8 @@ def report(store: StoreArg, as_json: JsonOpt = False,
     try:
         s = Store(store)
         s.grid_text()
+        if s.rehearsal():
+            (err if as_json else typer.echo)(REHEARSAL_LINE)
         frame = s.frame()
         if wanted:
             from orchestrator.figures import run_table, select as pick
@@ -464,10 +539,11 @@ def _axis(axis: str, v):
 
 
 @app.command()
-def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster, report "
-                                                         "(orchestration); train, loop, protocol, batching (model speed, "
+def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster, report, "
+                                                         "scale (orchestration; scale: the paper grid rehearsed on a local "
+                                                         "multi-node cluster, ~20 min, docs/scale.md); train, loop, protocol, batching (model speed, "
                                                          "measured by workers/bench.py); gpu (the GPU check) "
-                                                         "[default: all but batching and gpu].", show_default=False)] = None,
+                                                         "[default: all but batching, scale and gpu].", show_default=False)] = None,
           as_json: JsonOpt = False,
           models: Annotated[Optional[str], typer.Option("--models", metavar="A,B", help="Models `train` measures "
                             "[default: those of --grid, else the paper's and the demo's].")] = None,
@@ -479,7 +555,7 @@ def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, s
     from orchestrator.bench import BENCHES, DATA_BENCHES, GPU_CHECK, machine
 
     valid = [*BENCHES, *DATA_BENCHES, GPU_CHECK]
-    what = what or [w for w in valid if w not in ("batching", GPU_CHECK)]
+    what = what or [w for w in valid if w not in ("batching", "scale", GPU_CHECK)]
     unknown = [w for w in what if w not in valid]
     if unknown:
         _usage(f"unknown benchmark {unknown[0]!r}; valid: {', '.join(valid)}")

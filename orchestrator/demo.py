@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.check:
         return 0
-    from workers.run import node_cache_dir
+    from workers.node_cache import node_cache_dir
 
     golden = run_slice(Path(args.cache) if args.cache else node_cache_dir())
     blocks = {"tables": tables_md(args.store), "ilm": tables_md(args.store, ("ilm",)), "findings": findings_md(rows)}

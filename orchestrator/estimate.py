@@ -286,3 +286,91 @@ def render(parts: list[Part], total: Part, table: Optional[Table]) -> list[str]:
     if table and table.device == "cpu":
         out.append("  a CPU table: hours on this CPU, not on a GPU (no data-centre GPU table is measured yet)")
     return out
+
+
+# -- the schedule: the same per-run seconds feed `plan --estimate --gpus`, a rehearsal's sleeps and its makespan
+
+def run_seconds(spec: RunSpec, table: Table) -> float:
+    """Estimated seconds of one run on the table's card (startup excluded: a trial pays it once).
+    TableError when the table lacks the model or the run's sizes are unknown."""
+    passes = run_passes(spec)
+    if passes is None:
+        raise TableError(f"run {spec.run_key} ({spec.dataset}, {spec.method}): no sizes or passes recorded "
+                         "(workers/schemas/sizes.py, passes.py), so no time can be estimated")
+    return _seconds(table.get(spec.model), canvas(spec), passes.train, passes.forward)
+
+
+def trial_seconds(trial, table: Table) -> tuple[float, list[float]]:
+    """(the trial's start-up, each run's seconds): what a rehearsal sleeps and the schedule adds up."""
+    return table.get(trial.runs[0].model).startup_s, [run_seconds(r, table) for r in trial.runs]
+
+
+@dataclass
+class Makespan:
+    gpus: int
+    wall_s: float  # predicted wall time: the last trial's end
+    busy_s: float  # GPU-seconds the trials hold (share x seconds)
+    utilisation: float  # busy_s / (gpus x wall_s)
+    longest_s: float  # the longest trial: no schedule ends sooner (the straggler bound)
+    longest_trial: str
+    trials: int
+    shares: dict  # GPU share per trial -> trials asking it
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def schedule(trials: list, seconds: list[float], gpus: int) -> Makespan:
+    """Trials on `gpus` GPUs as the launch hands them to Ray Tune: whenever a trial ends (and at the start), the
+    waiting trials are tried in launch order (plan.pack's, largest first) and each one that fits starts, on the
+    lowest-numbered GPU with room for its share; a trial too large for the room left waits while smaller later
+    ones start (Tune asks Ray for many pending trials at once). CPUs are assumed not to bind."""
+    import heapq
+
+    bad = next((t for t in trials if not t.gpu or t.gpu > 1), None)
+    if bad is not None:
+        raise TableError(f"--gpus: trial {bad.trial_id} asks for gpu {bad.gpu!r}; a schedule on GPUs needs "
+                         "every trial's share in (0, 1] (set resources.gpu in the grid)")
+    shares = [t.gpu for t in trials]
+    smallest = min(shares, default=1.0)
+    free = [1.0] * gpus
+    ends: list[tuple[float, int, float]] = []  # (end time, gpu, share) of running trials
+    waiting = list(range(len(trials)))
+    now = busy = 0.0
+    while waiting:
+        i = 0
+        while i < len(waiting) and max(free) >= smallest - 1e-9:
+            share = shares[waiting[i]]
+            gpu = next((g for g in range(gpus) if free[g] >= share - 1e-9), None)
+            if gpu is None:
+                i += 1
+                continue
+            k = waiting.pop(i)
+            free[gpu] -= share
+            heapq.heappush(ends, (now + seconds[k], gpu, share))
+            busy += share * seconds[k]
+        if waiting:
+            now = ends[0][0]  # the next trial to end frees its share (and any ending at the same moment)
+            while ends and ends[0][0] <= now:
+                _, g, s = heapq.heappop(ends)
+                free[g] += s
+    wall = max([now] + [e for e, _, _ in ends])
+    longest = max(range(len(trials)), key=lambda i: seconds[i]) if trials else None
+    return Makespan(gpus, wall, busy, busy / (gpus * wall) if wall else 0.0,
+                    seconds[longest] if trials else 0.0, trials[longest].trial_id if trials else "", len(trials),
+                    {f"{s:g}": shares.count(s) for s in sorted(set(shares))})
+
+
+def makespan(grid: Grid, source: str, table: Table, gpus: int, defaults: dict) -> Makespan:
+    """The grid's trials, packed as the launch packs them, scheduled on `gpus` GPUs."""
+    trials = pack(grid, expand(grid, source), defaults)
+    return schedule(trials, [sum((s := trial_seconds(t, table))[1]) + s[0] for t in trials], gpus)
+
+
+def render_makespan(m: Makespan) -> list[str]:
+    def hm(s: float) -> str:
+        return f"{s / 3600:,.1f} h" if s >= 3600 else f"{s / 60:.1f} min"
+
+    return [f"on {m.gpus} GPUs ({', '.join(f'{n} trials at {s} GPU' for s, n in m.shares.items())}, as the launch packs and orders them): "
+            f"predicted wall {hm(m.wall_s)}, slot utilisation {100 * m.utilisation:.0f}%, "
+            f"longest trial {hm(m.longest_s)} ({m.longest_trial}: no schedule ends sooner)"]

@@ -46,6 +46,24 @@ class LaunchSummary:
     pending: int = 0  # launched runs with no row at the end: their trial ran out of retries, or Ctrl-C
     interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what is pending was never given its chance
     trial_errors: list = field(default_factory=list)  # first line of each errored trial's error
+    rehearsal: Optional["Rehearsal"] = None
+    missing: dict = field(default_factory=dict)  # rehearsal: an input's error -> the hosts it failed on
+    predicted_s: Optional[float] = None  # rehearsal: the schedule's wall time on the cluster's GPUs (unscaled)
+    tune_s: float = 0.0  # rehearsal: wall time of the trials (Tune's fit), to compare x speedup with predicted_s
+    gpus: float = 0.0  # GPUs the cluster declared
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """`--rehearse`: every run checks its inputs on its node and sleeps its estimated seconds / speedup."""
+
+    speedup: float = 1.0
+    throughput: Optional[str] = None  # the table the sleeps come from; None: the shipped one
+
+    def table(self):
+        from orchestrator.estimate import DEFAULT_TABLE, load_table
+
+        return load_table(self.throughput or DEFAULT_TABLE)
 
 
 def check_names(runs: list[RunSpec], source: str) -> dict[str, dict]:
@@ -83,20 +101,23 @@ def check_address(address: Optional[str]) -> None:
 def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optional[str] = None,
            num_cpus: Optional[float] = None, num_gpus: Optional[float] = None, retry_failed: bool = False,
            cache_dir: Optional[Path] = None, data_root: Optional[str] = None, progress: bool = True,
-           max_failures: Optional[int] = None, callbacks: tuple[str, ...] = ()) -> LaunchSummary:
+           max_failures: Optional[int] = None, callbacks: tuple[str, ...] = (),
+           rehearse: Optional[Rehearsal] = None) -> LaunchSummary:
     t_start = time.time()
     check_address(address or os.environ.get("RAY_ADDRESS"))
     check_grid(grid, source)  # names and args against the schemas, torch-free, as `vpgrid plan` does
     runs = expand(grid, source)  # refuses a grid whose rules leave no run
     defaults = check_names(runs, source)  # before the store exists: a bad grid leaves nothing behind
     extra = [_callback(c) for c in dict.fromkeys(callbacks + tuple(grid.callbacks))]  # a bad name, too
+    table = _rehearsal_table(rehearse, runs)
     store = Store(store_uri)
-    store.create(grid_text)
+    store.create(grid_text, rehearsal=rehearse and {"speedup": rehearse.speedup, "throughput": rehearse.throughput})
     todo = pending(runs, store.statuses(), retry_failed)
     trials = pack(grid, todo, defaults)
     data_root = data_root or os.environ.get("VPGRID_DATA") or grid.data_root
     data_root = str(Path(data_root).expanduser().resolve()) if data_root else None
-    summary = LaunchSummary(store.root, len(runs), len(runs) - len(todo), len(todo), trials=len(trials))
+    summary = LaunchSummary(store.root, len(runs), len(runs) - len(todo), len(todo), trials=len(trials),
+                            rehearsal=rehearse)
     if not trials:
         return summary
     store.clear_heartbeats()  # a killed earlier launch leaves stale ones
@@ -111,18 +132,22 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
 
         print(f"{DRIVER_STARTED}: job {info['job_id']}, {len(todo)} runs in {len(trials)} trials, store {store.root}",
               file=sys.stderr, flush=True)
-    configs = [{"trial_id": t.trial_id, "runs": [r.to_dict() for r in t.runs], "cpu": t.cpu, "gpu": t.gpu,
+    # Tune keeps each trial's config in its state and copies it per trial: configs stay small, and each
+    # trial's runs travel once, through Ray's object store (`packs`, JSON per trial, decoded by its trial).
+    configs = [{"trial_id": t.trial_id, "cpu": t.cpu, "gpu": t.gpu, "runs": len(t.runs),
                 "store": store.root, "cache": str(Path(cache_dir).resolve()) if cache_dir else None,
                 "data_root": data_root, "retry_failed": retry_failed,
+                "rehearse": rehearse.speedup if rehearse else None,
                 # --num-gpus on a local Ray declares logical GPUs (tests, CPU machines): no CUDA is expected
                 "logical_gpus": num_gpus is not None and not (address or os.environ.get("RAY_ADDRESS"))}
                for t in trials]
+    packs = {t.trial_id: _pack_payload(t, table) for t in trials}
     keeper = _Housekeeper(store, info)
     keeper.start()
     try:
-        errors, summary.interrupted = _run_tune(configs, launch_id, store, address, num_cpus, num_gpus, progress,
-                                                max_failures if max_failures is not None else grid.max_failures,
-                                                extra)
+        errors, summary.gpus, summary.tune_s, summary.interrupted = _run_tune(
+            configs, packs, launch_id, store, address, num_cpus, num_gpus, progress,
+            max_failures if max_failures is not None else grid.max_failures, extra)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over SIGINT: leave now, no compaction
         keeper.stop()
         store.write_launch({**info, "heartbeat": time.time(), "finished": time.time(), "ended": "interrupted"})
@@ -139,10 +164,68 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
     summary.ok = sum(1 for r in todo if have.get(r.run_key) == "ok")
     summary.failed = sum(1 for r in todo if have.get(r.run_key) == "failed")
     summary.pending = summary.launched - summary.ok - summary.failed
+    if rehearse:
+        summary.ok = sum(1 for r in todo if have.get(r.run_key) == "rehearsed")
+        summary.pending = summary.launched - summary.ok - summary.failed
+        summary.missing = _missing_inputs(store)
+        summary.predicted_s = _predicted(trials, table, summary.gpus)
     store.write_launch({**info, "heartbeat": time.time(), "finished": time.time(),
                         **({"ended": "interrupted"} if summary.interrupted else {})})
     summary.seconds = time.time() - t_start
     return summary
+
+
+def _rehearsal_table(rehearse: Optional[Rehearsal], runs: list[RunSpec]):
+    """The throughput table a rehearsal sleeps by, checked against every run before anything is written."""
+    if rehearse is None:
+        return None
+    from orchestrator.estimate import TableError, run_seconds
+
+    try:
+        table = rehearse.table()
+        for r in runs:
+            run_seconds(r, table)
+    except TableError as e:
+        raise LaunchError(f"--rehearse: {e}") from None
+    return table
+
+
+def _pack_payload(trial: Trial, table) -> bytes:
+    """What one trial's worker needs beyond its config: its runs, and in a rehearsal the seconds to sleep."""
+    import json
+
+    out = {"runs": [r.to_dict() for r in trial.runs]}
+    if table is not None:
+        from orchestrator.estimate import trial_seconds
+
+        out["startup_s"], out["seconds"] = trial_seconds(trial, table)
+    return json.dumps(out).encode()
+
+
+def _predicted(trials: list[Trial], table, gpus: float) -> Optional[float]:
+    """The schedule's wall time for these trials on the cluster's GPUs, as `plan --estimate --gpus` predicts."""
+    from orchestrator.estimate import TableError, schedule, trial_seconds
+
+    if not trials or gpus < 1:
+        return None
+    try:
+        return schedule(trials, [sum(b) + a for a, b in (trial_seconds(t, table) for t in trials)], int(gpus)).wall_s
+    except TableError:  # trials asking no GPU: no GPU schedule to predict
+        return None
+
+
+def _missing_inputs(store: Store) -> dict[str, list[str]]:
+    """A rehearsal's failed rows grouped by error (its first line, without where) -> the nodes it failed on."""
+    import re
+
+    t = store.table().select(["status", "error"])
+    out: dict[str, set] = {}
+    for status, error in zip(*(t.column(c).to_pylist() for c in ("status", "error"))):
+        if status == "failed" and error:
+            m = re.fullmatch(r"(.*) \(on (.+)\)", error.splitlines()[0])
+            line, where = m.groups() if m else (error.splitlines()[0], "?")
+            out.setdefault(line, set()).add(where)
+    return {k: sorted(v) for k, v in out.items()}
 
 
 class _Housekeeper(threading.Thread):
@@ -294,9 +377,38 @@ def _callback(name: str):
         raise GridError(f"callback {name!r}: cannot create {target}: {e}") from None
 
 
-def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cpus, num_gpus, progress: bool,
-              max_failures: int, extra: list) -> tuple[list[str], bool]:
-    """Runs the trials; returns the last line of each errored trial's error, and whether Ctrl-C stopped them."""
+def _packs_searcher(configs: list[dict]):
+    """A Tune searcher that hands out the trials' configs in launch order, then says it is finished.
+
+    Instead of `tune.grid_search(configs)`: its variant generation deep-copies the whole space for every trial
+    (quadratic: ~300 s before the first of the paper grid's 826 trials started, again on every resume)."""
+    from ray.tune.search import Searcher
+
+    class Packs(Searcher):
+        def __init__(self) -> None:
+            super().__init__()
+            self._todo = iter(configs)
+
+        def suggest(self, trial_id: str):
+            nxt = next(self._todo, None)
+            return Searcher.FINISHED if nxt is None else {"pack": nxt}
+
+        def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+            pass
+
+        def save(self, checkpoint_path: str) -> None:
+            pass  # Tune's state is never read back: the store says what is done
+
+        def restore(self, checkpoint_path: str) -> None:
+            pass
+
+    return Packs()
+
+
+def _run_tune(configs: list[dict], packs: dict[str, bytes], launch_id: str, store: Store, address, num_cpus,
+              num_gpus, progress: bool, max_failures: int, extra: list) -> tuple[list[str], float, float, bool]:
+    """Runs the trials; returns the last line of each errored trial's error, the cluster's GPUs, the seconds the
+    trials took, and whether Ctrl-C stopped them."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
@@ -317,16 +429,22 @@ def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cp
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
     try:
-        total_runs = sum(len(c["runs"]) for c in configs)
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        # Tune lets a custom searcher have one pending trial at a time (trials would start one by one); allow
+        # what it allows grid_search: at least 200, else 1.1 per CPU.
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG",
+                              str(max(200, int(1.1 * ray.cluster_resources().get("CPU", 1.0)))))
+        total_runs = sum(c["runs"] for c in configs)
         watch = _ClusterWatch(store)
         bar = RunProgress(total_runs, watch, enabled=progress, max_failures=max_failures,
                           node_of=lambda trial: _node_of(store, trial))
-        resources = tune.with_resources(trainable, lambda cfg: {"cpu": cfg["pack"]["cpu"], "gpu": cfg["pack"]["gpu"]})
+        resources = tune.with_resources(tune.with_parameters(trainable, packs=packs),
+                                        lambda cfg: {"cpu": cfg["pack"]["cpu"], "gpu": cfg["pack"]["gpu"]})
         storage = f"{store.meta_dir}/tune" if store.local else str(_tune_dir())
         tuner = tune.Tuner(
             resources,
-            param_space={"pack": tune.grid_search(configs)},
             tune_config=tune.TuneConfig(
+                search_alg=_packs_searcher(configs), num_samples=len(configs),
                 reuse_actors=True,
                 trial_name_creator=lambda t: t.config["pack"]["trial_id"],
                 trial_dirname_creator=lambda t: t.config["pack"]["trial_id"]),
@@ -336,14 +454,16 @@ def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cp
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),
         )
         before = signal.getsignal(signal.SIGINT)
+        t0 = time.time()
         try:
             with bar:
                 grid = tuner.fit()
         finally:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, before)  # Tune leaves its handler behind; the next launch in this process
+        seconds = time.time() - t0
         errors = [(str(r.error).strip().splitlines() or ["error"])[-1][:300] for r in grid if r.error is not None]
-        return errors, watch.interrupted
+        return errors, gpus, seconds, watch.interrupted
     finally:
         ray.shutdown()
 

@@ -29,6 +29,7 @@ class StatusReport:
     eta_seconds: Optional[float] = None
     not_in_grid: int = 0  # rows of runs the current grid no longer has
     job: Optional[dict] = None  # a submitted Ray Job whose driver has not started, or that failed (orchestrator.jobs)
+    rehearsal: Optional[dict] = None  # {speedup, throughput}: the store holds a rehearsal, its done runs rehearsed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,12 +71,13 @@ def status(store: Store) -> StatusReport:
     scanned = store.scan()
     states = {k: s for k, (s, _) in scanned.items()}
     keys = [r.run_key for r in runs]
-    names = {"ok": "done", "failed": "failed"}
+    names = {"ok": "done", "rehearsed": "done", "failed": "failed"}
     run_states = [names.get(states.get(k), "pending") for k in keys]
     counts = Counter(run_states)
     rep = StatusReport(str(store.root), grid.name, len(runs), counts["done"], counts["failed"], counts["pending"])
     rep.by_axis = breakdown_by_state(runs, run_states)
     rep.not_in_grid = len(states.keys() - set(keys))
+    rep.rehearsal = store.rehearsal()
     info = store.launch_info()
     rep.driver_alive = driver_alive(info)
     rep.job = job_state(store.submitted_info(), info, rep.driver_alive)

@@ -2,9 +2,9 @@
 
 A store is a local path or a URI (file://, s3://, gs://), all through one pyarrow filesystem code path.
 Layout of a store ROOT:
-    ROOT/runs/<run_key>.<ok|failed>.parquet   one row, published whole (see `_put`)
+    ROOT/runs/<run_key>.<ok|failed|rehearsed>.parquet   one row, published whole (see `_put`)
     ROOT/runs/part-<id>.parquet               many rows, written by `compact`
-    ROOT/_vpgrid/                             grid.yaml, launch.json, submitted.json, running/ heartbeats
+    ROOT/_vpgrid/                             grid.yaml, launch.json, submitted.json, running/ heartbeats, rehearsal.json
 A one-row file's name carries its run's status, so `statuses` lists the folder instead of opening every
 file. pyarrow (and so pandas and DuckDB) skip names starting with '.' or '_', so `pandas.read_parquet(ROOT)`
 reads exactly the rows. Readers deduplicate by run_key (see `dedup`).
@@ -46,19 +46,30 @@ def _schema() -> pa.Schema:
 
 
 SCHEMA = _schema()
-ONE_ROW = re.compile(r"^([0-9a-f]{16})\.(ok|failed)\.parquet$")
+ROW_GROUP = 1024  # rows a merged file's row group holds (about); compaction buffers one group
+ONE_ROW = re.compile(r"^([0-9a-f]{16})\.(ok|failed|rehearsed)\.parquet$")
+# A run is done when its row says ok, or rehearsed in a rehearsal store (docs/scale.md); the two never mix.
+DONE = ("ok", "rehearsed")
 T = TypeVar("T")
 
 
+def winners(keys: list, statuses: list, finished: list) -> list[int]:
+    """Indices of the rows `dedup` keeps: per run_key, a done row beats a failed one, then the latest
+    finished_at wins (a row without one loses)."""
+    best: dict = {}
+    for i, (k, st, at) in enumerate(zip(keys, statuses, finished)):
+        rank = (st in DONE, -1e300 if at is None else at)
+        if k not in best or rank >= best[k][0]:
+            best[k] = (rank, i)
+    return [i for _, (_, i) in sorted(best.items())]  # by run_key, as readers have always seen them
+
+
 def dedup(table: pa.Table) -> pa.Table:
-    """One row per run_key: an ok row beats a failed one, then the latest finished_at wins."""
+    """One row per run_key (see `winners`), in Arrow: no pandas copy of the list columns."""
     if table.num_rows == 0:
         return table
-    df = table.to_pandas()
-    df["_ok"] = df["status"] == "ok"
-    df = df.sort_values(["run_key", "_ok", "finished_at"], na_position="first", kind="stable")
-    df = df.drop_duplicates("run_key", keep="last").drop(columns="_ok")
-    return pa.Table.from_pandas(df.reset_index(drop=True), schema=SCHEMA, preserve_index=False)
+    cols = [table.column(c).to_pylist() for c in ("run_key", "status", "finished_at")]
+    return table.take(pa.array(winners(*cols), pa.int64()))
 
 
 def _is_part(info: pafs.FileInfo) -> bool:
@@ -136,11 +147,22 @@ class Store:
             raise StoreError(f"store {self.root}: cannot {what}: {str(e).splitlines()[0]}") from None
 
     # -- writing ---------------------------------------------------------------------------------
-    def create(self, grid_text: str) -> None:
+    def create(self, grid_text: str, rehearsal: Optional[dict] = None) -> None:
+        """Write the grid; with `rehearsal` ({speedup, throughput}) mark the store as a rehearsal's. A store is
+        one kind for life: rehearsed rows are never mixed with results."""
         def make() -> None:
+            was = self.rehearsal() if self.exists() else None
+            if was is not None and rehearsal is None:
+                raise StoreError(f"store {self.root} holds a rehearsal (rehearsed rows, no results); launch the "
+                                 "real grid into another store, or continue the rehearsal with --rehearse")
+            if was is None and rehearsal is not None and self.exists():
+                raise StoreError(f"store {self.root} holds real results; rehearse into another store "
+                                 "(--store URI): rehearsed rows are never mixed with results")
             if self.local:
                 for d in (self.runs_dir, f"{self.meta_dir}/running"):
                     self.fs.create_dir(d, recursive=True)
+            if rehearsal is not None and was is None:
+                self._put_json(rehearsal, f"{self.meta_dir}/rehearsal.json")  # before the grid: never a bare grid
             self._put(f"{self.meta_dir}/grid.yaml", grid_text.encode())
 
         self._check_writable("write grid.yaml", make)
@@ -149,8 +171,8 @@ class Store:
         row = result.to_row() if isinstance(result, RunResult) else dict(result)
         if set(row) != set(SCHEMA.names):
             raise StoreError(f"row columns differ from the schema: {sorted(set(row) ^ set(SCHEMA.names))}")
-        if row["status"] not in ("ok", "failed"):
-            raise StoreError(f"row status must be 'ok' or 'failed', got {row['status']!r}")
+        if row["status"] not in ("ok", "failed", "rehearsed"):
+            raise StoreError(f"row status must be 'ok', 'failed' or 'rehearsed', got {row['status']!r}")
         buf = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), buf)
         path = f"{self.runs_dir}/{row['run_key']}.{row['status']}.parquet"
@@ -174,21 +196,79 @@ class Store:
     def compact(self) -> tuple[int, int]:
         """Merge all run files into one deduplicated file with large row groups. Returns (before, after).
 
-        Safe while trials publish: only the files read are deleted, after the merged file is in place."""
-        files = self._consistent(lambda infos: infos)
-        if len(files) <= 1:
-            return len(files), len(files)
-        files = [i.path for i in files]
-        table = dedup(self._read(files).combine_chunks())
+        Safe while trials publish: only the files read are deleted, after the merged file is in place.
+        Streamed: the rows to keep are picked from the one-row files' names and three columns of the merged
+        files; then files are read a batch at a time into row groups, so memory holds the merged output and one
+        batch, never a pandas copy of every row (12k rows took a driver to 2.8 GB that way). Another compaction
+        deleting a picked file meanwhile (a driver's housekeeper still finishing one) has merged it: list again."""
+        for _ in range(5):
+            try:
+                return self._compact_once()
+            except FileNotFoundError:
+                continue
+        raise StoreError(f"store {self.root}: other compactions kept removing its files; try again")
+
+    def _compact_once(self) -> tuple[int, int]:
+        picked = self._consistent(self._winners)
+        if len(picked) <= 1:
+            return len(picked), len(picked)
         buf = pa.BufferOutputStream()
-        pq.write_table(table, buf, row_group_size=max(1, table.num_rows))
+        with pq.ParquetWriter(buf, SCHEMA) as out:
+            group: list[pa.Table] = []
+            one_row: list[str] = []
+
+            def flush(force: bool) -> None:
+                if one_row and (force or len(one_row) >= ROW_GROUP // 4):
+                    group.append(self._read(one_row))  # one pyarrow.dataset read of many small files
+                    one_row.clear()
+                n = sum(t.num_rows for t in group)
+                if n and (force or n >= ROW_GROUP):
+                    out.write_table(pa.concat_tables(group).combine_chunks(), row_group_size=n)
+                    group.clear()
+
+            for path, keep in picked.items():
+                if keep is None:
+                    one_row.append(path)
+                elif keep:
+                    group.append(self._read([path]).take(pa.array(keep, pa.int64())))
+                flush(False)
+            flush(True)
         self._put(f"{self.runs_dir}/part-{uuid.uuid4().hex[:12]}.parquet", buf.getvalue().to_pybytes())
-        self._delete(files)
-        return len(files), len(self._files())
+        self._delete(list(picked))
+        return len(picked), len(self._files())
+
+    def _winners(self, infos: list[pafs.FileInfo]) -> dict[str, Optional[list[int]]]:
+        """path -> the row numbers of a merged file that `dedup` keeps; for a one-row file None when its row is kept,
+        [] when not. A one-row file is known by its name (its time: the file's modification time, as `scan`)."""
+        cols = ["run_key", "status", "finished_at"]
+        keys, statuses, times, owner = [], [], [], []
+        for info in infos:
+            m = ONE_ROW.match(info.base_name)
+            if m:
+                keys.append(m.group(1)), statuses.append(m.group(2))
+                times.append(info.mtime.timestamp() if info.mtime else None)
+                owner.append((info.path, None))
+                continue
+            t = self._columns([info.path], cols)
+            for c, acc in zip(cols, (keys, statuses, times)):
+                acc.extend(t.column(c).to_pylist())
+            owner.extend((info.path, j) for j in range(t.num_rows))
+        out: dict[str, Optional[list[int]]] = {i.path: [] for i in infos}
+        for i in winners(keys, statuses, times):
+            path, j = owner[i]
+            if j is None:
+                out[path] = None
+            else:
+                out[path].append(j)
+        return out
 
     # -- reading ---------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.fs.get_file_info(f"{self.meta_dir}/grid.yaml").type == pafs.FileType.File
+
+    def rehearsal(self) -> Optional[dict]:
+        """{speedup, throughput} when this store holds a rehearsal (docs/scale.md), else None."""
+        return self._get_json(f"{self.meta_dir}/rehearsal.json")
 
     def grid_text(self) -> str:
         try:
@@ -286,18 +366,18 @@ class Store:
                 m = ONE_ROW.match(info.base_name)
                 if m is None:
                     merged.append(info.path)
-                elif out.get(m.group(1), ("",))[0] != "ok":
+                elif out.get(m.group(1), ("",))[0] not in DONE:
                     out[m.group(1)] = (m.group(2), info.mtime.timestamp() if info.mtime else None)
             t = self._columns(merged, ["run_key", "status", "finished_at"])
             for key, status, at in zip(*(t.column(c).to_pylist() for c in ("run_key", "status", "finished_at"))):
-                if out.get(key, ("",))[0] != "ok":
+                if out.get(key, ("",))[0] not in DONE:
                     out[key] = (status, at)
             return out
 
         return self._consistent(once)
 
     def statuses(self) -> dict[str, str]:
-        """run_key -> 'ok' | 'failed' (ok wins when both exist)."""
+        """run_key -> 'ok' | 'failed' | 'rehearsed' (a done row wins when both exist)."""
         return {k: s for k, (s, _) in self.scan().items()}
 
     def finished_times(self) -> list[float]:
@@ -345,7 +425,10 @@ class Store:
         out = []
         for info in sorted(self._list(f"{self.meta_dir}/running"), key=lambda i: i.path):
             if info.base_name.endswith(".json") and not info.base_name.startswith("."):
-                hb = self._get_json(info.path)  # None: removed between listing and reading
+                try:
+                    hb = self._get_json(info.path)  # None: removed between listing and reading
+                except OSError:  # on S3 a removal mid-read can surface as a failed read, not a missing key
+                    continue
                 if hb is not None:
                     out.append(hb)
         return out

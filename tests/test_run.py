@@ -195,9 +195,9 @@ def test_a_trial_given_a_gpu_it_cannot_use_fails_instead_of_training_on_the_cpu(
     from workers.ray_adapter import trainable
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    pack = {"trial_id": "t1", "runs": [], "cpu": 1, "gpu": 0.5, "store": "/nonexistent", "cache": None}
+    pack = {"trial_id": "t1", "cpu": 1, "gpu": 0.5, "store": "/nonexistent", "cache": None}
     with pytest.raises(RuntimeError, match="given 0.5 GPU but this worker cannot use CUDA.*refusing to train on the CPU"):
-        trainable({"pack": pack})
+        trainable({"pack": pack}, {"t1": b'{"runs": []}'})
 
 
 def test_torch_threads_are_the_trials_cpus_or_the_environments(monkeypatch):

@@ -311,3 +311,41 @@ def test_the_worker_publishes_the_prompt_then_the_row_that_names_it(local):
     publish(local, result(3))  # no prompt (LP, FF, a failed run): no file, a null path
     assert local.frame().set_index("seed")["prompt_path"].isna().to_dict() == {1: False, 3: True}
     assert os.listdir(Path(local.root) / "_prompts") == [f"{row.run_key}.safetensors"]
+
+
+def test_compaction_racing_publishers_loses_no_row(local):
+    """Trials publish while the driver compacts, as at cluster scale: every row published is in the store once."""
+    stop, errors = threading.Event(), []
+
+    def publish(first: int) -> None:
+        for seed in range(first, first + 60):
+            local.publish(result(seed))
+
+    def compact() -> None:
+        while not stop.is_set():
+            try:
+                local.compact()
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+    c = threading.Thread(target=compact)
+    c.start()
+    writers = [threading.Thread(target=publish, args=(1 + 60 * i,)) for i in range(3)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    stop.set()
+    c.join()
+    assert errors == []
+    local.compact()
+    df = local.frame()
+    assert sorted(df["seed"]) == list(range(1, 181)) and len(local._files()) == 1
+
+
+def test_compaction_keeps_the_newer_failed_row_of_a_run(local):
+    local.publish(result(1, "failed", 3.0))
+    local.compact()
+    local.publish(result(1, "failed", 5.0))  # a retried run failed again: its newer row wins
+    local.compact()
+    assert local.frame()["finished_at"].tolist() == [5.0]

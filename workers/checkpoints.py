@@ -13,11 +13,9 @@ from contextlib import contextmanager
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
-import torch
-from torch import nn
-
+# torch is imported where files are read: a rehearsal checks checkpoint files (resolve) without it.
 
 
 class CheckpointError(ValueError):
@@ -42,8 +40,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verify(path: Path, expected: str | None, where: str) -> str:
-    actual = sha256_file(path)
+def _verify(path: Path, expected: str | None, where: str, digest: Callable[[Path], str] = sha256_file) -> str:
+    actual = digest(path)
     if expected is not None:
         expected = expected.lower()
         if not re.fullmatch(r"[0-9a-f]{8,64}", expected):
@@ -105,22 +103,14 @@ def fetch(location: str, sha256: str | None, cache_dir: Path) -> tuple[Path, str
     A URL needs a sha256 (a prefix of at least 8 hex digits, as torchvision's file names carry); a local
     path is verified when one is given.
     """
-    scheme = urllib.parse.urlparse(location).scheme
-    if scheme in ("", "file") and not location.startswith("file:"):
-        # $VARS let one grid name files on any cluster (e.g. $VPGRID_CKPT/lth/...); the run key keeps the text
-        path = Path(os.path.expandvars(location)).expanduser()
-        if not path.is_file():
-            unset = " (an environment variable in it is not set)" if "$" in str(path) else ""
-            raise CheckpointError(f"checkpoint file not found: {path}{unset}")
+    path = local_file(location)
+    if path is not None:
         return path, _verify(path, sha256, str(path))
-    if scheme not in ("http", "https", "file", "s3", "gs"):
-        raise CheckpointError(f"{location}: unsupported URL scheme {scheme!r} (use a path, http(s)://, s3://, gs:// or file://)")
-    if not sha256:
-        raise CheckpointError(f"{location}: a URL needs a sha256 so the download can be verified")
-    dest = cache_path(location, cache_dir)
+    dest = remote_cache_path(location, sha256, cache_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not dest.exists():
-        _copy_object(location, dest) if scheme in ("s3", "gs") else _download(location, dest)
+        remote = urllib.parse.urlparse(location).scheme in ("s3", "gs")
+        _copy_object(location, dest) if remote else _download(location, dest)
     try:
         return dest, _verify(dest, sha256, location)
     except CheckpointError:
@@ -128,11 +118,36 @@ def fetch(location: str, sha256: str | None, cache_dir: Path) -> tuple[Path, str
         raise
 
 
-def resolve(weights: Union[str, dict], options: dict, cache_dir: Path) -> Union[str, Checkpoint]:
+def local_file(location: str) -> Path | None:
+    """A local checkpoint path (None for a URL), which must be a file."""
+    scheme = urllib.parse.urlparse(location).scheme
+    if scheme in ("", "file") and not location.startswith("file:"):
+        # $VARS let one grid name files on any cluster (e.g. $VPGRID_CKPT/lth/...); the run key keeps the text
+        path = Path(os.path.expandvars(location)).expanduser()
+        if not path.is_file():
+            unset = " (an environment variable in it is not set)" if "$" in str(path) else ""
+            raise CheckpointError(f"checkpoint file not found: {path}{unset}")
+        return path
+    return None
+
+
+def remote_cache_path(location: str, sha256: str | None, cache_dir: Path) -> Path:
+    """Where a URL's file is cached, once the URL is known to be fetchable and verifiable."""
+    scheme = urllib.parse.urlparse(location).scheme
+    if scheme not in ("http", "https", "file", "s3", "gs"):
+        raise CheckpointError(f"{location}: unsupported URL scheme {scheme!r} (use a path, http(s)://, s3://, gs:// or file://)")
+    if not sha256:
+        raise CheckpointError(f"{location}: a URL needs a sha256 so the download can be verified")
+    return cache_path(location, cache_dir)
+
+
+def resolve(weights: Union[str, dict], options: dict, cache_dir: Path,
+            fetcher: Callable[[str, str | None, Path], tuple[Path, str]] | None = None) -> Union[str, Checkpoint]:
     """The grid's `weights` (or a compression's `checkpoint`) -> "pretrained" | "random" | Checkpoint.
 
     Forms: "pretrained", "random", a path or URL string (format state_dict), or a mapping
-    {format, path | url, sha256, mask, mask_sha256}.
+    {format, path | url, sha256, mask, mask_sha256}. `fetcher` (default `fetch`): how a file is made local and verified (a rehearsal
+    checks without downloading).
     """
     if weights in ("pretrained", "random"):
         return weights
@@ -146,7 +161,7 @@ def resolve(weights: Union[str, dict], options: dict, cache_dir: Path) -> Union[
     files, source = {}, []
     for role, loc, sha in (("weights", location, spec.get("sha256")), ("mask", spec.get("mask"), spec.get("mask_sha256"))):
         if loc:
-            files[role], digest = fetch(str(loc), sha, cache_dir)
+            files[role], digest = (fetcher or fetch)(str(loc), sha, cache_dir)
             source.append(f"{loc} sha256:{digest[:16]}")
     return Checkpoint(spec.get("format", "state_dict"), files, dict(options), "; ".join(source))
 
@@ -201,12 +216,16 @@ def _stand_ins(path: Path) -> list:
     """
     if not zipfile.is_zipfile(path):  # legacy (pre-1.6) files: torch lists globals only in zip archives
         return []
+    import torch
+
     names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     return [(type(f"StandIn[{n}]", (StandIn,), {"name": n, "__module__": __name__}), n) for n in names]
 
 
 def _read(path: Path, stand_ins: bool = False):
     """torch.load (weights_only: never unpickle arbitrary code) or safetensors; any failure names the file."""
+    import torch
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -234,7 +253,7 @@ def strip_prefix(state: dict, prefix: str) -> dict:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
-def load_strict(model: nn.Module, state: dict, where: str) -> None:
+def load_strict(model: "torch.nn.Module", state: dict, where: str) -> None:
     """Load every key or fail naming the mismatches; no silent strict=False."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))

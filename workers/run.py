@@ -290,11 +290,6 @@ def run_alone(specs: Iterable[RunSpec], cache_dir: Path, threads: int = 1) -> li
         torch.set_num_threads(before)
 
 
-def node_cache_dir() -> Path:
-    """This node's cache (weights, decoded datasets): $VPGRID_CACHE, else ~/.cache/vpgrid; never the shared store."""
-    return Path(os.environ.get("VPGRID_CACHE") or Path.home() / ".cache" / "vpgrid").expanduser()
-
-
 def torch_threads(cpu: float) -> int:
     """Torch threads of a trial: $VPGRID_TORCH_THREADS if set (the order of float sums, so the last digits of
     every number, depends on it: the demo is checked at 1 and 2), else the trial's CPUs, at least 1."""

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from workers.data.base import DATASETS, Crop, DatasetMeta, Splits
+from workers.schemas.layouts import HOW, NEEDS, check_layout  # noqa: F401  (NEEDS: tests read it here)
 
 # Fixed, independent of the run seed: every run of a grid must see the same EuroSAT/Caltech101 test set.
 SPLIT_SEED = 0
@@ -54,42 +55,15 @@ EUROSAT_NAMES = {
 # Caltech101 folder names are plural or odd for a few classes (CoOp's renames); the rest: "_" → " ", lower.
 CALTECH_NAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
 
-# What torchvision looks for under the root, checked before it is called (Caltech101 would otherwise create
-# folders under a wrong root, and torchvision's own message does not say where it looked).
-NEEDS = {
-    "cifar10": [f"cifar-10-batches-py/{f}" for f in
-                ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
-                 "batches.meta")],
-    "svhn": ["train_32x32.mat", "test_32x32.mat"],
-    "gtsrb": ["gtsrb/GTSRB/Training", "gtsrb/GTSRB/Final_Test/Images", "gtsrb/GT-final_test.csv"],
-    "dtd": ["dtd/dtd/images", "dtd/dtd/labels/train{partition}.txt", "dtd/dtd/labels/test{partition}.txt"],
-    "flowers102": ["flowers-102/jpg", "flowers-102/imagelabels.mat", "flowers-102/setid.mat"],
-    "oxford_pets": ["oxford-iiit-pet/images", "oxford-iiit-pet/annotations/trainval.txt",
-                    "oxford-iiit-pet/annotations/test.txt"],
-    "eurosat": ["eurosat/2750"],
-    # torchvision drops BACKGROUND_Google from the classes, but fails if the folder is absent.
-    "caltech101": ["caltech101/101_ObjectCategories", "caltech101/101_ObjectCategories/BACKGROUND_Google"],
-}
-
-
 def open_dataset(name: str, root: str | None, download: bool, cls, fmt: dict | None = None, **kw):
     """torchvision's `cls` under `root`, or an error naming the dataset, the root and the missing paths."""
-    needs = [p.format(**(fmt or {})) for p in NEEDS[name]]
-    how = ("Set the data root with --data-root, $VPGRID_DATA or the grid's data_root; "
-           "`download: true` in the dataset's args fetches it there where network is available.")
-    if root is None:
-        raise FileNotFoundError(f"dataset {name!r}: no data root is set; it expects torchvision's layout "
-                                f"<root>/{', <root>/'.join(needs)}. {how}")
+    needs = check_layout(name, root, download, fmt)
     root = os.path.expanduser(str(root))
-    missing = [str(Path(root) / p) for p in needs if not (Path(root) / p).exists()]
-    if missing and not download:
-        raise FileNotFoundError(f"dataset {name!r} not found under data root {root!r}: missing "
-                                f"{', '.join(missing)} (torchvision's layout). {how}")
     try:
         return cls(root, download=download, **kw)
     except (RuntimeError, FileNotFoundError) as e:  # md5 mismatch, empty class folders, failed download
         raise FileNotFoundError(f"dataset {name!r} under data root {root!r}: torchvision could not read it "
-                                f"({e}); it expects {', '.join(needs)}. {how}") from e
+                                f"({e}); it expects {', '.join(needs)}. {HOW}") from e
 
 
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
