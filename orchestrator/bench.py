@@ -85,8 +85,8 @@ def bench_plan(repeats: int = 3) -> dict:
 
 def bench_store(n: int = 2000) -> dict:
     from orchestrator.grid import expand, parse_grid
-    from orchestrator.store import Store
-    from workers.spec import RunResult
+    from workers.core.store import Store
+    from workers.core.spec import RunResult
 
     runs = expand(parse_grid(yaml.safe_dump(_paper_like_grid())))[:n]
     root = Path(tempfile.mkdtemp(prefix="vpgrid-bench-"))
@@ -118,8 +118,8 @@ def _status_at_paper_scale(root: str, repeats: int, threads: int = 1) -> dict:
 
     from orchestrator.grid import expand, parse_grid
     from orchestrator.status import status
-    from orchestrator.store import Store
-    from workers.spec import RunResult
+    from workers.core.store import Store
+    from workers.core.spec import RunResult
 
     text = PAPER.read_text()
     runs = expand(parse_grid(text))
@@ -240,7 +240,7 @@ def bench_cluster(trials: int = 8, runs_per_trial: int = 4, workers: int = 2) ->
     from ray.cluster_utils import Cluster
     from ray.job_submission import JobSubmissionClient
 
-    from orchestrator.store import Store
+    from workers.core.store import Store
     from orchestrator.submit import submit_job
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -296,8 +296,8 @@ def bench_report(repeats: int = 1) -> dict:
     import pyarrow.parquet as pq
 
     from orchestrator.grid import expand, parse_grid
-    from orchestrator.store import SCHEMA, Store
-    from workers.spec import RunResult
+    from workers.core.store import SCHEMA, Store
+    from workers.core.spec import RunResult
 
     text = PAPER.read_text().replace("seeds: [1, 2, 3]", "seeds: [1, 2, 3, 4]")
     runs = expand(parse_grid(text))

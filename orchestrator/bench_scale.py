@@ -99,7 +99,7 @@ class Monitor(threading.Thread):
 
 def _inputs(root: Path, runs) -> tuple[str, str]:
     """Empty stand-ins for every checkpoint file and dataset folder the runs name: ($VPGRID_CKPT, data root)."""
-    from workers.schemas.layouts import NEEDS
+    from workers.core.schemas.layouts import NEEDS
 
     ckpt, data = root / "ckpt", root / "data"
     os.environ["VPGRID_CKPT"] = str(ckpt)
@@ -143,7 +143,7 @@ def bench_scale(workers: int = 3, gpus: int = 1, sleeps_s: float = 600, seeds: O
     from orchestrator.grid import expand, parse_grid
     from orchestrator.launch import check_names
     from orchestrator.plan import pack
-    from orchestrator.store import Store
+    from workers.core.store import Store
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     root = Path(tempfile.mkdtemp(prefix="vs-", dir="/tmp"))  # short: Ray's sockets live under the temp dirs
@@ -220,7 +220,7 @@ def _tally(store_uri: str, plan, counts: Counter, mon: Monitor, walls: list[floa
     import boto3
     import statistics
 
-    from orchestrator.store import Store
+    from workers.core.store import Store
 
     df = Store(store_uri).frame()
     versions: Counter = Counter()

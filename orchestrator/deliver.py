@@ -94,7 +94,7 @@ def _n_text(ns) -> str:
 def load(store: str, opts: Options):
     """(store, grid, run table after --select) from a store location."""
     from orchestrator.grid import expand, parse_grid
-    from orchestrator.store import Store
+    from workers.core.store import Store
 
     s = Store(store)
     text = s.grid_text()
@@ -272,7 +272,7 @@ def plan(runs: pd.DataFrame, summary: pd.DataFrame, rel: pd.DataFrame, maps: pd.
 def _mapping_entries(fam_runs, maps, study, model, setup, comp, head, colour) -> list[Entry]:
     """Fig. 1: one figure per model and compression, drawn for one dataset (the grid's first with label mappings;
     `--select dataset=NAME` draws another); every dataset's mappings go to the entry's Markdown and CSV files."""
-    from workers.classnames import mapped_name, source_names, target_name_or_index
+    from workers.core.classnames import mapped_name, source_names, target_name_or_index
 
     r = _top_budget(fam_runs)
     phrase = _budget_phrase(r)
@@ -385,7 +385,7 @@ def _best_methods(summary: pd.DataFrame) -> dict:
 
 def _table1(runs, summary, paired) -> Entry:
     from orchestrator import cost as C
-    from workers.classnames import upstream_task
+    from workers.core.classnames import upstream_task
 
     e = Entry("table1", FAMILY_TITLES["table1"], runs, stem="tables/table1_drops",
               what="per compression level, the accuracy cost of the best method (the highest dense accuracy) at the "
@@ -452,7 +452,7 @@ def _cells(s: pd.DataFrame, cost: Optional[pd.DataFrame] = None) -> list[str]:
 def _headers(s: pd.DataFrame, col: str) -> dict:
     """Column header per value of `col`: the value, with the variant's size (non-zero parameters x bits per
     weight) and upstream accuracy on the model's source task."""
-    from workers.classnames import upstream_task
+    from workers.core.classnames import upstream_task
 
     g = s.groupby(col, sort=False)
     out = {}

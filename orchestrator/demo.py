@@ -63,7 +63,7 @@ FINDINGS = (
 def _runs(store: str):
     import pandas as pd
 
-    from orchestrator.store import Store
+    from workers.core.store import Store
 
     try:
         s = Store(store)
@@ -117,7 +117,7 @@ def findings_md(rows: list[dict]) -> str:
 def tables_md(store: str, methods: tuple[str, ...] | None = None) -> str:
     """`vpgrid report`'s Markdown tables of accuracy and ECE, of some methods only if asked."""
     from orchestrator.report import markdown, summary
-    from orchestrator.store import Store
+    from workers.core.store import Store
 
     df = Store(store).frame()
     if methods:

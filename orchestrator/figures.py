@@ -19,6 +19,8 @@ import pandas as pd
 
 from orchestrator.grid import MATCH_AXES
 from orchestrator.report import SETTINGS, _setting_text
+from workers.core.errors import UsageError
+from workers.core.spec import AXES
 
 # A compression's level is the first of these keys in its args (as RunSpec.compression_level); `True`: a
 # smaller value compresses more (bits), so the order dense -> most compressed is descending.
@@ -40,10 +42,10 @@ METRIC_INFO = {
                            "the paper code's F.kl_div(log p, U, 'mean') over misclassified test images"),
 }
 KEYS = ["study", "model", "setup", "compression", "level", "method", "dataset", "shots"]
-AXIS_COLUMNS = ["model", "compression", "level", "method", "dataset", "shots", "seed"]
+AXIS_COLUMNS = list(AXES)
 
 
-class SelectError(ValueError):
+class SelectError(UsageError, ValueError):
     """A `--select` item that is malformed, names an unknown key, or selects no run (a usage error)."""
 
 
@@ -75,7 +77,7 @@ def run_table(stored: pd.DataFrame, specs: Iterable = (), study_of: Optional[dic
     each level of the model's compression from least to most compressed), the SETTINGS as text, and `setup`:
     the settings that tell configurations of one cell apart (as `vpgrid report`: a setting that only follows
     the budget, such as the batch size per shots, does not)."""
-    from workers.spec import RunResult
+    from workers.core.spec import RunResult
 
     study_of = study_of or {}
     specs = list(specs)

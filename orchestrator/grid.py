@@ -13,10 +13,11 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError,
                       field_validator, model_validator)
 
-from workers.spec import RunSpec, TrainConfig
+from workers.core.errors import VpgridError
+from workers.core.spec import AXES, RunSpec, TrainConfig
 
 
-class GridError(ValueError):
+class GridError(VpgridError, ValueError):
     """A grid file that cannot be used; the message names the file and the field."""
 
 
@@ -117,7 +118,7 @@ class Dataset(_Strict):
     args: dict[str, Any] = {}
 
 
-MATCH_AXES = ("model", "compression", "level", "method", "dataset", "shots", "seed")
+MATCH_AXES = AXES
 
 
 class Match(_Strict):

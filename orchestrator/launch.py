@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.errors import ClusterGone, Interrupted, LaunchError
+from workers.core.errors import ClusterGone, Interrupted, LaunchError
 from orchestrator.grid import Grid, GridError, expand
 from orchestrator.plan import Trial, pack
-from orchestrator.status import HEARTBEAT_S
+from workers.core.store import HEARTBEAT_S
 from orchestrator.validate import check_grid
-from orchestrator.store import Store
-from workers.spec import RunSpec
+from workers.core.store import Store
+from workers.core.spec import RunSpec
 
 # Merge one-row files during a long launch (every so often, once there are enough), so status and resume
 # read a few files, not thousands, on NFS or S3.

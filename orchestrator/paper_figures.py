@@ -62,7 +62,7 @@ def entries(fam_runs, paired, study, model, setup, comp, head, families, extra: 
 
 
 def _classwise(fam_runs, classes, best, study, model, setup, comp, head):
-    from workers.classnames import target_name_or_index
+    from workers.core.classnames import target_name_or_index
 
     r = fam_runs[fam_runs["method"] == best] if best else fam_runs.iloc[0:0]
     r = _top(r)

@@ -14,7 +14,7 @@ from operator import attrgetter
 from typing import Callable, Hashable, Optional
 
 from orchestrator.grid import MATCH_AXES, Grid
-from workers.spec import RunSpec
+from workers.core.spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,6 @@ def _label(spec: RunSpec) -> str:
     level = spec.compression_level
     level = "" if level is None else f"{level:g}"
     return f"{spec.model}-{spec.compression}{level}-{spec.dataset}"
-
-
-def cell_key(spec: RunSpec) -> tuple:
-    """Runs that can train together: one variant, dataset, shots and training config (`prompt_batch` aside)."""
-    return (spec.variant_key, spec.dataset, str(sorted(spec.dataset_args.items())), spec.shots, spec.train.canonical)
 
 
 def _split(runs: list[RunSpec], size: int) -> list[list[RunSpec]]:
@@ -56,8 +51,8 @@ def pack(grid: Grid, runs: list[RunSpec], defaults: Optional[dict] = None) -> li
     `defaults`: model name -> registered default resources {cpu, gpu}, for models the grid gives none."""
     groups: dict[tuple, dict[tuple, list[RunSpec]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        group = (r.variant_key, r.dataset, str(sorted(r.dataset_args.items())), r.train.input_size)
-        groups[group][cell_key(r)].append(r)
+        group = (*r.cell_key[:3], r.train.input_size)  # variant, dataset and its args; one image size
+        groups[group][r.cell_key].append(r)
     trials = []
     for cells in groups.values():
         pieces = [p for members in cells.values() for p in _split(members, grid.pack_size)]

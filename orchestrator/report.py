@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from workers.core.spec import AXES
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -13,7 +15,7 @@ FAMILIES = ("accuracy", "ece", "confidence", "kl", "reliability", "mapping", "cl
             "best_epoch", "table1", "table2", "table3")
 VECTOR_FORMATS = ("svg", "pdf")
 VARIANTS = ("proper", "paper")
-SELECT_KEYS = ("model", "compression", "level", "method", "dataset", "shots", "seed")  # grid.MATCH_AXES (tested)
+SELECT_KEYS = AXES
 # Every setting that changes a run besides the summary's axes: runs that differ in any of them are never averaged
 # as seeds of one configuration. (compression and its level are in `variant`; seed is what is averaged over.)
 SETTINGS = ("weights", "model_args", "compression_args", "dataset_args", "epochs", "lr", "batch_size", "input_size",

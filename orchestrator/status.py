@@ -11,7 +11,7 @@ from typing import Optional
 from orchestrator.grid import expand, parse_grid
 from orchestrator.jobs import job_state
 from orchestrator.plan import breakdown_by_state
-from orchestrator.store import Store
+from workers.core.store import Store
 
 
 @dataclass
@@ -36,7 +36,6 @@ class StatusReport:
 
 
 DRIVER_STALE_S = 60.0  # the driver rewrites launch.json every HEARTBEAT_S; six missed beats mean it is gone
-HEARTBEAT_S = 10.0
 TRIAL_STALE_S = 60.0  # a running trial rewrites its heartbeat every HEARTBEAT_S too; a dead node's trial stops
 
 

@@ -22,10 +22,10 @@ from typing import Callable, Optional
 
 import yaml
 
-from orchestrator.errors import LaunchError, StoreError
+from workers.core.errors import LaunchError, StoreError
 from orchestrator.jobs import AGENT_HINT, DRIVER_STARTED, JOB_FAILED_STATES, first_line, log_tail
 from orchestrator.launch import check_address
-from orchestrator.store import Store
+from workers.core.store import Store
 
 AGENT_WAIT_S = float(os.environ.get("VPGRID_AGENT_WAIT_S", 180))  # a loaded head can take minutes to start its agent
 FOLLOW_S = float(os.environ.get("VPGRID_SUBMIT_FOLLOW_S", 600))  # runtime-env set-up on a cold head takes minutes

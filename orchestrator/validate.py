@@ -7,8 +7,8 @@ message names the grid file and the field path, e.g.
 from __future__ import annotations
 
 from orchestrator.grid import Grid, GridError
-from workers.schema import check_args, check_checkpoint, did_you_mean
-from workers.schemas import SCHEMAS
+from workers.core.schema import check_args, check_checkpoint, did_you_mean
+from workers.core.schemas import SCHEMAS
 
 
 def _name(kind: str, name: str) -> list[str]:

@@ -11,6 +11,40 @@ from pathlib import Path
 
 import pytest
 
+# Every test belongs to one tier: its own marker, else its module's `pytestmark` (the closest wins).
+#   unit         no Ray, no subprocess, no server: seconds
+#   integration  a real local Ray launch, or a fresh interpreter
+#   cluster      a multi-node Ray cluster, an S3 server on the loopback, Ray Jobs
+# `python -m pytest -q` runs them all; `--tier unit` (or integration, cluster) runs one.
+TIERS = ("unit", "integration", "cluster")
+NEEDS_CLUSTER_TIER = {"s3_server", "s3_bucket", "s3_with_auth", "cluster"}
+
+
+def tier_of(item) -> str | None:
+    return next((m.name for m in item.iter_markers() if m.name in TIERS), None)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--tier", choices=TIERS, help="run the tests of one tier only")
+
+
+def pytest_collection_modifyitems(config, items):
+    wrong = []
+    for item in items:
+        tier = tier_of(item)
+        if tier is None:
+            wrong.append(f"{item.nodeid}: no tier (mark it, or its module, with one of {', '.join(TIERS)})")
+        elif NEEDS_CLUSTER_TIER & set(item.fixturenames) and tier != "cluster":
+            wrong.append(f"{item.nodeid}: uses {', '.join(sorted(NEEDS_CLUSTER_TIER & set(item.fixturenames)))} "
+                         f"but is in the {tier} tier, not cluster")
+    if wrong:
+        raise pytest.UsageError("tests without their tier:\n  " + "\n  ".join(wrong))
+    want = config.getoption("--tier")
+    if want:
+        keep = [i for i in items if tier_of(i) == want]
+        config.hook.pytest_deselected(items=[i for i in items if tier_of(i) != want])
+        items[:] = keep
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Node caches (weights, decoded datasets) of every test and every Ray worker it starts: one per session,

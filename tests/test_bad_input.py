@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 from tests.conftest import write_grid
 from workers.checkpoints import CheckpointError, load_state_dict, resolve
 
+pytestmark = pytest.mark.unit
+
 CORPUS = Path(__file__).parent / "bad_inputs"
 GRIDS = sorted(CORPUS.glob("*.yaml"))
 cli = CliRunner()

@@ -14,8 +14,10 @@ from workers.data.fewshot import few_shot_indices
 from workers.mapping import LABEL_MAPPINGS
 from workers.methods.vp import train_prompt, train_prompts
 from workers.models import build_model
-from workers.spec import RunSpec, TrainConfig
+from workers.core.spec import RunSpec, TrainConfig
 from workers.train import Task
+
+pytestmark = pytest.mark.unit
 
 CPU = torch.device("cpu")
 METRICS = ("accuracy", "ece", "nll", "conf_correct", "kl_incorrect", "ece_paper")

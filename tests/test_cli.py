@@ -10,9 +10,11 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.grid import expand, parse_grid
-from orchestrator.store import Store
+from workers.core.store import Store
 from tests.conftest import TINY, write_grid
-from workers.spec import RunResult
+from workers.core.spec import RunResult
+
+pytestmark = pytest.mark.unit
 
 cli = CliRunner()
 
@@ -187,6 +189,7 @@ def test_grid_change_counts_against_the_new_grid(half_done):
 
 
 @pytest.mark.smoke
+@pytest.mark.integration
 def test_plan_status_and_list_import_neither_torch_nor_ray(half_done):
     """The control plane starts fast: checked in a fresh interpreter, since this one has torch loaded."""
     import subprocess
@@ -228,7 +231,7 @@ def test_shell_completion_is_offered():
 
 
 def test_list_shows_every_declared_name_with_args_and_defaults():
-    from workers.schemas import SCHEMAS
+    from workers.core.schemas import SCHEMAS
 
     r = cli.invoke(app, ["list", "--json"])
     assert r.exit_code == 0, r.output

@@ -25,6 +25,8 @@ from workers.models.clip import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipClassifi
                                  apply_upop_shapes, checkpoint_filter_fn, read_checkpoint, read_torchscript_tensors,
                                  upop_checkpoint_filter_fn)
 
+pytestmark = pytest.mark.unit
+
 open_clip = pytest.importorskip("open_clip")
 ARGS = {"templates": "simple", "input_size": 64}  # 2x2 patches + class token: a fast image tower
 

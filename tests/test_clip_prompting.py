@@ -21,8 +21,10 @@ from workers.metrics import classification_metrics
 from workers.models import build_model
 from workers.models.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from workers.run import Context, run
-from workers.spec import RunSpec, TrainConfig
+from workers.core.spec import RunSpec, TrainConfig
 from workers.train import Task
+
+pytestmark = pytest.mark.unit
 
 open_clip = pytest.importorskip("open_clip")
 ARGS = {"templates": "simple", "input_size": 64}

@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from orchestrator.grid import expand, parse_grid
-from orchestrator.store import Store
+from workers.core.store import Store
 from tests.conftest import TINY, Gate, free_port, write_grid
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 VPGRID = [sys.executable, "-m", "orchestrator.cli"]
 METRICS = ["accuracy", "ece", "conf_correct", "nll", "final_train_loss"]

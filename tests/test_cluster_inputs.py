@@ -13,8 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.store import Store
+from workers.core.store import Store
 from tests.conftest import free_port, wait_for_port
+
+pytestmark = pytest.mark.unit
 
 cli = CliRunner()
 
@@ -65,6 +67,7 @@ def test_a_typo_in_the_scheme(cmd):
     assert "unknown scheme 's4://'" in line and "s3://" in line
 
 
+@pytest.mark.cluster
 def test_a_bucket_that_does_not_exist(tiny_grid, s3_server):
     line = one_line_error(cli.invoke(app, ["launch", str(tiny_grid), "--store", "s3://no-such-bucket/x"]))
     assert "bucket 'no-such-bucket' does not exist" in line
@@ -167,6 +170,7 @@ def _fake_python(path: Path, out: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_the_job_driver_runs_the_interpreter_ray_runs_whatever_the_path(tmp_path):
     """A Ray Job's entrypoint runs under the job's supervisor, a Ray worker whose parent, the raylet, names the
     interpreter Ray runs (--python_worker_command=PYTHON ...). The PATH's python3 is another one."""
@@ -202,6 +206,7 @@ def s3_with_auth():
         proc.wait()
 
 
+@pytest.mark.cluster
 def test_wrong_credentials(tiny_grid, s3_with_auth, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_with_auth)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from workers.compression import COMPRESSIONS, CompressionReport, compress, measure_sparsity
-from workers.registry import UnknownName
+from workers.core.registry import UnknownName
+
+pytestmark = pytest.mark.unit
 
 # Reasonable args per registered method; a new registration without an entry here fails the smoke test.
 DEFAULT_ARGS: dict[str, dict] = {

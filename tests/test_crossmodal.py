@@ -16,11 +16,11 @@ from workers.data import DATASETS, load_dataset
 from workers.methods import METHODS
 from workers.models import build_model
 from workers.run import Context, run
-from workers.spec import RunSpec, TrainConfig
+from workers.core.spec import RunSpec, TrainConfig
 from workers.train import Task
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 
 def write(path: Path, content: str) -> Path:

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from workers.data import DATASETS, DatasetMeta, Splits, few_shot_indices, load_dataset
-from workers.registry import UnknownName
+from workers.core.registry import UnknownName
+
+pytestmark = pytest.mark.unit
 
 # Small args per dataset, so the every-dataset test stays quick; absent = the dataset's defaults.
 FAST_ARGS: dict[str, dict] = {"shapes": {"n_train": 400, "n_test": 200}}

@@ -10,6 +10,8 @@ import pytest
 
 from orchestrator import demo
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.slow
 def test_demo_slice_matches_the_golden_values(tmp_path):
@@ -54,7 +56,7 @@ def test_the_docs_blocks_are_filled_in_place():
 
 
 def test_the_command_refuses_a_missing_or_incomplete_store(tmp_path, capsys):
-    from orchestrator.store import Store
+    from workers.core.store import Store
 
     with pytest.raises(SystemExit, match="not a readable store: .*not a vpgrid store"):
         demo.main(["--store", str(tmp_path / "none"), "--check"])

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
@@ -106,10 +108,19 @@ def test_the_import_table_of_architecture_md_is_the_codes():
     assert documented == project_imports()
 
 
+def test_the_layers_import_only_downwards():
+    """The core imports nothing of the project above it; the data plane never imports the control plane."""
+    for name, (top, lazy) in project_imports().items():
+        if name.startswith("workers.core"):
+            assert all(t.startswith("workers.core") for t in top | lazy), (name, top | lazy)
+        elif name.startswith("workers"):
+            assert not any(t.startswith("orchestrator") for t in top | lazy), (name, top | lazy)
+
+
 def test_project_imports_sees_known_edges():
     imports = project_imports()
-    assert "workers.spec" in imports["orchestrator.grid"][0]
-    assert "orchestrator.store" in imports["workers.ray_adapter"][1]  # inside a function
+    assert "workers.core.spec" in imports["orchestrator.grid"][0]
+    assert "workers.core.store" in imports["workers.ray_adapter"][1]  # inside a function
     assert not any(m.startswith("orchestrator") for m in imports["workers.run"][0] | imports["workers.run"][1])
 
 
@@ -117,7 +128,7 @@ def test_project_imports_sees_known_edges():
 def test_every_column_of_a_row_is_documented():
     import dataclasses
 
-    from workers.spec import RunResult
+    from workers.core.spec import RunResult
 
     text = (DOCS / "store-and-resume.md").read_text()
     section = text[text.index("## The rows"):]
@@ -174,8 +185,8 @@ imported = [".".join(re.match(r"from (workers\.\w+) import (\w+)", line).groups(
 
 from orchestrator.grid import expand, parse_grid
 from orchestrator.validate import check_grid
-from workers.schemas.passes import PASSES
-from workers.schemas.sizes import dataset_sizes
+from workers.core.schemas.passes import PASSES
+from workers.core.schemas.sizes import dataset_sizes
 
 grid = parse_grid(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1), "extending.md")
 check_grid(grid, "extending.md")
@@ -250,6 +261,7 @@ def _idx(path: Path, data: "np.ndarray") -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_the_worked_examples_of_extending_md_run(tmp_path):
     import numpy as np
 

@@ -13,9 +13,11 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.estimate import DEFAULT_TABLE, estimate, load_table, parse_table, run_passes
 from orchestrator.grid import expand, parse_grid
-from workers.schemas import sizes as sizes_mod
-from workers.schemas.passes import PASSES
-from workers.schemas.sizes import CALTECH101, EUROSAT, SIZES, dataset_sizes
+from workers.core.schemas import sizes as sizes_mod
+from workers.core.schemas.passes import PASSES
+from workers.core.schemas.sizes import CALTECH101, EUROSAT, SIZES, dataset_sizes
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).parents[1]
 cli = CliRunner()
@@ -95,7 +97,7 @@ def test_every_registered_dataset_has_sizes_matching_its_class_count(name):
     from workers.data import DATASETS
 
     s = dataset_sizes(name, {})
-    assert s is not None, f"{name}: add its split sizes to workers/schemas/sizes.py"
+    assert s is not None, f"{name}: add its split sizes to workers/core/schemas/sizes.py"
     assert s.classes == DATASETS.meta(name).num_classes
     if s.train_per_class is not None:
         assert len(s.train_per_class) == s.classes and sum(s.train_per_class) == s.train
@@ -140,7 +142,7 @@ def test_self_split_sizes_follow_the_loaders_split(name, totals, n, fraction):
 
 
 def test_documented_totals():
-    # torchvision's documented splits (see the comments in workers/schemas/sizes.py)
+    # torchvision's documented splits (see the comments in workers/core/schemas/sizes.py)
     assert sum(sizes_mod.SVHN) == 73257 and len(CALTECH101) == 101 and len(EUROSAT) == 10
     assert (dataset_sizes("cifar10", {}).train, dataset_sizes("flowers102", {}).test) == (50000, 6149)
 
@@ -254,6 +256,7 @@ def test_default_table_lacking_a_model_gives_unknown_hours_not_an_error(tmp_path
     assert r.exit_code == 0 and "no throughput for clip_vit_b32: hours unknown" in r.stdout
 
 
+@pytest.mark.integration
 def test_estimate_imports_neither_torch_nor_ray():
     code = ("import sys; from typer.testing import CliRunner; from orchestrator.cli import app; "
             f"r = CliRunner().invoke(app, ['plan', {str(ROOT / 'grids' / 'paper.yaml')!r}, '--estimate']); "
@@ -273,6 +276,7 @@ def test_no_orchestrator_module_imports_torch_even_lazily():
 
 # ---- the GPU check, without a GPU ----
 
+@pytest.mark.integration
 def test_gpu_check_without_cuda_says_so_in_one_line():
     import torch
 
@@ -301,6 +305,7 @@ def test_bench_gpu_must_run_alone():
     assert r.exit_code == 2 and "run `vpgrid bench gpu` alone" in r.stderr
 
 
+@pytest.mark.integration
 def test_bench_train_refuses_an_unknown_model():
     r = cli.invoke(app, ["bench", "train", "--models", "resnet19"])
     assert r.exit_code == 2 and "unknown model 'resnet19'" in r.stderr and "did you mean 'resnet18'" in r.stderr

@@ -10,7 +10,9 @@ from workers.methods.baselines import full_finetune
 from workers.methods.vp import train_prompt
 from workers.models.demo_cnn import DemoCNN
 from workers.run import Context
-from workers.spec import RunSpec, TrainConfig
+from workers.core.spec import RunSpec, TrainConfig
+
+pytestmark = pytest.mark.unit
 
 
 def _random_statistics(model: nn.Module) -> nn.Module:

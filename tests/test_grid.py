@@ -5,7 +5,9 @@ import pytest
 
 from orchestrator.grid import GridError, expand, load_grid, parse_grid
 from tests.conftest import TINY
-from workers.spec import RunSpec, TrainConfig
+from workers.core.spec import RunSpec, TrainConfig
+
+pytestmark = pytest.mark.unit
 
 
 def grid_with(**changes) -> str:
@@ -244,7 +246,7 @@ def test_run_key_of_a_spec_with_nested_args_is_pinned():
 def test_canonical_is_the_json_of_semantic_fields(args):
     """The cached canonical JSON is assembled from remembered pieces; it must equal the plain json.dumps of
     `semantic()` (the scheme every store's keys were made with) for any value a grid can hold."""
-    from workers.spec import _canonical
+    from workers.core.spec import _canonical
 
     specs = [RunSpec(model="m", method="ilm", dataset="d", shots=s, seed=1, weights=w, model_args=args,
                      compression="c", compression_args=dict(args), dataset_args=args)
@@ -265,7 +267,7 @@ def test_equal_but_differently_typed_values_key_apart():
 
 
 def test_paper_specs_canonical_matches_json_of_semantic():
-    from workers.spec import _canonical
+    from workers.core.spec import _canonical
 
     runs = expand(load_grid("grids/paper.yaml")[0])
     for r in runs[::7]:  # a sample (asdict is slow); the pinned digest above covers every run's key

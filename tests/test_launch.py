@@ -17,8 +17,10 @@ import pytest
 import yaml
 
 from orchestrator.grid import expand, parse_grid
-from orchestrator.store import Store
+from workers.core.store import Store
 from tests.conftest import TINY, write_grid
+
+pytestmark = pytest.mark.integration
 
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 VPGRID = [sys.executable, "-m", "orchestrator.cli"]

@@ -17,6 +17,8 @@ from workers.mapping import (
     random_mapping,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _greedy_reference(counts: list[list[float]]) -> list[int]:
     """Pure-Python restatement of the reference rule: scan row-major, strict '>' keeps the first maximum."""

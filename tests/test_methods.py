@@ -9,6 +9,8 @@ from tests.conftest import TINY
 from workers.methods import METHODS
 from workers.run import Context, run
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def runs():

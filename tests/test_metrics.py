@@ -8,6 +8,8 @@ import torch
 
 from workers.metrics import classification_metrics, expected_calibration_error, paper_ece, reliability_bins
 
+pytestmark = pytest.mark.unit
+
 
 def _two_class_logits(confs):
     """Logits whose softmax is exactly [c, 1 - c] (up to rounding)."""
@@ -199,7 +201,7 @@ def test_paper_ece_on_large_logits_is_gap_over_batch_size():
 def test_paper_test_batch_per_dataset():
     from workers.data import DATASETS
     from workers.metrics import run_metrics
-    from workers.spec import RunSpec
+    from workers.core.spec import RunSpec
 
     assert {n: DATASETS.meta(n).paper_test_batch for n in DATASETS.names() if DATASETS.meta(n).paper_test_batch != 128
             } == {"oxford_pets": 64}

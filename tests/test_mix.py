@@ -8,6 +8,8 @@ import yaml
 
 from tests.test_launch import finish, start
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):

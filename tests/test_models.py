@@ -8,6 +8,8 @@ from workers.checkpoints import CheckpointError, load_state_dict, resolve
 from workers.models import MODELS, build_model
 from workers.models.demo_cnn import DemoCNN
 
+pytestmark = pytest.mark.unit
+
 
 # Small canvases keep CPU time sane; CLIP's zero-shot head with one template instead of 80.
 LIGHT_ARGS = {"clip_vit_b32": {"templates": "simple", "input_size": 32},
@@ -125,7 +127,7 @@ def test_unsafe_and_missing_checkpoints_are_refused(tmp_path):
 
 
 def test_unknown_model_and_args():
-    from workers.registry import UnknownName
+    from workers.core.registry import UnknownName
 
     with pytest.raises(UnknownName, match="did you mean 'demo_cnn'"):
         MODELS.entry("demo_cn")
@@ -152,6 +154,7 @@ def test_checkpoint_urls_are_fetched_once_and_verified(tmp_path):
         resolve({"path": "x", "sha": "1"}, {}, tmp_path)
 
 
+@pytest.mark.cluster
 def test_s3_checkpoints_are_copied_once_into_the_node_cache_and_verified(tmp_path, s3_bucket):
     """An s3:// checkpoint on a real S3 API server: copied into the node-local cache, sha256-checked, loaded."""
     import boto3

@@ -1,10 +1,13 @@
 from collections import Counter
 
+import pytest
 import yaml
 
 from orchestrator.grid import expand, parse_grid
-from orchestrator.plan import BREAKDOWN_AXES, axis_value, breakdown, breakdown_by_state, cell_key, pack
+from orchestrator.plan import BREAKDOWN_AXES, axis_value, breakdown, breakdown_by_state, pack
 from tests.conftest import TINY
+
+pytestmark = pytest.mark.unit
 
 
 def test_packs_group_variant_and_dataset_and_cover_every_run_once():
@@ -23,7 +26,7 @@ def test_packs_group_variant_and_dataset_and_cover_every_run_once():
     # 12 runs per variant in 2 cells of 6 (3 methods x 2 seeds): a cell larger than the pack size 5 goes in two
     # even pieces of 3, and two pieces do not fit one pack: 4 packs of 3 per variant
     assert sorted(len(t.runs) for t in trials) == [3] * 8
-    assert all(len({cell_key(r) for r in t.runs}) == 1 for t in trials)
+    assert all(len({r.cell_key for r in t.runs}) == 1 for t in trials)
     assert len({t.trial_id for t in trials}) == len(trials)
     assert [t.trial_id for t in pack(grid, runs)] == [t.trial_id for t in trials]  # deterministic
 
@@ -37,11 +40,11 @@ def test_packs_keep_cells_whole_and_alike_in_size_largest_first():
     grid = parse_grid(yaml.safe_dump(d))
     runs = expand(grid)
     trials = pack(grid, runs)
-    cells = Counter(cell_key(r) for r in runs)
+    cells = Counter(r.cell_key for r in runs)
     assert set(cells.values()) == {4}  # 2 methods x 2 seeds
     for t in trials:
-        for c in {cell_key(r) for r in t.runs}:
-            assert sum(cell_key(r) == c for r in t.runs) == cells[c]  # every cell whole in one trial
+        for c in {r.cell_key for r in t.runs}:
+            assert sum(r.cell_key == c for r in t.runs) == cells[c]  # every cell whole in one trial
     # per variant 4 cells of 4, packs of <= 12: 2 packs of 8, not 12 + 4
     assert sorted(len(t.runs) for t in trials) == [8] * 4
     costs = [sum(r.train.epochs * (1000 if r.shots is None else r.shots) for r in t.runs) for t in trials]

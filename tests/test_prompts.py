@@ -4,6 +4,8 @@ import torch
 
 from workers.prompts import PROMPTS, PadPrompter
 
+pytestmark = pytest.mark.unit
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 

@@ -8,9 +8,11 @@ from torch import nn
 
 import workers.methods.vp as train_mod
 from workers.models import ModelMeta
-from workers.spec import RunSpec, TrainConfig
+from workers.core.spec import RunSpec, TrainConfig
 from workers.methods.vp import train_prompt
 from workers.train import Task
+
+pytestmark = pytest.mark.unit
 
 # A 2-px image in a 4-px canvas; mean 0, std 1, so the model sees raw pixel values.
 META = ModelMeta(input_size=4, num_classes=4, source="hand-made", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

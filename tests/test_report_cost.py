@@ -11,10 +11,12 @@ from scipy import stats
 from orchestrator import cost as C
 from orchestrator import figures as F
 from orchestrator.grid import expand, parse_grid
-from orchestrator.store import Store
-from workers.spec import RunResult
+from workers.core.store import Store
+from workers.core.spec import RunResult
 
 from tests.test_report_figures import HAND, _demo_like, _demo_text, hand  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.unit
 
 T_975_1 = 12.7062047361747  # t(0.975, 1 df), from a printed table (Student's t, two-sided 95%)
 T_975_2 = 4.30265272974946  # t(0.975, 2 df)

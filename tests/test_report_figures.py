@@ -17,8 +17,10 @@ from orchestrator import figures as F
 from orchestrator.cli import app
 from orchestrator.grid import MATCH_AXES, Match, expand, parse_grid
 from orchestrator.report import FAMILIES, SELECT_KEYS
-from orchestrator.store import Store
-from workers.spec import RunResult
+from workers.core.store import Store
+from workers.core.spec import RunResult
+
+pytestmark = pytest.mark.unit
 
 cli = CliRunner()
 
@@ -219,7 +221,7 @@ def test_every_family_is_written_for_a_demo_like_store(tmp_path):
     assert "| magnitude | unstructured |" in table1 and "| fakequant | quantization |" in table1
     mapping = pd.concat(pd.read_csv(p) for p in (tmp_path / "r").glob("figures/mapping/*.csv"))
     names = {x for label in mapping["source_label"] for x in label.split(" / ")}  # 'a / b': seeds split evenly
-    assert names <= set(__import__("workers.classnames").classnames.shapes())
+    assert names <= set(__import__("workers.core.classnames").classnames.shapes())
 
 
 def test_figures_have_no_overlapping_or_clipped_text(tmp_path):
@@ -295,6 +297,7 @@ def test_ece_paper_switch_draws_the_papers_variant(hand, tmp_path):
     assert list((tmp_path / "r").glob("figures/ece/*.pdf")) and not list((tmp_path / "r").glob("figures/accuracy/*"))
 
 
+@pytest.mark.integration
 def test_report_imports_neither_torch_nor_ray(hand, tmp_path):
     st, _ = hand
     code = ("import sys; from typer.testing import CliRunner; from orchestrator.cli import app; "
@@ -310,8 +313,8 @@ def test_select_keys_are_the_grid_match_axes():
 
 
 def test_source_class_names_match_every_registered_model():
-    """Each registered model declares its source classes (workers/classnames.py), as many as it outputs."""
-    from workers.classnames import CLASS_LISTS, SOURCE_CLASSES, shapes
+    """Each registered model declares its source classes (workers/core/classnames.py), as many as it outputs."""
+    from workers.core.classnames import CLASS_LISTS, SOURCE_CLASSES, shapes
     from workers.data.shapes import CLASSES
     from workers.models import MODELS
 
@@ -323,7 +326,7 @@ def test_source_class_names_match_every_registered_model():
 
 
 def test_label_mapping_names_are_readable():
-    from workers.classnames import imagenet, mapped_name
+    from workers.core.classnames import imagenet, mapped_name
 
     assert mapped_name("demo_cnn", "ilm", "digits", 0, 10) == "warm_disc"
     assert mapped_name("demo_cnn", "ilm", "digits", 25, 10) == "#25"  # out of range: shown as an index
@@ -332,6 +335,7 @@ def test_label_mapping_names_are_readable():
         assert mapped_name("resnet50", "ilm", "cifar10", 1, 10) == "goldfish"
 
 
+@pytest.mark.integration
 def test_a_store_with_no_finished_run_lists_every_run_as_pending(tmp_path):
     st = Store(tmp_path / "s")
     st.create(HAND)

@@ -12,6 +12,8 @@ import workers.models.resnet as resnet
 from workers.checkpoints import CheckpointError, resolve, sha256_file
 from workers.models import MODELS, build_model
 
+pytestmark = pytest.mark.unit
+
 
 def _sparse_state(name: str, seed: int = 1) -> tuple[dict, dict]:
     """A torchvision state dict unlike the seed-0 random init (BN statistics too), and 0/1 masks for its conv and

@@ -10,7 +10,9 @@ from orchestrator.grid import expand, parse_grid
 from tests.conftest import TINY
 from workers.models import MODELS, Built, ModelMeta
 from workers.run import Context, run, run_pack
-from workers.schema import Schema
+from workers.core.schema import Schema
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,7 @@ def test_more_shots_than_a_class_has_fails_unless_capped(runs, tmp_path):
 
 
 def _act_quant_pack(dataset: str, args: dict) -> list:
-    from workers.spec import RunSpec, TrainConfig
+    from workers.core.spec import RunSpec, TrainConfig
 
     # 3-bit activations: the calibrated ranges matter, so a variant calibrated on other data gives other numbers
     return [RunSpec("demo_cnn", method, dataset, shots=2, seed=1, weights="random", model_args={"width": 4},
@@ -162,7 +164,7 @@ def test_act_calibrated_variants_do_not_leak_between_datasets_through_a_reused_c
 def test_variants_without_data_dependence_are_reused_across_datasets(tmp_path, monkeypatch):
     """Dense and weight-only variants do not depend on the data: a second dataset reuses the loaded model."""
     import workers.run as wr
-    from workers.spec import RunSpec, TrainConfig
+    from workers.core.spec import RunSpec, TrainConfig
 
     specs = [RunSpec("demo_cnn", "rlm", d, shots=1, seed=1, weights="random", model_args={"width": 4},
                      compression="fakequant", compression_args={"bits": 8}, dataset_args=a,

@@ -18,8 +18,10 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.estimate import DEFAULT_TABLE, load_table, run_seconds, schedule
 from orchestrator.grid import expand, parse_grid
-from orchestrator.store import Store
+from workers.core.store import Store
 from tests.conftest import TINY, write_grid
+
+pytestmark = pytest.mark.unit
 
 cli = CliRunner()
 VPGRID = [sys.executable, "-m", "orchestrator.cli"]
@@ -132,7 +134,7 @@ def test_speedup_without_rehearse_is_a_usage_error(tiny_grid, tmp_path):
 
 
 def test_status_and_report_say_rehearsal_in_their_first_line(tiny_grid, tmp_path):
-    from workers.spec import RunResult
+    from workers.core.spec import RunResult
 
     s = Store(tmp_path / "rh")
     s.create(tiny_grid.read_text(), rehearsal={"speedup": 10, "throughput": None})
@@ -217,6 +219,7 @@ resources: {cpu: 1, gpu: 0.5}
 
 @pytest.mark.slow
 @pytest.mark.cluster
+@pytest.mark.cluster
 def test_a_rehearsal_of_2000_runs_on_two_nodes_with_the_store_on_s3(s3_bucket, tmp_path):
     """Two nodes, each with its own checkpoint folder: the file is there on the head, absent on the worker.
     Every run is published exactly once; the worker's runs of the checkpoint-backed model fail naming it."""
@@ -287,7 +290,7 @@ def test_the_trials_go_to_tune_in_launch_order_as_small_configs():
     assert got[:-2] == [{"pack": c} for c in configs] and got[-2:] == [Searcher.FINISHED] * 2
     table = load_table(DEFAULT_TABLE)
     payload = json.loads(_pack_payload(packed[0], table))
-    from workers.spec import RunSpec
+    from workers.core.spec import RunSpec
 
     assert [RunSpec.from_dict(r) for r in payload["runs"]] == list(packed[0].runs)
     assert payload["seconds"] == [run_seconds(r, table) for r in packed[0].runs]
@@ -308,7 +311,7 @@ def test_the_trainable_rehearses_a_pack_without_torch_or_ray(tiny_grid, tmp_path
     (trial, *_) = pack(grid, expand(grid), {"demo_cnn": {"cpu": 1, "gpu": 0}})
     store = Store(tmp_path / "rh")
     store.create(tiny_grid.read_text(), rehearsal={"speedup": 1e6, "throughput": None})
-    from workers.spec import RunResult
+    from workers.core.spec import RunResult
 
     store.publish(RunResult.for_spec(trial.runs[0], "rehearsed", finished_at=1.0))  # an earlier attempt's
     config = {"trial_id": trial.trial_id, "cpu": 1, "gpu": 0, "store": store.root, "cache": str(tmp_path / "c"),
@@ -321,7 +324,7 @@ def test_the_trainable_rehearses_a_pack_without_torch_or_ray(tiny_grid, tmp_path
 
 
 def test_a_rehearsal_worker_does_not_import_torch():
-    code = ("import sys, workers.rehearse, workers.schemas.layouts; "
+    code = ("import sys, workers.rehearse, workers.core.schemas.layouts; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert r.returncode == 0, r.stderr

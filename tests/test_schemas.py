@@ -5,9 +5,11 @@ import inspect
 import pytest
 
 from workers.catalog import REGISTRIES
-from workers.registry import Registry
-from workers.schema import REQUIRED, Arg, Schema, check_args
-from workers.schemas import SCHEMAS
+from workers.core.registry import Registry
+from workers.core.schema import REQUIRED, Arg, Schema, check_args
+from workers.core.schemas import SCHEMAS
+
+pytestmark = pytest.mark.unit
 
 DECLARED = [(kind, name) for kind, table in SCHEMAS.items() for name in table]
 REGISTERED = [(kind, name) for kind, reg in REGISTRIES.items() for name in reg.names()]
@@ -34,7 +36,7 @@ def test_defaults_pass_their_own_checks(kind, name):
 def test_a_registry_refuses_a_name_without_a_schema():
     reg = Registry("widget", {"known": Schema("a widget")})
     reg.register("known")(object())
-    with pytest.raises(ValueError, match="'unknown' has no argument schema: declare it in workers/schemas/widgets.py"):
+    with pytest.raises(ValueError, match="'unknown' has no argument schema: declare it in workers/core/schemas/widgets.py"):
         reg.register("unknown")
 
 

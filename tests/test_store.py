@@ -9,9 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import store as store_mod
-from orchestrator.store import SCHEMA, Store, StoreError, dedup
-from workers.spec import RunResult, RunSpec
+from workers.core import store as store_mod
+from workers.core.store import SCHEMA, Store, StoreError, dedup
+from workers.core.spec import RunResult, RunSpec
+
+pytestmark = pytest.mark.unit
 
 
 def result(seed=1, status="ok", finished=100.0, acc=0.5) -> RunResult:
@@ -20,7 +22,7 @@ def result(seed=1, status="ok", finished=100.0, acc=0.5) -> RunResult:
                               finished_at=finished, label_mapping=[3, 1, 2], per_class_accuracy=[0.5, None, 1.0])
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.cluster)])
 def st(request, tmp_path) -> Store:
     """The same store code on a local folder and on a real S3 API server."""
     root = tmp_path / "store" if request.param == "local" else request.getfixturevalue("s3_bucket") + "/pre/store"
@@ -70,6 +72,7 @@ def test_roundtrip_on_either_filesystem(st):
     assert st.grid_text() == "name: x\n"
 
 
+@pytest.mark.cluster
 def test_s3_store_is_read_by_pandas(s3_bucket):
     st = Store(s3_bucket + "/p")
     st.create("name: x\n")
@@ -210,6 +213,7 @@ def test_malformed_uri(uri, match):
         Store(uri)
 
 
+@pytest.mark.cluster
 def test_missing_bucket_is_one_clear_error_and_writes_nothing(s3_server):
     st = Store("s3://no-such-bucket-here/x")
     with pytest.raises(StoreError, match="bucket 'no-such-bucket-here' does not exist"):
@@ -257,7 +261,7 @@ def test_worker_publishes_prompt_and_row_on_either_filesystem(st):
 
     from workers.prompts import read_prompt_file
     from workers.ray_adapter import publish
-    from workers.uri import open_uri
+    from workers.core.uri import open_uri
 
     row = result()
     row.prompt = _prompt()

@@ -2,10 +2,13 @@
 read from a data root (EuroSAT's real folder layout, tiny), CLIP ViT-B/32 prompting (Bahng VP and ILM-VP), and
 cross-modal reprogramming of a CNN to a text task. Weights are random, and each row says so."""
 import pandas as pd
+import pytest
 import yaml
 
 from tests.test_launch import finish, start
 from tests.test_vision_data import build_eurosat
+
+pytestmark = pytest.mark.integration
 
 
 def write_ag_news(root) -> None:

@@ -9,7 +9,9 @@ from torch import nn
 
 from workers import upstream
 from workers.models import ModelMeta
-from workers.spec import RunResult
+from workers.core.spec import RunResult
+
+pytestmark = pytest.mark.unit
 
 WNIDS = ["n01440764", "n01443537", "n15075141"]  # ImageNet-1k indices 0, 1 and 999
 COLOURS = {0: (230, 20, 20), 1: (20, 230, 20), 2: (20, 20, 230)}  # red, green, blue
@@ -92,7 +94,7 @@ def test_the_column_is_in_the_store_and_reports_show_it():
     import pyarrow as pa
 
     from orchestrator import report
-    from orchestrator.store import SCHEMA
+    from workers.core.store import SCHEMA
 
     assert SCHEMA.field("upstream_accuracy").type == pa.float64()
     empty = {f: None for f in RunResult.__dataclass_fields__}  # a row of an older store: settings unknown

@@ -20,6 +20,8 @@ from PIL import Image
 import workers.data.vision as vision
 from workers.data import DATASETS, Crop, as_float, cached_dataset, few_shot_indices, load_dataset
 
+pytestmark = pytest.mark.unit
+
 NAMES = ["cifar10", "svhn", "gtsrb", "dtd", "flowers102", "oxford_pets", "eurosat", "caltech101"]
 ONE_SPLIT = ["eurosat", "caltech101"]  # torchvision gives one split; we cut train/test
 
@@ -473,7 +475,7 @@ def test_uint8_vp_path_gives_what_the_float_path_gave(roots, tmp_path):
     """The 32/128 px VP recipe on uint8 images converted per batch = the same run on the float32 tensors that
     loading gave before (uint8 / 255 up front): same mapping, loss and metrics, bit for bit."""
     from workers.models import build_model
-    from workers.spec import RunSpec, TrainConfig
+    from workers.core.spec import RunSpec, TrainConfig
     from workers.methods.vp import train_prompt
     from workers.train import Task
 

@@ -16,7 +16,7 @@ from workers.models import vvtq
 SMALL = {"deit_tiny": 64, "swin_tiny": 224}  # smallest sizes each accepts
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 
 # ---------------------------------------------------------------- float models

@@ -29,7 +29,7 @@ from workers.fold import fold_batchnorm
 from workers.models import build_model
 from workers.prompts import PadPrompter
 from workers.run import Context, _channels_last, default_device, run
-from workers.spec import RunSpec, TrainConfig
+from workers.core.spec import RunSpec, TrainConfig
 from workers.train import Task
 
 # What `vpgrid bench train` measures when neither --models nor a grid names any: the paper's families and the demo.

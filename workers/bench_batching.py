@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from workers.run import Context, auto_prompt_batch, batches, default_device, run_group
-from workers.spec import RunSpec, TrainConfig
+from workers.core.spec import RunSpec, TrainConfig
 
 PAPER_BATCH = {1: 8, 10: 32, 50: 64}
 

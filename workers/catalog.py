@@ -6,8 +6,8 @@ from workers.compression import COMPRESSIONS
 from workers.data import DATASETS
 from workers.methods import METHODS
 from workers.models import MODELS
-from workers.registry import UnknownName
-from workers.spec import RunSpec
+from workers.core.registry import UnknownName
+from workers.core.spec import RunSpec
 
 REGISTRIES = {"model": MODELS, "compression": COMPRESSIONS, "dataset": DATASETS, "method": METHODS}
 

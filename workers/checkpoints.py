@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
 
+from workers.core.errors import VpgridError
+
 # torch is imported where files are read: a rehearsal checks checkpoint files (resolve) without it.
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VpgridError, ValueError):
     pass
 
 
@@ -82,7 +84,7 @@ def _download(url: str, dest: Path) -> None:
 
 def _copy_object(uri: str, dest: Path) -> None:
     """An s3:// or gs:// object into this node's cache."""
-    from workers.uri import open_uri
+    from workers.core.uri import open_uri
 
     with _written_whole(dest, f"could not copy {uri}") as f:
         fs, path, _ = open_uri(uri)

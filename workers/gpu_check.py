@@ -40,7 +40,7 @@ def gpu_grid(gpu: float = 0.25, trials: int = 4, pack: int = 2) -> str:
 
 def _families(device, cache: Path) -> list[dict]:
     from workers.run import Context, run
-    from workers.spec import RunSpec, TrainConfig
+    from workers.core.spec import RunSpec, TrainConfig
 
     out = []
     for model, method in FAMILIES:

@@ -13,7 +13,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from workers.registry import Registry
+from workers.core.registry import Registry
 
 SCHEDULES = ("fixed", "once", "every_epoch")
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workers.data.base import as_float
-from workers.registry import Registry
+from workers.core.registry import Registry
 
 PROMPTS: Registry[type[torch.nn.Module]] = Registry("prompt")
 

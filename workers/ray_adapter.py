@@ -30,11 +30,10 @@ def trainable(config: dict, packs: dict) -> None:
     shipped once through Ray's object store)."""
     import json
 
-    from orchestrator.status import HEARTBEAT_S
-    from orchestrator.store import DONE, Store
+    from workers.core.store import DONE, HEARTBEAT_S, Store
     from workers.gate import wait_for_token
     from workers.node_cache import node_cache_dir
-    from workers.spec import RunSpec
+    from workers.core.spec import RunSpec
 
     config = config["pack"]
     trial = config["trial_id"]

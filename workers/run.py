@@ -25,7 +25,7 @@ from workers.data.fewshot import few_shot_indices
 from workers.fold import fold_batchnorm
 from workers.models import ModelMeta, build_model
 from workers.methods import BATCHED, METHODS
-from workers.spec import RunResult, RunSpec
+from workers.core.spec import RunResult, RunSpec
 from workers.train import Task, TrainOutput
 from workers.upstream import upstream_accuracy
 
@@ -310,8 +310,7 @@ def batch_key(spec: RunSpec) -> tuple | None:
     (spec.train's key fields: epochs, lr, batch sizes, milestones, gamma, input size, eval_every). None: alone."""
     if spec.method not in BATCHED:
         return None
-    return (BATCHED.get(spec.method), spec.variant_key, spec.dataset, hash_json(spec.dataset_args), spec.shots,
-            spec.train.canonical)
+    return (BATCHED.get(spec.method), *spec.cell_key)
 
 
 def auto_prompt_batch(spec: RunSpec, ctx: Context, gpu_share: float | None) -> int | None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.models import ModelMeta
-from workers.spec import RunSpec, TrainConfig
+from workers.core.spec import RunSpec, TrainConfig
 
 
 def images(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

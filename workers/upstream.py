@@ -9,17 +9,15 @@ evaluation preprocessing (ModelMeta: short side to input_size / crop_pct, interp
 Computed once per variant and val set, cached in the node cache (`<cache>/upstream/`); no val set under the data
 root, or a model whose source task is not ImageNet-1k, gives None (a null column), never a made-up number.
 
-A model whose source task is vpgrid's procedural `shapes` (the demo's demo_cnn, workers/classnames.py) is scored on
+A model whose source task is vpgrid's procedural `shapes` (the demo's demo_cnn, workers/core/classnames.py) is scored on
 a held-out shapes split instead: SHAPES_HELD_OUT images rendered from a generation seed no pre-training uses (the
 pre-training renders from seeds 2s and 2s + 1 of its own seed s, small numbers), at the model's input size. Cheap
 (a forward pass over 1,000 32-px images) and cached the same way.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +85,7 @@ def upstream_accuracy(model: torch.nn.Module, meta: ModelMeta, variant_key: str,
                       device: torch.device, name: str = "") -> float | None:
     """Top-1 on the source task: ImageNet val, cached by (variant, val set: file names and sizes, preprocessing);
     or the held-out shapes split for a model (`name`) whose source task is shapes."""
-    from workers.classnames import SOURCE_CLASSES
+    from workers.core.classnames import SOURCE_CLASSES
 
     if SOURCE_CLASSES.get(name) == "shapes" and meta.num_classes == 20:
         key = hashlib.sha256(json.dumps(["shapes", SHAPES_HELD_OUT, meta.input_size]).encode()).hexdigest()[:16]
@@ -103,13 +101,8 @@ def upstream_accuracy(model: torch.nn.Module, meta: ModelMeta, variant_key: str,
 
 
 def _cached(path: Path, measure, len_: int) -> float:
-    """measure() once per node (file lock), its result kept in `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one actor evaluates; others on the node wait and read
-        if not path.exists():
-            acc = measure()
-            tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-            tmp.write_text(json.dumps({"accuracy": acc, "n": len_}))
-            os.replace(tmp, path)
+    """measure() once per node (one actor evaluates; others on the node wait and read), kept in `path`."""
+    from workers.node_cache import once
+
+    once(path, lambda tmp: tmp.write_text(json.dumps({"accuracy": measure(), "n": len_})))
     return float(json.loads(path.read_text())["accuracy"])

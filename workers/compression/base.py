@@ -10,9 +10,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from workers import schemas
-from workers.registry import Registry
-from workers.schema import resolve
+from workers.core import schemas
+from workers.core.registry import Registry
+from workers.core.schema import resolve
 
 # The layers every method acts on and every report measures: one definition keeps them in step.
 TARGETS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from workers.compression.base import COMPRESSIONS
 
-# The names are declared in workers/schemas/compressions.py (a test checks they agree).
+# The names are declared in workers/core/schemas/compressions.py (a test checks they agree).
 _IMPORTANCE = {"l1": lambda tp: tp.importance.MagnitudeImportance(p=1),
                "l2": lambda tp: tp.importance.MagnitudeImportance(p=2),
                "random": lambda tp: tp.importance.RandomImportance()}

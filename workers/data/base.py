@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workers import schemas
-from workers.registry import Registry
-from workers.schema import resolve
+from workers.core import schemas
+from workers.core.registry import Registry
+from workers.core.schema import resolve
 
 CACHE_FORMAT = 2  # 2: images uint8 (N,3,H,W), read back memory-mapped; 1 (float32, read into memory) is not reused
 
@@ -83,7 +83,7 @@ def resize(x: Tensor, size: int, crop: Crop | None = None) -> Tensor:
 def load_dataset(name: str, size: int | None = None, root: str | None = None, crop: Crop | None = None,
                  **args) -> Splits:
     entry = DATASETS.entry(name)
-    # Defaults and checks come from workers/schemas/datasets.py; cap_shots is for the few-shot sampler.
+    # Defaults and checks come from workers/core/schemas/datasets.py; cap_shots is for the few-shot sampler.
     args = {k: v for k, v in resolve(entry.schema, args, f"dataset {name!r}").items() if k != "cap_shots"}
     meta = DATASETS.meta(name)
     if size is None:
@@ -97,15 +97,6 @@ def load_dataset(name: str, size: int | None = None, root: str | None = None, cr
     return entry.obj(size, root, crop=crop, **args)
 
 
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    """Make tmp durable, then put it at path in one step: a reader sees the whole file or none."""
-    import os
-
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def cached_dataset(name: str, size: int, root: str | None, args: dict, cache_dir: Path,
                    crop: Crop | None = None) -> Splits:
     """load_dataset, decoded and resized once: later calls (other trials, other nodes sharing the cache) read the
@@ -114,27 +105,20 @@ def cached_dataset(name: str, size: int, root: str | None, args: dict, cache_dir
     The file is read memory-mapped (torch.load mmap=True): the tensors' pages are the file's pages in the OS page
     cache, shared by every actor on the node instead of copied into each, and only the pages a run touches (its
     few-shot images, the test batches) are read. Written to a hidden temporary, fsynced, then renamed."""
-    import fcntl
     import hashlib
     import json
-    import os
+
+    from workers.node_cache import once
 
     key = json.dumps({"name": name, "size": size, "root": str(root), "args": args, "format": CACHE_FORMAT,
                       "crop": asdict(crop) if crop else None}, sort_keys=True, default=str)
     tag = f"{name}-{size}" + ("-crop" if crop else "")
-    path = Path(cache_dir) / "datasets" / f"{tag}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one process decodes; trials starting together wait and read
-        if not path.exists():
-            d = load_dataset(name, size, root, crop=crop, **args)
-            tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-            try:
-                torch.save({"train_x": d.train_x, "train_y": d.train_y, "test_x": d.test_x, "test_y": d.test_y,
-                            "classes": list(d.classes)}, tmp)
-                _fsync_replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-            del d
+
+    def decode(tmp: Path) -> None:  # one process decodes; trials starting together wait and read
+        d = load_dataset(name, size, root, crop=crop, **args)
+        torch.save({"train_x": d.train_x, "train_y": d.train_y, "test_x": d.test_x, "test_y": d.test_y,
+                    "classes": list(d.classes)}, tmp)
+
+    path = once(Path(cache_dir) / "datasets" / f"{tag}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt", decode)
     t = torch.load(path, mmap=True, weights_only=True)
     return Splits(t["train_x"], t["train_y"], t["test_x"], t["test_y"], list(t["classes"]))

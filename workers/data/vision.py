@@ -26,7 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from workers.data.base import DATASETS, Crop, DatasetMeta, Splits
-from workers.schemas.layouts import HOW, NEEDS, check_layout  # noqa: F401  (NEEDS: tests read it here)
+from workers.core.schemas.layouts import HOW, NEEDS, check_layout  # noqa: F401  (NEEDS: tests read it here)
 
 # Fixed, independent of the run seed: every run of a grid must see the same EuroSAT/Caltech101 test set.
 SPLIT_SEED = 0

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from workers import schemas
-from workers.registry import Registry
+from workers.core import schemas
+from workers.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -25,5 +25,5 @@ class MethodMeta:
     native_input: bool = False
 
 
-METHODS = Registry("method", schemas.METHODS)  # one-line help: workers/schemas/methods.py
+METHODS = Registry("method", schemas.METHODS)  # one-line help: workers/core/schemas/methods.py
 BATCHED = Registry("batched method")  # the methods whose runs can share one pass of the frozen model

@@ -40,7 +40,7 @@ from workers.mapping import frequency_matrix, greedy_mapping
 from workers.methods.base import METHODS, MethodMeta
 from workers.metrics import run_metrics
 from workers.models import ModelMeta
-from workers.spec import RunSpec
+from workers.core.spec import RunSpec
 from workers.train import Task, TrainOutput, fit_one, prompt_tensors, to_canvas
 
 VP_TEMPLATE = "This is a photo of a {}"  # Bahng et al.'s main_clip.py

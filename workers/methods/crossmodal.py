@@ -37,7 +37,7 @@ from torch import nn
 from workers.methods.base import METHODS, MethodMeta
 from workers.metrics import run_metrics
 from workers.models import ModelMeta
-from workers.spec import RunSpec
+from workers.core.spec import RunSpec
 from workers.train import Task, TrainOutput, fit_one, model_dtype, prompt_tensors, upcast
 
 PATCH = 16

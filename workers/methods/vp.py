@@ -21,7 +21,7 @@ from workers.methods.base import BATCHED, METHODS, MethodMeta
 from workers.metrics import run_metrics
 from workers.models import ModelMeta
 from workers.prompts import PadPrompter
-from workers.spec import RunSpec
+from workers.core.spec import RunSpec
 from workers.train import (Job, Learner, Task, TrainOutput, fit, images, model_dtype, prompt_tensors, require_images,
                            upcast)
 

@@ -15,9 +15,9 @@ from typing import Callable, Union
 from torch import nn
 
 from workers.checkpoints import Checkpoint
-from workers import schemas
-from workers.registry import Registry
-from workers.schema import check_args
+from workers.core import schemas
+from workers.core.registry import Registry
+from workers.core.schema import check_args
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

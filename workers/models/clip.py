@@ -40,15 +40,12 @@ position embeddings resized as open_clip does (bicubic), and the row says so.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
 import math
-import os
 import pickle
 import re
-import uuid
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -59,9 +56,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers import schemas
+from workers.core import schemas
 from workers.checkpoints import cache_path, CheckpointError, fetch, load_state_dict, load_strict
 from workers.models import Built, Checkpoint, ModelMeta, MODELS
+from workers.node_cache import once
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -248,25 +246,22 @@ def _cached_head(model: ClipClassifier, oc_name: str, args: dict, cache_dir: Pat
         "model": oc_name, "text_tower": model.text.digest(), "classes": list(classnames),
         "templates": [t("{}") for t in templates]}).encode()).hexdigest()
     path = cache_dir / "clip_heads" / f"{oc_name}-{args['classes']}-{args['templates']}-{key[:16]}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
     shape = (len(classnames), model.embed_dim)
-    # One process computes; trials starting together wait on the lock, then load the file.
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            head = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(head, torch.Tensor) and tuple(head.shape) == shape and head.dtype == torch.float32:
-                return head
+
+    def valid(p: Path) -> bool:
+        head = torch.load(p, map_location="cpu", weights_only=True)
+        return isinstance(head, torch.Tensor) and tuple(head.shape) == shape and head.dtype == torch.float32
+
+    def compute(tmp: Path) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"  # 80 templates x 1000 classes: use the GPU if any
         model.text.to(device)
         try:
-            head = zero_shot_weights(model, classnames, templates).cpu()
+            torch.save(zero_shot_weights(model, classnames, templates).cpu(), tmp)
         finally:
             model.text.to("cpu")
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        torch.save(head, tmp)
-        os.replace(tmp, path)
-    return head
+
+    # One process computes; trials starting together wait on the lock, then load the file.
+    return torch.load(once(path, compute, valid), map_location="cpu", weights_only=True)
 
 
 def _check_args(name: str, args: dict) -> dict:

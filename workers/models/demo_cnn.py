@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers import schemas
+from workers.core import schemas
 from workers.checkpoints import CheckpointError, fetch, load_state_dict, load_strict
 from workers.data import DATASETS
 from workers.models import Built, Checkpoint, ModelMeta, MODELS

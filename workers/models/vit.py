@@ -30,7 +30,7 @@ SEED = 0
 
 
 def _input_size(name: str, args: dict) -> int:
-    # checked against workers/schemas/models.py by build_model: deit a multiple of 16, swin of 224
+    # checked against workers/core/schemas/models.py by build_model: deit a multiple of 16, swin of 224
     return args.get("input_size", 224)
 
 

@@ -1,5 +1,5 @@
 """Compression arguments (the extra keys of a `compressions` entry), one entry per registered compression."""
-from workers.schema import REQUIRED, Arg, Schema
+from workers.core.schema import REQUIRED, Arg, Schema
 
 _SPARSITY = Arg("float", REQUIRED, "fraction of conv/linear weights set to zero", lo=0, hi=1,
                 closed="[)")

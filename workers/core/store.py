@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from orchestrator.errors import StoreError
-from workers.spec import RunResult
-from workers.uri import URIError, bucket_missing, open_uri
+from workers.core.errors import StoreError
+from workers.core.spec import RunResult
+from workers.core.uri import URIError, bucket_missing, open_uri
 
 
 def _arrow_type(tp) -> pa.DataType:
@@ -75,6 +75,8 @@ def dedup(table: pa.Table) -> pa.Table:
 def _is_part(info: pafs.FileInfo) -> bool:
     return info.base_name.startswith("part-")
 
+
+HEARTBEAT_S = 10.0  # seconds between a driver's or a trial's heartbeats in the store
 
 class Store:
     def __init__(self, location: Union[str, Path]) -> None:

@@ -11,10 +11,12 @@ from typing import Union
 
 import pyarrow.fs as pafs
 
+from workers.core.errors import VpgridError
+
 SCHEMES = ("file", "s3", "gs")
 
 
-class URIError(ValueError):
+class URIError(VpgridError, ValueError):
     """A location that no filesystem here can open; the message says what is valid."""
 
 

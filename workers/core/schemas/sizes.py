@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from workers.schema import resolve
-from workers.schemas.datasets import DATASETS
+from workers.core.schema import resolve
+from workers.core.schemas.datasets import DATASETS
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Dataset arguments (`datasets[].args`), one entry per registered dataset. Every dataset takes `cap_shots`."""
-from workers.schema import Arg, Schema
+from workers.core.schema import Arg, Schema
 
 _CAP = Arg("bool", False, "take every image of a class with fewer than `shots` instead of failing the run")
 _DOWNLOAD = Arg("bool", False, "let torchvision download the files into the data root")

@@ -1,5 +1,5 @@
 """Model arguments (`models[].args`), one entry per registered model. Every model takes `input_size`."""
-from workers.schema import Arg, Schema
+from workers.core.schema import Arg, Schema
 
 
 def _input_size(default: int, multiple_of: int | None = None, why: str = "") -> Arg:

@@ -3,10 +3,10 @@
 The registries (workers.models.MODELS, ...) are built against these tables and refuse a name that has no
 entry here; `vpgrid plan` and `vpgrid list` read them without importing the workers.
 """
-from workers.schemas.compressions import COMPRESSIONS
-from workers.schemas.datasets import DATASETS
-from workers.schemas.methods import METHODS
-from workers.schemas.models import MODELS
+from workers.core.schemas.compressions import COMPRESSIONS
+from workers.core.schemas.datasets import DATASETS
+from workers.core.schemas.methods import METHODS
+from workers.core.schemas.models import MODELS
 
 SCHEMAS = {"model": MODELS, "compression": COMPRESSIONS, "method": METHODS, "dataset": DATASETS}
 

@@ -1,5 +1,5 @@
 """Transfer methods (the grid's `methods`). None takes arguments yet; the training recipe is `train`."""
-from workers.schema import Schema
+from workers.core.schema import Schema
 
 METHODS = {
     "rlm": Schema("pad prompt, random label mapping fixed by the seed"),

@@ -58,7 +58,7 @@ def source_names(model: str) -> tuple[Optional[tuple[str, ...]], str]:
     """(names or None, why not) for `model`'s source classes."""
     kind = SOURCE_CLASSES.get(model)
     if kind is None:
-        return None, f"source class names of {model!r} are not declared (workers/classnames.py)"
+        return None, f"source class names of {model!r} are not declared (workers/core/classnames.py)"
     names = CLASS_LISTS[kind]()
     if names is None:
         return None, f"{kind} class names are not available offline (open_clip not installed)"

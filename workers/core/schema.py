@@ -1,7 +1,7 @@
 """Argument schemas: what each registered model, compression, dataset and method accepts.
 
 Torch-free on purpose: `vpgrid plan` and `vpgrid list` read the schemas without importing the workers. Each
-kind declares its entries once in `workers/schemas/<kind>.py`; the registry of that kind refuses to register
+kind declares its entries once in `workers/core/schemas/<kind>.py`; the registry of that kind refuses to register
 a name that has no schema there, so the two cannot drift apart.
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ class Entry(Generic[T]):
     name: str
     obj: T
     meta: Any = None
-    schema: Any = None  # workers.schema.Schema: help and arguments, declared in workers/schemas/
+    schema: Any = None  # workers.core.schema.Schema: help and arguments, declared in workers/core/schemas/
 
 
 class Registry(Generic[T]):
@@ -36,7 +36,7 @@ class Registry(Generic[T]):
     def register(self, name: str, meta: Any = None) -> Callable[[T], T]:
         if self.schemas is not None and name not in self.schemas:
             raise ValueError(f"{self.kind} {name!r} has no argument schema: declare it in "
-                             f"workers/schemas/{self.kind}s.py")
+                             f"workers/core/schemas/{self.kind}s.py")
 
         def deco(obj: T) -> T:
             if name in self._entries:

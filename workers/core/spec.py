@@ -69,6 +69,9 @@ def _shared_json(values: tuple) -> tuple[dict[str, str], str]:
     return js, _short_hash("{" + ",".join(f'"{k}":{js[k]}' for k in _VARIANT_FIELDS) + "}")
 
 
+# The axes of a grid, in one order everywhere: `match:` rules, `status` per axis, `report --select`, the figures.
+AXES = ("model", "compression", "level", "method", "dataset", "shots", "seed")
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one prompt-training run (reference ILM-VP recipe by default)."""
@@ -153,6 +156,12 @@ class RunSpec:
         """Identifies the (model, weights, compression) variant: runs sharing it share one model. The hash of
         the canonical JSON of {model, weights, model_args, compression, compression_args}."""
         return self._shared[1]
+
+    @property
+    def cell_key(self) -> tuple:
+        """Runs that can train together: one variant, dataset (with its args), data budget and training config.
+        The plan keeps a cell whole in one trial; the worker batches a cell's prompts (per kind of method)."""
+        return (self.variant_key, self.dataset, self._shared[0]["dataset_args"], self.shots, self.train.canonical)
 
     @_cached
     def compression_level(self) -> Optional[float]:
