@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from dataclasses import dataclass
@@ -91,25 +90,24 @@ def check_store(store: str) -> None:
 
 
 def paired(ok, finding: Finding) -> dict:
-    """Mean of sign*(b - a) over the seeds both have, in points, with its 95% t interval's half-width."""
-    from scipy import stats
+    """Mean of sign*(b - a) over the seeds both have, in points, with its 95% interval: the report's own
+    (orchestrator.cost.interval: Student t below 5 seeds, a bootstrap from 5)."""
+    from orchestrator.cost import interval
 
     def values(v, m, b):
         s = ok[(ok["variant"] == v) & (ok["method"] == m) & (ok["budget"] == b)]
         return s.set_index("seed")[finding.metric]
 
     d = (finding.sign * 100 * (values(*finding.b) - values(*finding.a))).dropna()
-    n = len(d)
-    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
-    return {"finding": finding.text, "metric": finding.metric, "seeds": n, "mean": float(d.mean()),
-            "half": half, "holds": bool(d.mean() - half > 0)}
+    mean, lo, hi, _ = interval(d.to_numpy())
+    return {"finding": finding.text, "metric": finding.metric, "seeds": len(d), "mean": mean,
+            "lo": lo, "hi": hi, "holds": bool(lo > 0)}
 
 
 def findings_md(rows: list[dict]) -> str:
     lines = ["| finding | metric | difference (points) | 95% interval over seeds | holds |", "|---|---|---|---|---|"]
     for r in rows:
-        lo, hi = r["mean"] - r["half"], r["mean"] + r["half"]
-        lines.append(f"| {r['finding']} | {r['metric']} | {r['mean']:+.1f} | [{lo:+.1f}, {hi:+.1f}] "
+        lines.append(f"| {r['finding']} | {r['metric']} | {r['mean']:+.1f} | [{r['lo']:+.1f}, {r['hi']:+.1f}] "
                      f"({r['seeds']} seeds) | {'yes' if r['holds'] else 'NO'} |")
     return "\n".join(lines)
 

@@ -69,7 +69,7 @@ def summary(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     keys = ["dataset", "variant", "method", "budget", *SETTINGS]
     g = ok.sort_values(["dataset", "_v", "method", "_b"]).groupby(keys, sort=False)
     out = g.size().rename("seeds").to_frame()
-    if "upstream_accuracy" in ok:  # the variant's ImageNet val top-1, beside its transfer numbers (null: not measured)
+    if "upstream_accuracy" in ok:  # the variant's source-task accuracy, beside its transfer numbers (null: not measured)
         out["upstream_accuracy"] = g["upstream_accuracy"].first()
     for m in metrics:
         out[f"{m}_mean"] = g[m].mean()
@@ -113,8 +113,15 @@ def markdown(table: pd.DataFrame, metrics=("accuracy", "ece")) -> str:
             for (variant, method, setup), r in t.groupby(["variant", "method", "setup"], sort=False):
                 cells = {b: _cell(x, s, scale) for b, x, s in zip(r["budget"], r[f"{m}_mean"], r[f"{m}_std"])}
                 up = r["upstream_accuracy"].dropna() if "upstream_accuracy" in r else r.iloc[0:0, 0]
-                name = variant + (f" (ImageNet {100 * up.iloc[0]:.1f})" if len(up) else "")
+                name = variant + (f" ({_upstream_short(variant)} {100 * up.iloc[0]:.1f})" if len(up) else "")
                 label = [name, method] + ([setup.replace("|", "\\|")] if varying else [])
                 lines.append("| " + " | ".join(label + [cells.get(b, "") for b in budgets]) + " |")
             parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
+
+
+def _upstream_short(variant: str) -> str:
+    """The source task a variant ("MODEL COMPRESSION") is measured on upstream, in a word: ImageNet-1k, shapes."""
+    from workers.core.classnames import upstream_task
+
+    return upstream_task(variant.split()[0]).split()[0]

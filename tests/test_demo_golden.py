@@ -38,7 +38,8 @@ def test_paired_interval_by_hand():
                        "seed": [1, 2, 3] * 2, "accuracy": [0.50, 0.50, 0.50, 0.52, 0.54, 0.56]})
     r = demo.paired(ok, demo.Finding("y beats x", "accuracy", ("x", "ilm", "full"), ("y", "ilm", "full")))
     assert r["seeds"] == 3 and r["mean"] == pytest.approx(4.0)
-    assert r["half"] == pytest.approx(4.302653 * 2 / math.sqrt(3), rel=1e-5)
+    assert r["hi"] - r["mean"] == pytest.approx(4.302653 * 2 / math.sqrt(3), rel=1e-5)
+    assert r["mean"] - r["lo"] == pytest.approx(4.302653 * 2 / math.sqrt(3), rel=1e-5)
     assert r["holds"] is False  # 4.0 - 4.97 < 0: three seeds this spread do not tell
     worse = demo.paired(ok, demo.Finding("x beats y", "accuracy", ("x", "ilm", "full"), ("y", "ilm", "full"), -1))
     assert worse["mean"] == pytest.approx(-4.0) and worse["holds"] is False

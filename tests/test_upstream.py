@@ -103,7 +103,7 @@ def test_the_column_is_in_the_store_and_reports_show_it():
                  upstream_accuracy=0.698) for a in (0.4, 0.6)]
     table = report.summary(pd.DataFrame(rows))
     assert table["upstream_accuracy"].tolist() == [0.698]
-    assert "resnet18 gmp@0.9 (ImageNet 69.8)" in report.markdown(table)
+    assert "resnet18 gmp@0.9 (ImageNet-1k 69.8)" in report.markdown(table)
 
 
 class ColourFamily(nn.Module):
