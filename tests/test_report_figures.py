@@ -221,7 +221,7 @@ def test_every_family_is_written_for_a_demo_like_store(tmp_path):
     assert "| magnitude | unstructured |" in table1 and "| fakequant | quantization |" in table1
     mapping = pd.concat(pd.read_csv(p) for p in (tmp_path / "r").glob("figures/mapping/*.csv"))
     names = {x for label in mapping["source_label"] for x in label.split(" / ")}  # 'a / b': seeds split evenly
-    assert names <= set(__import__("workers.core.classnames").classnames.shapes())
+    assert names <= set(__import__("workers.core.classnames").core.classnames.shapes())
 
 
 def test_figures_have_no_overlapping_or_clipped_text(tmp_path):
