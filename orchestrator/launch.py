@@ -133,7 +133,7 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
         print(f"{DRIVER_STARTED}: job {info['job_id']}, {len(todo)} runs in {len(trials)} trials, store {store.root}",
               file=sys.stderr, flush=True)
     # Tune keeps each trial's config in its state and copies it per trial: configs stay small, and each
-    # trial's runs travel once, through Ray's object store (`packs`, JSON per trial, decoded by its trial).
+    # trial's runs travel once, through the store (`_vpgrid/packs/<trial>.json`, read by its trial).
     configs = [{"trial_id": t.trial_id, "cpu": t.cpu, "gpu": t.gpu, "runs": len(t.runs),
                 "store": store.root, "cache": str(Path(cache_dir).resolve()) if cache_dir else None,
                 "data_root": data_root, "retry_failed": retry_failed,
@@ -141,12 +141,12 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
                 # --num-gpus on a local Ray declares logical GPUs (tests, CPU machines): no CUDA is expected
                 "logical_gpus": num_gpus is not None and not (address or os.environ.get("RAY_ADDRESS"))}
                for t in trials]
-    packs = {t.trial_id: _pack_payload(t, table) for t in trials}
+    store.put_packs({t.trial_id: _pack_payload(t, table) for t in trials})
     keeper = _Housekeeper(store, info)
     keeper.start()
     try:
         errors, summary.gpus, summary.tune_s, summary.interrupted = _run_tune(
-            configs, packs, launch_id, store, address, num_cpus, num_gpus, progress,
+            configs, launch_id, store, address, num_cpus, num_gpus, progress,
             max_failures if max_failures is not None else grid.max_failures, extra)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over SIGINT: leave now, no compaction
         keeper.stop()
@@ -405,7 +405,7 @@ def _packs_searcher(configs: list[dict]):
     return Packs()
 
 
-def _run_tune(configs: list[dict], packs: dict[str, bytes], launch_id: str, store: Store, address, num_cpus,
+def _run_tune(configs: list[dict], launch_id: str, store: Store, address, num_cpus,
               num_gpus, progress: bool, max_failures: int, extra: list) -> tuple[list[str], float, float, bool]:
     """Runs the trials; returns the last line of each errored trial's error, the cluster's GPUs, the seconds the
     trials took, and whether Ctrl-C stopped them."""
@@ -438,8 +438,7 @@ def _run_tune(configs: list[dict], packs: dict[str, bytes], launch_id: str, stor
         watch = _ClusterWatch(store)
         bar = RunProgress(total_runs, watch, enabled=progress, max_failures=max_failures,
                           node_of=lambda trial: _node_of(store, trial))
-        resources = tune.with_resources(tune.with_parameters(trainable, packs=packs),
-                                        lambda cfg: {"cpu": cfg["pack"]["cpu"], "gpu": cfg["pack"]["gpu"]})
+        resources = tune.with_resources(trainable, lambda cfg: {"cpu": cfg["pack"]["cpu"], "gpu": cfg["pack"]["gpu"]})
         storage = f"{store.meta_dir}/tune" if store.local else str(_tune_dir())
         tuner = tune.Tuner(
             resources,

@@ -87,4 +87,5 @@ def _last_failure(trial) -> str:
 
 # Ray's words for a worker or node that went away, as opposed to an exception raised by the run itself
 LOST = ("died unexpectedly", "node has died", "ActorDiedError", "RayActorError", "WorkerCrashedError",
-        "NodeDiedError", "ActorUnavailableError")
+        "NodeDiedError", "ActorUnavailableError",
+        "actor is temporarily unavailable")  # its raylet gone, before Ray marks the node dead

@@ -6,6 +6,7 @@ ends, whatever happens to the driver afterwards.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import ray
 from ray import tune
@@ -25,9 +26,9 @@ def publish(store, result) -> None:
     store.publish(result)
 
 
-def trainable(config: dict, packs: dict) -> None:
-    """One trial: `config["pack"]` (small: Tune keeps and copies it) and its runs from `packs` (trial id -> JSON,
-    shipped once through Ray's object store)."""
+def trainable(config: dict, packs: Optional[dict] = None) -> None:
+    """One trial: `config["pack"]` (small: Tune keeps and copies it) and its runs, JSON read from the store
+    (`Store.pack`), or from `packs` (trial id -> JSON) when a test gives them."""
     import json
 
     from workers.core.store import DONE, HEARTBEAT_S, Store
@@ -37,7 +38,6 @@ def trainable(config: dict, packs: dict) -> None:
 
     config = config["pack"]
     trial = config["trial_id"]
-    payload = json.loads(packs[trial])
     if not config.get("rehearse"):
         import torch
 
@@ -48,6 +48,7 @@ def trainable(config: dict, packs: dict) -> None:
                                "CUDA (driver, CUDA_VISIBLE_DEVICES or a CPU-only torch); refusing to train on the CPU")
         torch.set_num_threads(torch_threads(config["cpu"]))
     store = Store(config["store"])
+    payload = json.loads(packs[trial] if packs is not None else store.pack(trial))
     node = ray.get_runtime_context().get_node_id()
     # Every run here was pending when the driver launched, so a run the store has now was published by an
     # earlier attempt of this trial (Tune retries trials whose worker or node died): skip it. With

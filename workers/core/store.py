@@ -438,6 +438,26 @@ class Store:
     def clear_heartbeats(self) -> None:
         self._delete([i.path for i in self._list(f"{self.meta_dir}/running")])
 
+    def put_packs(self, packs: dict[str, bytes]) -> None:
+        """Each trial's runs, ROOT/_vpgrid/packs/<trial>.json, written in parallel before the trials start: a
+        trial reads its own from the store, so neither Tune's state nor Ray's object store (lost with the driver's
+        node) carries them. Packs of an earlier launch are removed first."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        folder = f"{self.meta_dir}/packs"
+        self._delete([i.path for i in self._list(folder)])
+        if self.local:
+            self.fs.create_dir(folder, recursive=True)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda kv: self._put(f"{folder}/{kv[0]}.json", kv[1]), packs.items()))
+
+    def pack(self, trial: str) -> bytes:
+        data = self._get(f"{self.meta_dir}/packs/{trial}.json")
+        if data is None:
+            raise StoreError(f"{self.root}: trial {trial}'s pack is missing from {self.meta_dir}/packs: "
+                             f"a later launch replaced it; finish with vpgrid resume {self.root}")
+        return data
+
 
 class _Beat(threading.Thread):
     def __init__(self, store: Store, trial: str, info: dict, every: float) -> None:
