@@ -248,18 +248,13 @@ def test_a_launch_whose_own_node_dies_stops_in_bounded_time_with_one_line(tmp_pa
     assert len(Store(tmp_path / "s").statuses()) == 1
 
 
-def _runs_a_trial(node) -> bool:
-    """A Tune trial's actor (ImplicitFunc) is among the processes of this node's raylet."""
+def _holds_a_run(node, gate: Gate) -> bool:
+    """A process of this node's raylet waits at the gate with a finished, unpublished run (workers/gate.py)."""
     import psutil
 
+    waiting = {int(f.name.split("-")[1]) for f in gate.path.glob("waiting-*")}
     raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
-    for child in raylet.children(recursive=True):
-        try:
-            if "ImplicitFunc" in " ".join(child.cmdline()):
-                return True
-        except psutil.NoSuchProcess:
-            continue
-    return False
+    return any(child.pid in waiting for child in raylet.children(recursive=True))
 
 
 def test_runs_of_a_trial_out_of_retries_stay_pending_and_resume_finishes_them(cluster, tmp_path):
@@ -280,7 +275,7 @@ def test_runs_of_a_trial_out_of_retries_stay_pending_and_resume_finishes_them(cl
         while len(Store(tmp_path / "s").statuses()) < 2 if (tmp_path / "s" / "runs").is_dir() else True:
             assert p.poll() is None and time.time() - t0 < 300
             time.sleep(0.2)
-        while not _runs_a_trial(extra):  # the extra node holds a trial at the gate: its death loses that trial
+        while not _holds_a_run(extra, gate):  # the extra node's trial waits at the gate: its death loses its runs
             assert p.poll() is None and time.time() - t0 < 300
             time.sleep(0.2)
         extra.kill_raylet()

@@ -19,11 +19,16 @@ def wait_for_token(poll_s: float = 0.05) -> None:
     if not gate:
         return
     d = Path(gate)
-    while not (d / "open").exists():
-        for token in sorted(d.glob("token-*")):
-            try:
-                token.rename(d / f"used-{token.name}-{os.getpid()}")
-                return
-            except FileNotFoundError:  # another worker claimed it first
-                continue
-        time.sleep(poll_s)
+    waiting = d / f"waiting-{os.getpid()}"  # tells a test which process holds an unpublished run
+    try:
+        while not (d / "open").exists():
+            for token in sorted(d.glob("token-*")):
+                try:
+                    token.rename(d / f"used-{token.name}-{os.getpid()}")
+                    return
+                except FileNotFoundError:  # another worker claimed it first
+                    continue
+            waiting.touch()
+            time.sleep(poll_s)
+    finally:
+        waiting.unlink(missing_ok=True)
