@@ -351,11 +351,3 @@ def _workers() -> int:
 
 BENCHES["report"] = bench_report
 
-
-def bench_scale() -> dict:
-    from orchestrator.bench_scale import bench_scale as run
-
-    return run()
-
-
-BENCHES["scale"] = bench_scale  # long (~20 min): not in the default set

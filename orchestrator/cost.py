@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from orchestrator.figures import KEYS
+from orchestrator.report import KEYS
 
 COST_METRICS = ("accuracy", "ece")  # differences in points (x 100)
 CELL = ["study", "model", "setup", "method", "dataset", "budget_rank"]  # a dense cell: everything but compression

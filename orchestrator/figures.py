@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.grid import MATCH_AXES
-from orchestrator.report import SETTINGS, _setting_text
+from orchestrator.report import KEYS, SETTINGS, _setting_text
 from workers.core.errors import UsageError
 from workers.core.spec import AXES
 
@@ -41,7 +41,6 @@ METRIC_INFO = {
     "kl_incorrect_paper": ("paper's KL(U ‖ p)/K on errors (nats)", 1.0,
                            "the paper code's F.kl_div(log p, U, 'mean') over misclassified test images"),
 }
-KEYS = ["study", "model", "setup", "compression", "level", "method", "dataset", "shots"]
 AXIS_COLUMNS = list(AXES)
 
 

@@ -16,6 +16,8 @@ FAMILIES = ("accuracy", "ece", "confidence", "kl", "reliability", "mapping", "cl
 VECTOR_FORMATS = ("svg", "pdf")
 VARIANTS = ("proper", "paper")
 SELECT_KEYS = AXES
+# The columns that name a configuration of the figures and the paired cost (figures.py, cost.py).
+KEYS = ["study", "model", "setup", "compression", "level", "method", "dataset", "shots"]
 # Every setting that changes a run besides the summary's axes: runs that differ in any of them are never averaged
 # as seeds of one configuration. (compression and its level are in `variant`; seed is what is averaged over.)
 SETTINGS = ("weights", "model_args", "compression_args", "dataset_args", "epochs", "lr", "batch_size", "input_size",

@@ -51,7 +51,9 @@ def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, s
     """Measure planning, the store, launch overhead and model speed on this machine. `train --json` prints the
     throughput table that `vpgrid plan --estimate --throughput` reads."""
     from orchestrator.bench import BENCHES, DATA_BENCHES, GPU_CHECK, machine
+    from orchestrator.bench_scale import bench_scale
 
+    BENCHES = {**BENCHES, "scale": bench_scale}  # long (~20 min): not in the default set
     valid = [*BENCHES, *DATA_BENCHES, GPU_CHECK]
     what = what or [w for w in valid if w not in ("batching", "scale", GPU_CHECK)]
     unknown = [w for w in what if w not in valid]
