@@ -147,6 +147,10 @@ def test_submit_with_the_store_on_s3_survives_a_worker_node_dying(cluster, s3_bu
                 assert wait_job(client, job, timeout=0) is None, client.get_job_logs(job)[-3000:]
                 assert time.time() - t0 < 300, client.get_job_logs(job)[-3000:]
                 time.sleep(0.2)
+        t0 = time.time()
+        while not _holds_a_run(cluster.workers[0], gate):  # its trial has named its node and waits with a run
+            assert time.time() - t0 < 300, client.get_job_logs(job)[-3000:]
+            time.sleep(0.2)
         before = st.frame().set_index("run_key")["finished_at"].to_dict()
         cluster.workers[0].kill_raylet()  # SIGKILL: its trial (held at the gate) dies; Tune retries it on the other node
     finally:
