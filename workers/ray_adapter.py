@@ -83,6 +83,8 @@ def trainable(config: dict, packs: Optional[dict] = None) -> None:
                          "model": result.model, "compression": result.compression, "method": result.method,
                          "dataset": result.dataset, "shots": "full" if result.shots is None else result.shots,
                          "seed": result.seed, **metrics})
-    finally:
-        beat.stop()
-        store.end_heartbeat(trial)
+    except BaseException:  # the worker is going (its node lost, or an error): the heartbeat stays, naming the node
+        beat.stop()        # the driver reports the trial lost with; status counts it as running only while fresh
+        raise
+    beat.stop()
+    store.end_heartbeat(trial)
