@@ -83,6 +83,23 @@ def test_s3_store_is_read_by_pandas(s3_bucket):
     assert sorted(df["seed"]) == [1, 2]
 
 
+@pytest.mark.cluster
+def test_a_row_and_a_heartbeat_on_s3_are_each_one_put(s3_bucket):
+    """A small object is one PutObject, not a multipart upload (3 requests): the server says which by the ETag,
+    a multipart object's ends in -<parts>. At 12k runs a row and a heartbeat a run, that is most of the traffic."""
+    import boto3
+
+    st = Store(s3_bucket + "/p")
+    st.create("name: x\n")
+    path = st.publish(result(1))
+    st.heartbeat("t1", {"node": "n"})
+    s3 = boto3.client("s3")
+    bucket = s3_bucket.removeprefix("s3://")
+    keys = [path.removeprefix(f"{bucket}/"), "p/_vpgrid/running/t1.json", "p/_vpgrid/grid.yaml"]
+    etags = {k: s3.head_object(Bucket=bucket, Key=k)["ETag"] for k in keys}
+    assert all("-" not in e for e in etags.values()), etags
+
+
 def test_publish_is_atomic(local, monkeypatch):
     seen = {}
     real_replace = os.replace

@@ -42,10 +42,12 @@ def open_uri(location: Union[str, Path]) -> tuple[pafs.FileSystem, str, str]:
     if not rest:
         raise URIError(f"{text}: no bucket in the URI (expected {scheme}://BUCKET/PREFIX)")
     if scheme == "s3":
-        # Bounded timeouts and retries: an unreachable endpoint must end in an error, not a hang.
+        # Bounded timeouts and retries: an unreachable endpoint must end in an error, not a hang. A delayed open
+        # makes a small object (a row, a heartbeat) one PutObject instead of a 3-request multipart upload; a
+        # failure then surfaces at write or close, where every writer of the store already handles it.
         fs = pafs.S3FileSystem(endpoint_override=os.environ.get("AWS_ENDPOINT_URL") or None,
                                region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
-                               connect_timeout=5, request_timeout=60,
+                               connect_timeout=5, request_timeout=60, allow_delayed_open=True,
                                retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
         return fs, rest, f"s3://{rest}"
     if scheme in ("gs", "gcs"):
