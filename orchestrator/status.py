@@ -5,6 +5,7 @@ import os
 import socket
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -65,27 +66,32 @@ def driver_alive(info: dict, now: Optional[float] = None) -> bool:
 
 
 def status(store: Store) -> StatusReport:
-    grid = parse_grid(store.grid_text(), f"{store.root}/_vpgrid/grid.yaml")
-    runs = expand(grid)
-    scanned = store.scan()
-    states = {k: s for k, (s, _) in scanned.items()}
-    keys = [r.run_key for r in runs]
-    names = {"ok": "done", "rehearsed": "done", "failed": "failed"}
-    run_states = [names.get(states.get(k), "pending") for k in keys]
-    counts = Counter(run_states)
-    rep = StatusReport(str(store.root), grid.name, len(runs), counts["done"], counts["failed"], counts["pending"])
-    rep.by_axis = breakdown_by_state(runs, run_states)
-    rep.not_in_grid = len(states.keys() - set(keys))
-    rep.rehearsal = store.rehearsal()
-    info = store.launch_info()
-    rep.driver_alive = driver_alive(info)
-    rep.job = job_state(store.submitted_info(), info, rep.driver_alive)
-    if rep.driver_alive:
-        rep.running = running_trials(store.heartbeats())
-        started = info.get("started", time.time())
-        recent = [t for _, t in scanned.values() if t is not None and t >= started]
-        elapsed = time.time() - started
-        if recent and elapsed > 0:
-            rep.runs_per_minute = 60 * len(recent) / elapsed
-            rep.eta_seconds = rep.pending / (len(recent) / elapsed)
+    # Every read of the store at once: on an object store each is a round trip or a listing, and a status taken
+    # while a launch publishes must stay quick (docs/scale.md). The grid's error (not a store, no bucket) wins.
+    with ThreadPoolExecutor(6) as pool:
+        reads = {name: pool.submit(getattr(store, name)) for name in
+                 ("grid_text", "scan", "rehearsal", "launch_info", "submitted_info", "heartbeats")}
+        text = reads["grid_text"].result()
+        scanned, info = reads["scan"].result(), reads["launch_info"].result()
+        grid = parse_grid(text, f"{store.root}/_vpgrid/grid.yaml")
+        runs = expand(grid)
+        states = {k: s for k, (s, _) in scanned.items()}
+        keys = [r.run_key for r in runs]
+        names = {"ok": "done", "rehearsed": "done", "failed": "failed"}
+        run_states = [names.get(states.get(k), "pending") for k in keys]
+        counts = Counter(run_states)
+        rep = StatusReport(str(store.root), grid.name, len(runs), counts["done"], counts["failed"], counts["pending"])
+        rep.by_axis = breakdown_by_state(runs, run_states)
+        rep.not_in_grid = len(states.keys() - set(keys))
+        rep.rehearsal = reads["rehearsal"].result()
+        rep.driver_alive = driver_alive(info)
+        rep.job = job_state(reads["submitted_info"].result(), info, rep.driver_alive)
+        if rep.driver_alive:
+            rep.running = running_trials(reads["heartbeats"].result())
+            started = info.get("started", time.time())
+            recent = [t for _, t in scanned.values() if t is not None and t >= started]
+            elapsed = time.time() - started
+            if recent and elapsed > 0:
+                rep.runs_per_minute = 60 * len(recent) / elapsed
+                rep.eta_seconds = rep.pending / (len(recent) / elapsed)
     return rep
