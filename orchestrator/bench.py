@@ -328,7 +328,7 @@ def bench_report(repeats: int = 1) -> dict:
         for _ in range(repeats):
             shutil.rmtree(root / "report", ignore_errors=True)
             c0, t0 = cpu(), time.perf_counter()
-            from orchestrator.deliver import Options, write
+            from orchestrator.report.deliver import Options, write
 
             info = write(str(root / "store"), root / "report", Options())
             wall, used = time.perf_counter() - t0, cpu() - c0
@@ -344,7 +344,7 @@ def bench_report(repeats: int = 1) -> dict:
 
 
 def _workers() -> int:
-    from orchestrator.deliver import workers
+    from orchestrator.report.deliver import workers
 
     return workers()
 

@@ -134,7 +134,9 @@ def test_report_keeps_runs_with_different_dataset_args_apart(tmp_path):
 
 def test_report_groups_by_every_setting(tmp_path):
     """Each setting of SETTINGS, changed alone on one of two seeds, splits the group: no setting is averaged away."""
-    from orchestrator.report import SETTINGS, summary
+    from orchestrator.report.names import SETTINGS
+    from orchestrator.report.runs import run_table
+    from orchestrator.report.summary import summary
 
     spec = expand(parse_grid(TINY))[0]
     base = RunResult.for_spec(spec, "ok", accuracy=0.5, prompt_kind="pad").to_row()
@@ -144,15 +146,16 @@ def test_report_groups_by_every_setting(tmp_path):
     assert set(changed) == set(SETTINGS)
     for col, value in changed.items():
         other = {**base, "seed": 2, col: value}
-        table = summary(pd.DataFrame([base, other]))
+        table = summary(run_table(pd.DataFrame([base, other])))
         assert len(table) == 2 and list(table["seeds"]) == [1, 1], col
-    assert len(summary(pd.DataFrame([base, {**base, "seed": 2}]))) == 1  # the seed alone is averaged over
+    assert len(summary(run_table(pd.DataFrame([base, {**base, "seed": 2}])))) == 1  # the seed alone is averaged over
 
 
 def test_report_rows_do_not_split_on_settings_that_follow_the_budget(tmp_path):
     """batch_size per shots (as in the demo) differs across the budget columns but not within one cell: one
     configuration is one row with a cell per budget, and no setup column appears."""
-    from orchestrator.report import markdown, summary
+    from orchestrator.report.runs import run_table
+    from orchestrator.report.summary import markdown, summary
 
     spec = expand(parse_grid(TINY))[0]
     rows = []
@@ -161,7 +164,7 @@ def test_report_rows_do_not_split_on_settings_that_follow_the_budget(tmp_path):
             s = dataclasses.replace(spec, shots=shots, seed=seed,
                                     train=dataclasses.replace(spec.train, batch_size=bs))
             rows.append(RunResult.for_spec(s, "ok", accuracy=acc + 0.01 * seed, ece=0.1, finished_at=1.0).to_row())
-    md = markdown(summary(pd.DataFrame(rows)), metrics=("accuracy",))
+    md = markdown(summary(run_table(pd.DataFrame(rows))), metrics=("accuracy",))
     body = [l for l in md.splitlines() if l.startswith("| ") and "variant" not in l]
     assert len(body) == 1 and "setup" not in md and "batch_size=" not in md
     assert body[0].endswith("| 31.5 ± 0.7 | 61.5 ± 0.7 |")

@@ -1,6 +1,6 @@
 """The demo's numbers are pinned: a slice of grids/demo.yaml, run here at one torch thread, must give the metrics
 committed in tests/golden/demo_slice.json to 1e-4. A change that moves them fails until the golden values and
-the docs' demo tables are regenerated together: `python -m orchestrator.demo --store results/demo` (docs/demo.md).
+the docs' demo tables are regenerated together: `python -m orchestrator.report.demo --store results/demo` (docs/demo.md).
 """
 import json
 import math
@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from orchestrator import demo
+from orchestrator.report import demo
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +18,7 @@ def test_demo_slice_matches_the_golden_values(tmp_path):
     golden = json.loads(demo.GOLDEN.read_text())
     got = demo.run_slice(tmp_path)
     assert [g["run_key"] for g in got] == [g["run_key"] for g in golden["runs"]], \
-        "the demo grid's slice changed: regenerate with python -m orchestrator.demo --store results/demo"
+        "the demo grid's slice changed: regenerate with python -m orchestrator.report.demo --store results/demo"
     for g, want in zip(got, golden["runs"]):
         for m, v in want["metrics"].items():
             assert g["metrics"][m] == pytest.approx(v, abs=1e-4), (want["what"], m)

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from orchestrator import cost as C
-from orchestrator import figures as F
+from orchestrator.report import aggregate as A
+from orchestrator.report import cost as C
 from orchestrator.grid import expand, parse_grid
 from workers.core.store import Store
 from workers.core.spec import RunResult
@@ -23,14 +23,14 @@ T_975_2 = 4.30265272974946  # t(0.975, 2 df)
 
 
 def _table(st):
-    from orchestrator.deliver import Options, load
+    from orchestrator.report.entry import Options, load
 
     return load(str(st.root), Options())[2]
 
 
 def test_paired_cost_matches_a_hand_worked_case_and_scipy(hand):
     st, _ = hand
-    c = C.cost(_table(st))
+    c = C.cost(C.pairs(_table(st)))
     full = c[(c["method"] == "ilm") & (c["budget"] == "full") & (c["metric"] == "accuracy")].set_index("variant")
     # magnitude 0.8: seeds 1, 2 (seed 3 failed) against dense 0.5, 0.6 -> differences -0.3, -0.2
     r = full.loc["magnitude 0.8"]
@@ -78,14 +78,14 @@ def test_bootstrap_from_five_seeds_agrees_with_t_on_a_large_normal_sample():
 
 def test_summary_intervals_are_students_t_over_seeds(hand):
     st, _ = hand
-    s = F.summarize(_table(st), ["accuracy"])
+    s = A.summarize(_table(st), ["accuracy"])
     d = s[(s["method"] == "ilm") & (s["budget"] == "full") & (s["variant"] == "dense")].iloc[0]
     lo, hi = stats.t.interval(0.95, df=2, loc=0.6, scale=stats.sem([0.5, 0.6, 0.7]))
     assert (d["lo"], d["hi"]) == (pytest.approx(lo), pytest.approx(hi))
 
 
 def test_report_files_carry_the_cost_and_open_with_findings(hand, tmp_path):
-    from orchestrator.deliver import Options, write
+    from orchestrator.report.deliver import Options, write
 
     st, _ = hand
     write(str(st.root), tmp_path / "r", Options())
@@ -110,7 +110,7 @@ def test_report_files_carry_the_cost_and_open_with_findings(hand, tmp_path):
 
 
 def test_a_resolved_drop_gets_a_verdict_and_a_mark(tmp_path):
-    from orchestrator.deliver import Options, write
+    from orchestrator.report.deliver import Options, write
 
     text = HAND.replace("seeds: [1, 2, 3]", "seeds: [1, 2, 3]").replace("sparsity: [0.8, 0.5]", "sparsity: [0.8]")
     st = Store(tmp_path / "s")
@@ -142,10 +142,11 @@ def tied(tmp_path):
 
 
 def test_tied_mappings_are_shown_as_ties(tied, tmp_path):
-    from orchestrator.deliver import Options, write
-    from orchestrator.plots import KINDS, _drawn_texts, plt
+    from orchestrator.report.deliver import Options, write
+    from orchestrator.report.plots import KINDS, plt
+    from tests.figure_text import drawn_texts
 
-    m = F.label_maps(_table(tied))
+    m = A.label_maps(_table(tied))
     ilm = m[(m["method"] == "ilm") & (m["variant"] == "dense") & (m["budget"] == "full")].sort_values("target")
     assert list(zip(ilm["tied"], ilm["agree"], ilm["runs"])) == [("3,4", 1, 2), ("5", 2, 2)]
     info = write(str(tied.root), tmp_path / "r", Options(families=("mapping",)))
@@ -157,12 +158,13 @@ def test_tied_mappings_are_shown_as_ties(tied, tmp_path):
     assert "warm_frame / warm_diamond" in md and "(1/2)" not in md
     # rlm: every cell a tie, the same in both variants: named, not drawn
     assert "Not drawn: rlm" in (tmp_path / "r" / "README.md").read_text()
-    from orchestrator.deliver import load, plan
+    from orchestrator.report.entry import load
+    from orchestrator.report.plan import plan
 
     runs = load(str(tied.root), Options())[2]
-    (entry,) = [x for x in plan(runs, F.summarize(runs), F.reliability(runs), F.label_maps(runs), Options(families=("mapping",)))]
+    (entry,) = [x for x in plan(runs, A.summarize(runs), A.reliability(runs), A.label_maps(runs), Options(families=("mapping",)))]
     fig = KINDS[entry.draw[0]](**entry.draw[1])
-    text = "\n".join(t.get_text() for t in _drawn_texts(fig))
+    text = "\n".join(t.get_text() for t in drawn_texts(fig))
     plt.close(fig)
     assert "warm_frame / warm_diamond" in text and "rlm" not in text.split("\n")
 
@@ -170,12 +172,13 @@ def test_tied_mappings_are_shown_as_ties(tied, tmp_path):
 # ------------------------------------------------------------------------------------------- figures
 
 def _drawn(tmp_path):
-    from orchestrator.deliver import Options, load, plan
+    from orchestrator.report.entry import Options, load
+    from orchestrator.report.plan import plan
 
     st = _demo_like(tmp_path / "s", _demo_text())
     runs = load(str(st.root), Options())[2]
-    return [e for e in plan(runs, F.summarize(runs), F.reliability(runs), F.label_maps(runs), Options(),
-                            extra={"classes": F.class_accuracy(runs)}) if e.draw is not None]
+    return [e for e in plan(runs, A.summarize(runs), A.reliability(runs), A.label_maps(runs), Options(),
+                            extra={"classes": A.class_accuracy(runs)}) if e.draw is not None]
 
 
 # a variant's meaning on the level axis: its place among its compression's levels (the demo: two each)
@@ -186,7 +189,7 @@ LEVEL = {"dense": "dense", "magnitude 0.6": "level 1 of 2", "fakequant 4": "leve
 def test_one_colour_means_one_thing_across_figure_families(tmp_path):
     """Every legend entry and mapping header of the report: a method has one colour everywhere, a level (the k-th
     of n) one colour everywhere, and no colour stands for both a method and a level."""
-    from orchestrator.plots import KINDS, plt
+    from orchestrator.report.plots import KINDS, plt
 
     meaning: dict[str, set] = {}
     seen = set()
@@ -246,7 +249,7 @@ def four_levels(tmp_path):
 
 
 def test_lottery_heatmap_prompts_and_best_epoch_from_a_four_level_store(four_levels, tmp_path):
-    from orchestrator.deliver import Options, write
+    from orchestrator.report.deliver import Options, write
 
     info = write(str(four_levels.root), tmp_path / "r", Options(families=("lottery", "prompts", "best_epoch", "classwise")))
     got = {e.family: e for e in info["entries"]}
@@ -263,12 +266,14 @@ def test_lottery_heatmap_prompts_and_best_epoch_from_a_four_level_store(four_lev
 
 
 def test_every_figure_reads_at_880_px(tmp_path, four_levels):
-    from orchestrator.deliver import Options, load, plan
-    from orchestrator.plots import KINDS, min_text_px, overlapping_texts, plt
+    from orchestrator.report.entry import Options, load
+    from orchestrator.report.plan import plan
+    from orchestrator.report.plots import KINDS, plt
+    from tests.figure_text import min_text_px, overlapping_texts
 
     runs = load(str(four_levels.root), Options())[2]
-    extra = {"classes": F.class_accuracy(runs), "read_prompt": four_levels.read_prompt}
-    more = [e for e in plan(runs, F.summarize(runs), F.reliability(runs), F.label_maps(runs), Options(), extra=extra)
+    extra = {"classes": A.class_accuracy(runs), "read_prompt": four_levels.read_prompt}
+    more = [e for e in plan(runs, A.summarize(runs), A.reliability(runs), A.label_maps(runs), Options(), extra=extra)
             if e.draw is not None]
     entries = _drawn(tmp_path) + more
     assert {"accuracy", "ece", "reliability", "mapping", "classwise", "lottery", "prompts"} <= {e.family for e in entries}
@@ -285,7 +290,7 @@ def test_every_figure_reads_at_880_px(tmp_path, four_levels):
 
 
 def test_accuracy_figure_shares_y_and_draws_chance_at_one_over_classes(tmp_path):
-    from orchestrator.plots import KINDS, plt
+    from orchestrator.report.plots import KINDS, plt
 
     st = _demo_like(tmp_path / "s", _demo_text())
     for r in [e for e in _drawn(tmp_path / "x") if e.family == "accuracy"][:1]:

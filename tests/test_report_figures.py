@@ -3,7 +3,6 @@ errors, every figure family on a demo-like store, --select, and that the report 
 import dataclasses
 import json
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +12,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator import figures as F
+from orchestrator.report import aggregate as A
 from orchestrator.cli import app
 from orchestrator.grid import MATCH_AXES, Match, expand, parse_grid
-from orchestrator.report import FAMILIES, SELECT_KEYS
+from orchestrator.report.names import FAMILIES, SELECT_KEYS
+from orchestrator.report.runs import select
 from workers.core.store import Store
 from workers.core.spec import RunResult
 
@@ -82,7 +82,7 @@ def hand(tmp_path):
 
 
 def _table(st, runs):
-    from orchestrator.deliver import Options, load
+    from orchestrator.report.entry import Options, load
 
     _, _, t = load(str(st.root), Options())
     return t
@@ -90,7 +90,7 @@ def _table(st, runs):
 
 def test_summarize_gives_hand_computed_means_stds_and_counts(hand):
     st, runs = hand
-    s = F.summarize(_table(st, runs), ["accuracy"])
+    s = A.summarize(_table(st, runs), ["accuracy"])
     full_ilm = s[(s["method"] == "ilm") & (s["budget"] == "full")].set_index("variant")
     assert list(full_ilm.index) == ["dense", "magnitude 0.5", "magnitude 0.8"]  # dense, then least -> most sparse
     assert list(full_ilm["rank"]) == [0, 1, 2]
@@ -111,7 +111,7 @@ def test_summarize_keeps_runs_that_differ_in_a_setting_apart(hand):
     other = dataclasses.replace(spec, train=dataclasses.replace(spec.train, lr=0.5), seed=1)
     st.publish(RunResult.for_spec(other, "ok", accuracy=0.9, finished_at=2.0))
     t = _table(st, runs)
-    s = F.summarize(t, ["accuracy"])
+    s = A.summarize(t, ["accuracy"])
     cell = s[(s["method"] == "rlm") & (s["budget"] == "4-shot") & (s["variant"] == "dense")]
     assert sorted(zip(cell["setup"], cell["n"], cell["mean"].round(6))) == [("lr=0.01", 3, 0.3), ("lr=0.5", 1, 0.9)]
     assert t.loc[~t["in_grid"], "run_key"].tolist() == [other.run_key]
@@ -119,7 +119,7 @@ def test_summarize_keeps_runs_that_differ_in_a_setting_apart(hand):
 
 def test_reliability_pools_bins_weighted_by_count(hand):
     st, runs = hand
-    r = F.reliability(_table(st, runs))
+    r = A.reliability(_table(st, runs))
     b = r[(r["variant"] == "dense") & (r["method"] == "ilm") & (r["budget"] == "full")]
     assert len(b) == 15 and set(b["runs"]) == {3} and b["count"].tolist() == [0, 0, 0, 8] + [0] * 11
     row = b[b["bin"] == 3].iloc[0]
@@ -130,21 +130,22 @@ def test_reliability_pools_bins_weighted_by_count(hand):
 
 def test_label_maps_take_the_majority_over_seeds(hand):
     st, runs = hand
-    m = F.label_maps(_table(st, runs))
+    m = A.label_maps(_table(st, runs))
     d = m[(m["variant"] == "dense") & (m["method"] == "ilm") & (m["budget"] == "full")].sort_values("target")
     assert list(zip(d["target"], d["source"], d["agree"], d["runs"])) == [(0, 3, 2, 3), (1, 7, 2, 3)]
 
 
 def test_drops_table_from_the_hand_store(hand):
     st, runs = hand
-    t = F.table_drops(F.summarize(_table(st, runs)))
+    t = A.table_drops(A.summarize(_table(st, runs)))
     got = {r.variant: (r.cells, round(r.mean_drop, 9), round(r.max_drop, 9)) for r in t.itertuples()}
     # ilm full: 0.6 - 0.3 (sparsity 0.8), 0.6 - 0.55 (0.5); the three other cells: 0.3 - 0.3
     assert got == {"magnitude 0.5": (4, round(0.05 / 4, 9), 0.05), "magnitude 0.8": (4, round(0.3 / 4, 9), 0.3)}
 
 
 def test_captions_count_runs_and_list_what_is_missing(hand, tmp_path):
-    from orchestrator.deliver import Options, caption, write
+    from orchestrator.report.deliver import Options, write
+    from orchestrator.report.entry import caption
 
     st, runs = hand
     info = write(str(st.root), tmp_path / "r", Options())
@@ -225,12 +226,14 @@ def test_every_family_is_written_for_a_demo_like_store(tmp_path):
 
 
 def test_figures_have_no_overlapping_or_clipped_text(tmp_path):
-    from orchestrator.deliver import Options, load, plan
-    from orchestrator.plots import KINDS, overlapping_texts, plt
+    from orchestrator.report.entry import Options, load
+    from orchestrator.report.plan import plan
+    from orchestrator.report.plots import KINDS, plt
+    from tests.figure_text import overlapping_texts
 
     st = _demo_like(tmp_path / "s", _demo_text())
     _, _, runs = load(str(st.root), Options())
-    entries = plan(runs, F.summarize(runs), F.reliability(runs), F.label_maps(runs), Options())
+    entries = plan(runs, A.summarize(runs), A.reliability(runs), A.label_maps(runs), Options())
     drawn = [e for e in entries if e.draw is not None]
     assert {e.family for e in drawn} == {"accuracy", "ece", "confidence", "kl", "reliability", "mapping"}
     for e in drawn:
@@ -264,7 +267,7 @@ def test_select_narrows_the_report_with_grid_match_semantics(hand, tmp_path):
     t = _table(st, runs)
     for wanted in ({"level": [0.8, 0.5], "shots": ["full"]}, {"method": ["rlm"], "seed": [2]}, {"compression": ["dense"]}):
         expect = {s.run_key for s in runs if Match(**wanted).matches(s)}
-        assert set(F.select(t[t["in_grid"]], wanted)["run_key"]) == expect, wanted
+        assert set(select(t[t["in_grid"]], wanted)["run_key"]) == expect, wanted
     md = cli.invoke(app, ["report", str(st.root), "--select", "shots=full", "--select", "method=ilm"]).stdout
     assert "4-shot" not in md and "| full |" in md and "rlm" not in md
 

@@ -93,7 +93,8 @@ def test_the_column_is_in_the_store_and_reports_show_it():
     import pandas as pd
     import pyarrow as pa
 
-    from orchestrator import report
+    from orchestrator.report.runs import run_table
+    from orchestrator.report.summary import markdown, summary
     from workers.core.store import SCHEMA
 
     assert SCHEMA.field("upstream_accuracy").type == pa.float64()
@@ -101,9 +102,9 @@ def test_the_column_is_in_the_store_and_reports_show_it():
     rows = [empty | dict(run_key=str(a), seed=int(10 * a), status="ok", model="resnet18", compression="gmp", compression_level=0.9, shots=None,
                  dataset="dtd", method="ilm", accuracy=a, ece=0.1, conf_correct=0.5, kl_incorrect=1.0,
                  upstream_accuracy=0.698) for a in (0.4, 0.6)]
-    table = report.summary(pd.DataFrame(rows))
+    table = summary(run_table(pd.DataFrame(rows)))
     assert table["upstream_accuracy"].tolist() == [0.698]
-    assert "resnet18 gmp@0.9 (ImageNet-1k 69.8)" in report.markdown(table)
+    assert "resnet18 gmp@0.9 (ImageNet-1k 69.8)" in markdown(table)
 
 
 class ColourFamily(nn.Module):

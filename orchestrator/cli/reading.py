@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.cli.common import JsonOpt, LIST_KINDS, StoreArg, _at_least, _one_of, _reading, _usage, app, err
-from orchestrator.report import FAMILIES, METRICS, SELECT_KEYS, VARIANTS, VECTOR_FORMATS  # plain tuples: report.py imports pandas only when it runs
+from orchestrator.report.names import FAMILIES, METRICS, SELECT_KEYS, VARIANTS, VECTOR_FORMATS  # plain tuples: no pandas
 
 
 def _fmt_eta(seconds: Optional[float]) -> str:
@@ -51,7 +51,7 @@ def _status_view(rep, show_failed: bool = False):
             t.add_row(axis, v, str(c["done"]), str(c["failed"] or ""), str(c["pending"] or ""))
     parts.append(t)
     if show_failed:
-        from orchestrator.report import shots_text
+        from orchestrator.report.names import shots_text
         from workers.core.store import Store
 
         df = Store(rep.store).frame()
@@ -121,12 +121,12 @@ def report(store: StoreArg, as_json: JsonOpt = False,
                                                callback=_one_of(VECTOR_FORMATS))] = "svg") -> None:
     """Mean ± std over seeds per variant, dataset, method and shots (values in %), as Markdown; with --out DIR,
     the paper's figures and tables from whatever the store holds, with an index listing what is missing."""
-    from orchestrator.figures import parse_select
+    from orchestrator.report.runs import parse_select
     from workers.core.store import Store
 
     wanted = parse_select(select)
     if out is not None:
-        from orchestrator.deliver import Options, write
+        from orchestrator.report.deliver import Options, write
 
         opts = Options(select=wanted, ece=ece, kl=kl, families=tuple(family) or FAMILIES, vector=vector,
                        metrics=tuple(metric))
@@ -141,35 +141,26 @@ def report(store: StoreArg, as_json: JsonOpt = False,
         else:
             typer.echo(info["index"])
         return
-    from orchestrator.report import markdown, summary
+    from orchestrator.report.runs import axis_value, run_table, select as pick
+    from orchestrator.report.summary import markdown, summary
 
     s = Store(store)
     s.grid_text()
     if s.rehearsal():
         (err if as_json else typer.echo)(REHEARSAL_LINE)
-    frame = s.frame()
+    rows = run_table(s.frame())
     if wanted:
-        from orchestrator.figures import run_table, select as pick
-
-        rows = run_table(frame)
-        have = {(a, v) for a in wanted for v in rows[a].map(lambda x, a=a: _axis(a, x))} if len(rows) else set()
+        have = {(a, axis_value(a, v)) for a in wanted for v in rows[a]} if len(rows) else set()
         for a, vs in wanted.items():
             for v in vs:
                 if (a, v) not in have:
                     _usage(f"--select {a}={v}: no stored run has it")
-        frame = pick(rows, wanted)
-    table = summary(frame)
+        rows = pick(rows, wanted)
+    table = summary(rows)
     if as_json:
         typer.echo(table.to_json(orient="records", indent=1))
     else:
         typer.echo(markdown(table, tuple(metric)))
-
-
-
-def _axis(axis: str, v):
-    from orchestrator.figures import axis_value
-
-    return axis_value(axis, v)
 
 
 def _schema_rows(kinds: list[str]) -> list[dict]:

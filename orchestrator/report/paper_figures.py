@@ -2,7 +2,7 @@
 compressed), the lottery-ticket Δ heat-map (level x dataset) when a compression has more than 3 levels, the
 learned prompts (read from STORE/_prompts/) and best-epoch accuracy beside the last epoch's when `eval_every`
 is on. Each is drawn for the model's best method (the highest dense accuracy at the largest data budget, as the
-paper reads its results for ILM-VP). pandas only; drawing is in orchestrator.plots_paper.
+paper reads its results for ILM-VP). pandas only; drawing is in orchestrator.report.plots_paper.
 """
 from __future__ import annotations
 
@@ -12,23 +12,14 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from orchestrator import figures as F
+from orchestrator.report import aggregate as A
+from orchestrator.report import cost as C
+from orchestrator.report.entry import Entry, html_table, md_table, slug
+from orchestrator.report.names import LEVEL_NAMES
 
 MAX_CLASSES = 20  # classes drawn in a class-wise figure (those that lose most); all are in its CSV
 MAX_PROMPT_LEVELS = 3  # compressed levels drawn beside dense in the prompt and class-wise figures
 HEATMAP_LEVELS = 3  # a compression with more levels than this gets the Δ heat-map
-
-
-def _entry(*args, **kw):
-    from orchestrator.deliver import Entry
-
-    return Entry(*args, **kw)
-
-
-def _slug(*parts):
-    from orchestrator.deliver import slug
-
-    return slug(*parts)
 
 
 def best_method(fam_runs: pd.DataFrame) -> Optional[str]:
@@ -66,8 +57,8 @@ def _classwise(fam_runs, classes, best, study, model, setup, comp, head):
 
     r = fam_runs[fam_runs["method"] == best] if best else fam_runs.iloc[0:0]
     r = _top(r)
-    e = _entry("classwise", f"{head}, {best}: per-class accuracy, compressed − dense", r,
-               stem=f"classwise/{_slug(study, model, setup, comp)}",
+    e = Entry("classwise", f"{head}, {best}: per-class accuracy, compressed − dense", r,
+               stem=f"classwise/{slug(study, model, setup, comp)}",
                what=f"per target class, test accuracy of each compressed level minus the dense model's (points; "
                     f"means over seeds), for {best}, the most accurate method, at the largest data budget; the "
                     f"{MAX_CLASSES} classes that lose most at the most compressed level, sorted by that loss")
@@ -103,11 +94,9 @@ def _classwise(fam_runs, classes, best, study, model, setup, comp, head):
 
 
 def _heatmap(fam_runs, paired, best, study, model, setup, comp, head):
-    from orchestrator import cost as C
-
     r = _top(fam_runs[fam_runs["method"] == best]) if best else fam_runs.iloc[0:0]
-    e = _entry("lottery", f"{head}, {best}: accuracy cost per level and dataset", r,
-               stem=f"lottery/{_slug(study, model, setup, comp)}",
+    e = Entry("lottery", f"{head}, {best}: accuracy cost per level and dataset", r,
+               stem=f"lottery/{slug(study, model, setup, comp)}",
                what=f"compressed − dense test accuracy (points), paired by seed, for {best} at each dataset's largest "
                     "data budget; a cell per level and dataset, bold where its 95% interval excludes 0")
     p = paired[(paired["metric"] == "accuracy") & (paired["study"] == study) & (paired["model"] == model)
@@ -119,15 +108,15 @@ def _heatmap(fam_runs, paired, best, study, model, setup, comp, head):
         return e
     s = C.summarize(p, ["dataset", "rank", "variant", "level"])
     e.csv = s
-    e.draw = ("delta_heatmap", dict(data=s, title=e.title, ylabel=F.LEVEL_NAMES.get(r["level_key"].max(), "level")))
+    e.draw = ("delta_heatmap", dict(data=s, title=e.title, ylabel=LEVEL_NAMES.get(r["level_key"].max(), "level")))
     return e
 
 
 def _prompts(fam_runs, read_prompt, study, model, setup, comp, head):
     ok = fam_runs[(fam_runs["state"] == "ok") & fam_runs["prompt_path"].notna()] if "prompt_path" in fam_runs \
         else fam_runs.iloc[0:0]
-    e = _entry("prompts", f"{head}: learned prompts, dense vs compressed", fam_runs,
-               stem=f"prompts/{_slug(study, model, setup, comp)}",
+    e = Entry("prompts", f"{head}: learned prompts, dense vs compressed", fam_runs,
+               stem=f"prompts/{slug(study, model, setup, comp)}",
                what="the learned border prompt of one run per method and variant (sigmoid of the parameter, as added "
                     "to the image; the grey centre is where the target image goes), the lowest seed at the largest "
                     "data budget")
@@ -170,15 +159,13 @@ def _prompts(fam_runs, read_prompt, study, model, setup, comp, head):
 
 
 def _best_epoch(fam_runs, study, model, setup, comp, head):
-    from orchestrator.deliver import _html, _md
-
     r = _top(fam_runs)
-    e = _entry("best_epoch", f"{head}: best-epoch and last-epoch accuracy at the largest data budget", r,
-               stem=f"tables/best_epoch_{_slug(study, model, setup, comp)}",
+    e = Entry("best_epoch", f"{head}: best-epoch and last-epoch accuracy at the largest data budget", r,
+               stem=f"tables/best_epoch_{slug(study, model, setup, comp)}",
                what="test accuracy (%) after the last epoch, and the best of the test accuracies logged every "
                     "`eval_every` epochs (the paper logged every epoch; picked on the test split, so an optimistic "
                     "figure), means over seeds")
-    s = F.summarize(r, ["accuracy", "best_epoch_accuracy"])
+    s = A.summarize(r, ["accuracy", "best_epoch_accuracy"])
     if s.empty or not (s["metric"] == "best_epoch_accuracy").any():
         e.skipped = "no finished run logged epoch accuracies"
         return e
@@ -188,5 +175,5 @@ def _best_epoch(fam_runs, study, model, setup, comp, head):
                           "last epoch (%)": [f"{100 * x:.1f}" for x in w["accuracy"]],
                           "best epoch (%)": ["–" if math.isnan(x) else f"{100 * x:.1f}"
                                              for x in w["best_epoch_accuracy"]]})
-    e.table_md, e.table_html, e.csv = _md(shown), _html(shown), s
+    e.table_md, e.table_html, e.csv = md_table(shown), html_table(shown), s
     return e

@@ -1,5 +1,6 @@
-"""Drawing the report's figures: thin functions that draw exactly the frame they are given (made by
-orchestrator.figures) and save it. matplotlib (Agg) only; no aggregation happens here."""
+"""Drawing the report's figures: thin functions that draw exactly the frame they are given (planned by
+orchestrator.report.plan) and save it, and `render`, which a process pool runs per figure. matplotlib (Agg) only;
+no aggregation happens here."""
 from __future__ import annotations
 
 import math
@@ -7,47 +8,11 @@ import textwrap
 from pathlib import Path
 from typing import Optional
 
-import matplotlib
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only: no display, no GUI toolkit import
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-# One colour vocabulary per axis across the whole report: compression levels on a warm ramp (dense black, then
-# orange -> dark red as the level compresses more), methods in cool, categorical colours (Okabe & Ito's blue,
-# bluish green, reddish purple, sky blue, then Tol's indigo, teal, cyan, green, purple). The two sets share no
-# colour, and a method has its colour in every figure (plan passes one method -> colour map for the report).
-DENSE = "#000000"
-METHOD_COLOURS = ["#0072B2", "#009E73", "#CC79A7", "#56B4E9", "#332288", "#44AA99", "#88CCEE", "#117733", "#AA4499"]
-LEVEL_RAMP = ("YlOrRd", 0.45, 0.95)  # the colormap and the part of it the compressed levels use
-OKABE_ITO = METHOD_COLOURS  # kept for callers that ask for categorical colours
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
-PANEL_W, PANEL_H, MAX_COLS, MIN_W = 3.3, 2.8, 3, 6.4  # 3 panels: 9.9 in, so 8 pt text stays >= 9 px at 880 px
-README_PX, MIN_PX, DPI = 880, 9.0, 100  # figures must read at the README's width: text >= 9 px after scaling
-
-plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8,
-                     "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.titlesize": 10, "svg.fonttype": "none",
-                     "axes.spines.top": False, "axes.spines.right": False})
-
-
-def colours(n: int) -> list[str]:
-    """n method colours, in order (a categorical palette; cividis past its end)."""
-    if n <= len(METHOD_COLOURS):
-        return METHOD_COLOURS[:n]
-    cmap = colormaps["cividis"]
-    return [matplotlib.colors.to_hex(cmap(0.9 * i / max(n - 1, 1))) for i in range(n)]
-
-
-def level_colour(rank: int, n_levels: int) -> str:
-    """Dense (rank 0) black; compressed level `rank` of `n_levels` on the warm ramp, light to dark."""
-    if rank <= 0:
-        return DENSE
-    name, lo, hi = LEVEL_RAMP
-    f = 0.5 if n_levels <= 1 else (rank - 1) / (n_levels - 1)
-    return matplotlib.colors.to_hex(colormaps[name](lo + (hi - lo) * f))
+from orchestrator.report import plots_paper
+from orchestrator.report.draw import MARKERS, MAX_COLS, MIN_W, PANEL_H, PANEL_W, level_colour, plt, save, short
 
 
 def _legend_cols(width: float, labels: list[str]) -> int:
@@ -137,18 +102,6 @@ def render(kind: str, kwargs: dict, stem: Path, formats: tuple[str, ...]) -> lis
     """Draw `KINDS[kind](**kwargs)` and save it as stem.<format> for each format: a plain function of picklable
     arguments, so a process pool can run it."""
     return save(KINDS[kind](**kwargs), Path(stem), tuple(formats))
-
-
-def save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for fmt in formats:
-        path = stem.with_suffix("." + fmt)
-        kw = {"dpi": 100, "pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}  # zlib's default level: 3x slower
-        fig.savefig(path, metadata={"Date": None} if fmt == "svg" else None, **kw)
-        out.append(path)
-    plt.close(fig)
-    return out
 
 
 SEEDS_SUB = "line: mean over seeds; band: 95% interval of the mean (Student t; bootstrap with ≥ 5 seeds); dots: seeds"
@@ -275,10 +228,6 @@ def reliability_diagrams(data: pd.DataFrame, title: str):
     return fig
 
 
-def _short(text: str, n: int = 22) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 def _line_pitch(size: float, spacing: float) -> float:
     """Inches between the baselines of two lines of a multi-line text (matplotlib spaces lines by the font's
     height, not by `size`): measured once on a scratch figure."""
@@ -325,72 +274,20 @@ def label_map_table(cells: pd.DataFrame, title: str, note: str, colour: dict):
             ax.axhspan(body + i * row_h, body + (i + 1) * row_h, color="0.93", lw=0)
         ax.text(0.1, top, m, weight="bold", color=colour.get(m, "#0072B2"), **kw)
         ax.text(0.1, top + row_h, "target class", weight="bold", **kw)
-        ax.text(0.1, body + 0.02, "\n".join(_short(t, 18) for t in targets["target_label"]), **kw)
+        ax.text(0.1, body + 0.02, "\n".join(short(t, 18) for t in targets["target_label"]), **kw)
         for j, (r, v) in enumerate(zip(variants["rank"], variants["variant"])):
             x = first_w + j * col_w
-            ax.text(x, top + row_h, _short(v), weight="bold", color=level_colour(int(r), n_levels), **kw)
+            ax.text(x, top + row_h, short(v), weight="bold", color=level_colour(int(r), n_levels), **kw)
             lines = []
             for t in targets["target"]:
                 src, a, n = look.get((m, r, t), ("–", 0, 0))
-                lines.append(_short(src, 29) if a >= n or " / " in src else _short(src, 24) + f" {a}/{n}")
+                lines.append(short(src, 29) if a >= n or " / " in src else short(src, 24) + f" {a}/{n}")
             ax.text(x, body + 0.02, "\n".join(lines), **kw)
     ax.text(0.1, height - 0.1, "\n".join(foot_lines), fontsize=8, style="italic", va="bottom", color="0.3")
     return fig
 
 
-def _drawn_texts(fig) -> list:
-    """The texts a render of `fig` shows: titles, axis labels, legend and figure texts, and the tick labels of
-    ticks inside each axis' view (matplotlib keeps a pool of tick objects, some outside the view, not drawn)."""
-    out = list(fig.texts) + [t for leg in fig.legends for t in leg.get_texts()]
-    for ax in fig.axes:
-        if not ax.get_visible():
-            continue
-        out += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
-        if ax.get_legend():
-            out += ax.get_legend().get_texts()
-        for axis in (ax.xaxis, ax.yaxis):
-            locs = axis.get_majorticklocs()
-            lo, hi = sorted(axis.get_view_interval())
-            eps = 1e-9 * max(1.0, abs(hi - lo))
-            for loc, tick in zip(locs, axis.get_major_ticks(len(locs))):
-                if lo - eps <= loc <= hi + eps:
-                    out += [t for t in (tick.label1, tick.label2) if t.get_visible()]
-    return [t for t in out if t.get_visible() and t.get_text().strip()]
-
-
-def min_text_px(fig, width_px: int = README_PX) -> tuple[float, str]:
-    """(smallest text height in pixels, that text) when the saved PNG (DPI) is shown `width_px` wide (never
-    enlarged): font size (pt) x DPI / 72 x scale, over every drawn text of `fig`."""
-    fig.canvas.draw()
-    scale = min(1.0, width_px / (fig.get_figwidth() * DPI))
-    sizes = [(t.get_fontsize() * DPI / 72 * scale, t.get_text()) for t in _drawn_texts(fig)]
-    return min(sizes) if sizes else (math.inf, "")
-
-
-def overlapping_texts(fig) -> list[tuple[str, str]]:
-    """Pairs of drawn texts of `fig` whose boxes overlap, and texts that stick out of the figure (a legibility
-    check for tests)."""
-    fig.canvas.draw()
-    r = fig.canvas.get_renderer()
-    boxes = [(t.get_text(), t.get_window_extent(r).expanded(0.98, 0.9)) for t in _drawn_texts(fig)]
-    page = fig.bbox
-    out = [(text, "<outside the figure>") for text, b in boxes
-           if b.x0 < page.x0 - 1 or b.y0 < page.y0 - 1 or b.x1 > page.x1 + 1 or b.y1 > page.y1 + 1]
-    for i in range(len(boxes)):
-        for j in range(i + 1, len(boxes)):
-            if boxes[i][1].overlaps(boxes[j][1]):
-                out.append((boxes[i][0], boxes[j][0]))
-    return out
-
-
+# every figure kind an entry may name (Entry.draw), the paper's remaining ones included
 KINDS = {"lines_vs_budget": lines_vs_budget, "lines_vs_level": lines_vs_level,
          "reliability_diagrams": reliability_diagrams, "label_map_table": label_map_table}
-
-
-def _paper_kinds() -> None:
-    from orchestrator.plots_paper import KINDS as more
-
-    KINDS.update(more)
-
-
-_paper_kinds()
+KINDS.update(plots_paper.KINDS)

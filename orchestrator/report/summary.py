@@ -1,78 +1,32 @@
-"""Summary tables from the store: mean ± std over seeds, dense next to compressed."""
+"""`vpgrid report STORE`'s table: mean ± std over seeds per variant, dataset, method and data budget, dense next to
+compressed, from the run table (orchestrator.report.runs); as JSON records or Markdown."""
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from workers.core.spec import AXES
+from orchestrator.report.names import METRICS, SETTINGS, variant_tag
 
 if TYPE_CHECKING:
     import pandas as pd
 
-METRICS = ("accuracy", "ece", "ece_paper", "conf_correct", "kl_incorrect", "kl_incorrect_paper")  # read without pandas
-# `vpgrid report --out DIR` (orchestrator.deliver): its figure and table families, vector formats and metric variants
-FAMILIES = ("accuracy", "ece", "confidence", "kl", "reliability", "mapping", "classwise", "lottery", "prompts",
-            "best_epoch", "table1", "table2", "table3")
-VECTOR_FORMATS = ("svg", "pdf")
-VARIANTS = ("proper", "paper")
-SELECT_KEYS = AXES
-# The columns that name a configuration of the figures and the paired cost (figures.py, cost.py).
-KEYS = ["study", "model", "setup", "compression", "level", "method", "dataset", "shots"]
-# Every setting that changes a run besides the summary's axes: runs that differ in any of them are never averaged
-# as seeds of one configuration. (compression and its level are in `variant`; seed is what is averaged over.)
-SETTINGS = ("weights", "model_args", "compression_args", "dataset_args", "epochs", "lr", "batch_size", "input_size",
-            "milestones", "gamma", "eval_batch_size", "eval_every", "prompt_kind")
 
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def shots_text(shots: Any) -> str:
-    """'full' for the whole training split, else the integer (pandas reads a nullable int column as float)."""
-    return "full" if _missing(shots) else str(int(shots))
-
-
-def _setting_text(v: Any) -> str:
-    """A hashable, readable form of one setting: '' for null, numbers as written, lists comma-joined."""
-    if _missing(v):
-        return ""
-    if isinstance(v, float):
-        return f"{v:g}"
-    if hasattr(v, "__len__") and not isinstance(v, str):  # a list column reads as a numpy array
-        return ",".join(_setting_text(x) for x in v)
-    return str(v)
-
-
-def _prepare(df: pd.DataFrame) -> pd.DataFrame:
+def summary(runs: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
+    """One row per (variant, dataset, method, budget, SETTINGS) of the finished runs: number of seeds, mean and
+    std of each metric, and the variant's upstream accuracy. A row's variant is 'MODEL TAG' (names.variant_tag);
+    rows run dense first, then by compression and level, budgets ascending with full last."""
     import pandas as pd
 
-    ok = df[df["status"] == "ok"].copy() if "status" in df else df.iloc[0:0]
-    if ok.empty:  # an empty store's columns have no usable dtypes: nothing to prepare
-        return ok
-    level = ok["compression_level"].map(lambda v: "" if pd.isna(v) else f"@{v:g}")
-    ok["variant"] = ok["model"] + " " + ok["compression"] + level
-    ok["budget"] = ok["shots"].map(lambda s: "full" if pd.isna(s) else f"{int(s)}-shot")
-    for c in SETTINGS:  # a store written before a column existed reads it as null: one value, ""
-        ok[c] = ok[c].map(_setting_text) if c in ok else ""
-    # dense first, then by compression and level; shots ascending with full last
-    ok["_v"] = list(zip(ok["model"], ok["compression"] != "dense", ok["compression"], ok["compression_level"].fillna(0)))
-    ok["_b"] = ok["shots"].fillna(float("inf"))
-    return ok
-
-
-def summary(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
-    """One row per (variant, dataset, method, shots, SETTINGS): number of seeds, mean and std of each metric."""
-    import pandas as pd
-
-    ok = _prepare(df)
+    ok = runs[runs["state"] == "ok"] if len(runs) else runs
     if ok.empty:
         return pd.DataFrame()
+    tags = [f"{m} {variant_tag(c, lv)}" for m, c, lv in zip(ok["model"], ok["compression"], ok["level"])]
+    ok = ok.assign(variant=tags,
+                   _v=list(zip(ok["model"], ok["compression"] != "dense", ok["compression"], ok["level"].fillna(0))),
+                   _b=ok["shots"].fillna(float("inf")))
     keys = ["dataset", "variant", "method", "budget", *SETTINGS]
     g = ok.sort_values(["dataset", "_v", "method", "_b"]).groupby(keys, sort=False)
     out = g.size().rename("seeds").to_frame()
-    if "upstream_accuracy" in ok:  # the variant's source-task accuracy, beside its transfer numbers (null: not measured)
-        out["upstream_accuracy"] = g["upstream_accuracy"].first()
+    out["upstream_accuracy"] = g["upstream_accuracy"].first()  # the source-task accuracy (null: not measured)
     for m in metrics:
         out[f"{m}_mean"] = g[m].mean()
         out[f"{m}_std"] = g[m].std(ddof=1)

@@ -1,6 +1,6 @@
 """The offline demo's numbers in the docs and the golden values that pin them.
 
-`python -m orchestrator.demo --store results/demo` (after `vpgrid launch grids/demo.yaml`, docs/demo.md):
+`python -m orchestrator.report.demo --store results/demo` (after `vpgrid launch grids/demo.yaml`, docs/demo.md):
   1. checks the store holds the whole demo grid, every run ok;
   2. checks every finding the docs state (`FINDINGS`): a paired difference over seeds whose 95% interval
      excludes zero, in the stated direction; a finding that does not hold writes nothing and exits 1;
@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRID = ROOT / "grids" / "demo.yaml"
 GOLDEN = ROOT / "tests" / "golden" / "demo_slice.json"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "demo.md")
@@ -45,11 +45,11 @@ class Finding:
 
 FINDINGS = (
     Finding("80% magnitude sparsity costs ILM accuracy (full split)", "accuracy",
-            ("magnitude@0.8", "ilm", "full"), ("dense", "ilm", "full")),
+            ("magnitude 0.8", "ilm", "full"), ("dense", "ilm", "full")),
     Finding("80% sparsity costs more than 60% (ILM, full split)", "accuracy",
-            ("magnitude@0.8", "ilm", "full"), ("magnitude@0.6", "ilm", "full")),
+            ("magnitude 0.8", "ilm", "full"), ("magnitude 0.6", "ilm", "full")),
     Finding("3-bit fake quantisation costs ILM accuracy (full split)", "accuracy",
-            ("fakequant@3", "ilm", "full"), ("dense", "ilm", "full")),
+            ("fakequant 3", "ilm", "full"), ("dense", "ilm", "full")),
     Finding("ILM beats FLM on the dense model (10 shots)", "accuracy",
             ("dense", "flm", "10-shot"), ("dense", "ilm", "10-shot")),
     Finding("the full split beats 10 shots (dense, ILM)", "accuracy",
@@ -60,8 +60,8 @@ FINDINGS = (
 # -- the store's tables and findings (pandas only) -------------------------------------------------------------
 
 def _runs(store: str):
-    import pandas as pd
-
+    """(the store's rows, its finished runs in the run table: variant 'magnitude 0.6', budget '10-shot')."""
+    from orchestrator.report.runs import run_table
     from workers.core.store import Store
 
     try:
@@ -70,11 +70,8 @@ def _runs(store: str):
         df = s.frame()
     except Exception as e:
         raise SystemExit(f"error: {store}: not a readable store: {(str(e).splitlines() or [type(e).__name__])[0]}")
-    ok = df[df["status"] == "ok"].copy() if len(df) else df
-    level = [("" if pd.isna(v) else f"@{v:g}") for v in ok["compression_level"]] if len(ok) else []
-    ok["variant"] = [f"{c}{lv}" for c, lv in zip(ok["compression"], level)] if len(ok) else []
-    ok["budget"] = ["full" if pd.isna(v) else f"{int(v)}-shot" for v in ok["shots"]] if len(ok) else []
-    return df, ok
+    runs = run_table(df)
+    return df, runs[runs["state"] == "ok"]
 
 
 def check_store(store: str) -> None:
@@ -91,8 +88,8 @@ def check_store(store: str) -> None:
 
 def paired(ok, finding: Finding) -> dict:
     """Mean of sign*(b - a) over the seeds both have, in points, with its 95% interval: the report's own
-    (orchestrator.cost.interval: Student t below 5 seeds, a bootstrap from 5)."""
-    from orchestrator.cost import interval
+    (orchestrator.report.cost.interval: Student t below 5 seeds, a bootstrap from 5)."""
+    from orchestrator.report.cost import interval
 
     def values(v, m, b):
         s = ok[(ok["variant"] == v) & (ok["method"] == m) & (ok["budget"] == b)]
@@ -114,13 +111,14 @@ def findings_md(rows: list[dict]) -> str:
 
 def tables_md(store: str, methods: tuple[str, ...] | None = None) -> str:
     """`vpgrid report`'s Markdown tables of accuracy and ECE, of some methods only if asked."""
-    from orchestrator.report import markdown, summary
+    from orchestrator.report.runs import run_table
+    from orchestrator.report.summary import markdown, summary
     from workers.core.store import Store
 
     df = Store(store).frame()
     if methods:
         df = df[df["method"].isin(methods)]
-    return markdown(summary(df), ("accuracy", "ece")).strip()
+    return markdown(summary(run_table(df)), ("accuracy", "ece")).strip()
 
 
 # -- the golden slice (torch, in this process) ------------------------------------------------------------------
@@ -139,14 +137,15 @@ def slice_specs() -> list:
 def run_slice(cache_dir: Path) -> list[dict]:
     """Each slice run alone at one torch thread (the float sums' order is then the same on every machine of
     a kind), as {run_key, what, metrics}."""
+    from orchestrator.report.names import variant_tag
     from workers.run import run_alone
 
     out = []
     for spec, row in zip(slice_specs(), run_alone(slice_specs(), Path(cache_dir), threads=1)):
         if row.status != "ok":
             raise RuntimeError(f"golden slice run {spec.run_key} failed: {row.error}")
-        what = f"{spec.compression}{'' if spec.compression_level is None else f'@{spec.compression_level:g}'} " \
-               f"{spec.method} {spec.shots}-shot seed {spec.seed}"
+        variant = variant_tag(spec.compression, spec.compression_level)
+        what = f"{variant} {spec.method} {spec.shots}-shot seed {spec.seed}"
         out.append({"run_key": spec.run_key, "what": what,
                     "metrics": {m: float(getattr(row, m)) for m in GOLDEN_METRICS}})
     return out
@@ -163,7 +162,7 @@ def replace_block(text: str, name: str, body: str, where: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m orchestrator.report.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--store", required=True, help="a finished demo store (vpgrid launch grids/demo.yaml)")
     p.add_argument("--cache", default=None, help="node cache for the slice [default: $VPGRID_CACHE]")
     p.add_argument("--check", action="store_true", help="check the store and findings only; write nothing")

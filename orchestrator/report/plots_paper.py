@@ -1,5 +1,6 @@
-"""Drawing the paper's remaining figures (planned by orchestrator.paper_figures): class-wise bars, the Δ heat-map
-and the learned prompts. Same conventions as orchestrator.plots: the level colours, text >= 9 px at 880 px."""
+"""Drawing the paper's remaining figures (planned by orchestrator.report.paper_figures): class-wise bars, the Δ
+heat-map and the learned prompts. Same conventions as orchestrator.report.plots (draw.py: the level colours, text
+>= 9 px at 880 px)."""
 from __future__ import annotations
 
 import textwrap
@@ -7,7 +8,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 
-from orchestrator.plots import MIN_W, _short, level_colour, plt
+from orchestrator.report.draw import MIN_W, level_colour, plt, short
 
 
 def _title(fig, title: str, sub: str, width: float) -> float:
@@ -35,7 +36,7 @@ def class_bars(data: pd.DataFrame, order: list, title: str, n_levels: int):
         ax.barh(y, 100 * d["delta"].to_numpy(), height=h, color=level_colour(int(rk), n_levels), label=v)
     labels = data.drop_duplicates("target").set_index("target")["target_label"]
     ax.set_yticks(range(len(order)))
-    ax.set_yticklabels([_short(str(labels[t]), 20) for t in order])
+    ax.set_yticklabels([short(str(labels[t]), 20) for t in order])
     ax.set_ylim(len(order) - 0.5, -0.5)
     ax.axvline(0, color="0.3", lw=0.8)
     ax.set_xlabel("accuracy change vs dense (points)")
@@ -68,7 +69,7 @@ def delta_heatmap(data: pd.DataFrame, title: str, ylabel: str):
                 ax.text(j, i, f"{m[i, j]:+.1f}", ha="center", va="center", fontsize=8,
                         weight="bold" if bold[i, j] else "normal", color="white" if abs(m[i, j]) > 0.6 * lim else "black")
     ax.set_xticks(range(len(datasets)))
-    ax.set_xticklabels([_short(d, 12) for d in datasets], rotation=30 if len(datasets) > 4 else 0, ha="right"
+    ax.set_xticklabels([short(d, 12) for d in datasets], rotation=30 if len(datasets) > 4 else 0, ha="right"
                        if len(datasets) > 4 else "center")
     ax.set_yticks(range(len(levels)))
     ax.set_yticklabels([v.split(" ")[-1] for v in levels["variant"]])
@@ -103,7 +104,7 @@ def prompt_grid(images: dict, cells: pd.DataFrame, title: str):
             ax.set_yticks([])
             if (m, v) in images:
                 ax.imshow(np.clip(0.5 + k * (images[(m, v)] - 0.5), 0, 1), interpolation="nearest")
-                ax.set_title(f"{_short(v, 16)}, seed {seeds[(m, v)]}", fontsize=8, pad=3)
+                ax.set_title(f"{short(v, 16)}, seed {seeds[(m, v)]}", fontsize=8, pad=3)
             else:
                 ax.axis("off")
             if j == 0:

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from orchestrator.report import KEYS
+from orchestrator.report.names import KEYS, name_of
 
 COST_METRICS = ("accuracy", "ece")  # differences in points (x 100)
 CELL = ["study", "model", "setup", "method", "dataset", "budget_rank"]  # a dense cell: everything but compression
@@ -102,9 +102,9 @@ def summarize(p: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     return out[cols]
 
 
-def cost(runs: pd.DataFrame) -> pd.DataFrame:
-    """cost.csv: the paired cost of every compressed configuration, per metric of COST_METRICS."""
-    c = summarize(pairs(runs))
+def cost(paired: pd.DataFrame) -> pd.DataFrame:
+    """cost.csv: the paired cost of every compressed configuration, per metric of COST_METRICS (`paired`: pairs())."""
+    c = summarize(paired)
     return c[COLUMNS] if len(c) else pd.DataFrame(columns=COLUMNS)
 
 
@@ -151,7 +151,7 @@ def findings(c: pd.DataFrame) -> tuple[list[str], list[tuple[str, list[str]]]]:
     top = acc.groupby(CELL[:-1], dropna=False)["budget_rank"].transform("max")
     out = []
     for (study, model, setup, comp), g in acc.groupby(["study", "model", "setup", "compression"], sort=False):
-        head = " ".join(p for p in (f"[{study}]" if study else "", model, f"({setup})" if setup else "", comp) if p)
+        head = f"{name_of(study, model, setup)} {comp}"
         t = g[(g["budget_rank"] == top[g.index]) & (g["n"] > 1)].sort_values("mean", kind="stable")
         multi = t["dataset"].nunique() > 1
         lines = []
