@@ -19,11 +19,11 @@ from torch import nn
 
 import workers.models.clip  # noqa: F401  (registers the CLIP models)
 from workers import checkpoints
-from workers.checkpoints import CheckpointError, load_strict, resolve
+from workers.checkpoints import CheckpointError, load_strict, read_checkpoint, read_torchscript_tensors, resolve
 from workers.models import MODELS, build_model
-from workers.models.clip import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipClassifier, PrunedAttention,
-                                 apply_upop_shapes, checkpoint_filter_fn, read_checkpoint, read_torchscript_tensors,
-                                 upop_checkpoint_filter_fn)
+from workers.models.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipClassifier
+from workers.models.clip_weights import (PrunedAttention, apply_upop_shapes, checkpoint_filter_fn,
+                                         upop_checkpoint_filter_fn)
 
 pytestmark = pytest.mark.unit
 
