@@ -150,6 +150,15 @@ def test_head_cache_is_reused_and_keyed_by_the_text_weights(rand):
     assert text.digest() != d0  # other text weights -> another head
 
 
+def test_without_fill_head_the_head_is_zeros_and_nothing_is_computed(rand, tmp_path):
+    """What the model benchmarks build (workers/frozen.py, fill_head=False): the same image tower, a zero head."""
+    built, _, _, _ = rand
+    bare, _ = build_model("clip_vit_b32", "random", ARGS, tmp_path, fill_head=False)
+    assert head_files(tmp_path) == [] and not bare.model.head.weight.any()
+    own = bare.model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in built.model.state_dict().items() if k != "head.weight")
+
+
 def test_state_dict_checkpoint_loads_strictly(rand, tmp_path):
     _, _, ref, cache = rand
     sd = dict(ref.state_dict())

@@ -18,17 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from unittest.mock import patch
 
 import torch
 
-from workers.fold import fold_batchnorm
-from workers.models import build_model
+from workers.frozen import prepare_frozen
 from workers.prompts import PadPrompter
-from workers.run import Context, _channels_last, default_device, run
+from workers.run import Context, default_device, run
 from workers.core.spec import RunSpec, TrainConfig
 from workers.train import Task
 
@@ -61,28 +58,16 @@ def import_seconds() -> float:
     return time.perf_counter() - t0
 
 
-@contextmanager
-def _no_zero_shot_head(model: str):
-    """CLIP's zero-shot head is 1000 classes x 80 templates through the text tower, computed once per weights and
-    cached on the node (hours on 2 CPU cores): not part of a run's step, so not timed here; a random head instead."""
-    if not model.startswith("clip_"):
-        yield
-        return
-    from workers.models import clip
-
-    with patch.object(clip, "_cached_head", lambda m, *a: torch.randn(m.head.weight.shape)):
-        yield
-
-
 class Bare:
     """A frozen model and a pad prompt: the step every VP method repeats, without the loop around it."""
 
     def __init__(self, model: str, batch: int, device: torch.device, args: dict | None = None):
         t0 = time.perf_counter()
-        with _no_zero_shot_head(model):
-            built, self.meta = build_model(model, "random", dict(args or {}), Path(tempfile.gettempdir()))
-        # as a run reads it: eval mode, BatchNorm folded into the convolutions, channels-last
-        self.net = fold_batchnorm(_channels_last(built.model).eval().requires_grad_(False)).to(device)
+        # as a run reads it (eval mode, channels-last, BatchNorm folded into the convolutions); CLIP's zero-shot head
+        # is 1000 classes x 80 templates through the text tower, computed once per weights and cached on the node
+        # (hours on 2 CPU cores): not part of a run's step, so not timed here (left at zeros, the same matmul)
+        f = prepare_frozen(model, "random", dict(args or {}), Path(tempfile.gettempdir()), device, fill_head=False)
+        self.net, self.meta = f.frozen, f.meta
         self.image = min(128, self.meta.input_size // 2)  # a target image inside the canvas, as VP pads it
         self.prompter = PadPrompter(self.meta.input_size, self.image, self.meta.mean, self.meta.std).to(device)
         self.opt = torch.optim.Adam(self.prompter.parameters(), lr=0.01)

@@ -142,8 +142,11 @@ def _create_clip(name: str, oc_name: str, weights: str | Checkpoint, args: dict,
         load_strict(clip, state, where)
 
     model = ClipClassifier(clip, open_clip.get_tokenizer(oc_name), len(CLASSES[args["classes"]]()))
-    model.head.weight.copy_(cached_head(model, oc_name, args, Path(cache_dir)))
-    return Built(model, source)
+
+    def fill_head() -> None:
+        model.head.weight.copy_(cached_head(model, oc_name, args, Path(cache_dir)))
+
+    return Built(model, source, fill_head)
 
 
 # ---------------------------------------------------------------- registered models
