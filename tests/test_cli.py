@@ -255,3 +255,36 @@ def test_list_table():
     assert r.exit_code == 0, r.output
     assert "demo_cnn" in r.stdout and "width=16" in r.stdout and "input_size=224  int in [1, inf), a multiple of 16" in r.stdout
     assert "magnitude" not in r.stdout  # models only
+
+
+def _fake_benchmark() -> dict:
+    return {"bench": "fake", "value": 1.5}
+
+
+def test_bench_runs_what_the_vpgrid_bench_entry_points_name(monkeypatch):
+    """`vpgrid bench NAME` finds the benchmarks as entry points; the product itself imports none of them."""
+    import importlib.metadata
+
+    fake = importlib.metadata.EntryPoint("fake", f"{__name__}:_fake_benchmark", "vpgrid.bench")
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [fake] if group == "vpgrid.bench" else [])
+    r = cli.invoke(app, ["bench", "fake", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["results"] == [{"bench": "fake", "value": 1.5}]
+    r = cli.invoke(app, ["bench", "plan"])  # not installed here: one line naming what is
+    assert r.exit_code == 2 and r.stderr.strip().endswith("unknown benchmark 'plan'; valid: train, gpu, fake")
+
+
+def test_every_benchmark_in_pyproject_is_a_function_the_cli_lists():
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    from orchestrator.cli.tools import BUILT_IN, ORDER
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    entries = project["project"]["entry-points"]["vpgrid.bench"]
+    for name, target in entries.items():
+        module, _, attr = target.partition(":")
+        assert module.startswith("benchmarks.") and callable(getattr(importlib.import_module(module), attr)), name
+    assert sorted([*entries, *BUILT_IN]) == sorted(ORDER)

@@ -19,11 +19,11 @@ from torch import nn
 
 import workers.models.clip  # noqa: F401  (registers the CLIP models)
 from workers import checkpoints
-from workers.checkpoints import CheckpointError, load_strict, resolve
+from workers.checkpoints import CheckpointError, load_strict, read_checkpoint, read_torchscript_tensors, resolve
 from workers.models import MODELS, build_model
-from workers.models.clip import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipClassifier, PrunedAttention,
-                                 apply_upop_shapes, checkpoint_filter_fn, read_checkpoint, read_torchscript_tensors,
-                                 upop_checkpoint_filter_fn)
+from workers.models.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipClassifier
+from workers.models.clip_weights import (PrunedAttention, apply_upop_shapes, checkpoint_filter_fn,
+                                         upop_checkpoint_filter_fn)
 
 pytestmark = pytest.mark.unit
 
@@ -148,6 +148,15 @@ def test_head_cache_is_reused_and_keyed_by_the_text_weights(rand):
     with torch.no_grad():
         text.ln_final.weight[0] += 1
     assert text.digest() != d0  # other text weights -> another head
+
+
+def test_without_fill_head_the_head_is_zeros_and_nothing_is_computed(rand, tmp_path):
+    """What the model benchmarks build (workers/frozen.py, fill_head=False): the same image tower, a zero head."""
+    built, _, _, _ = rand
+    bare, _ = build_model("clip_vit_b32", "random", ARGS, tmp_path, fill_head=False)
+    assert head_files(tmp_path) == [] and not bare.model.head.weight.any()
+    own = bare.model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in built.model.state_dict().items() if k != "head.weight")
 
 
 def test_state_dict_checkpoint_loads_strictly(rand, tmp_path):

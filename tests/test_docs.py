@@ -68,12 +68,15 @@ def test_cli_option_docs_were_checked_against_a_real_command():
 
 
 # ------------------------------------------------------------------------------------- docs/architecture.md
+PACKAGES = ("orchestrator", "workers", "benchmarks")  # the project's rooms: the product's two and the benchmarks
+
+
 def project_imports() -> dict[str, tuple[set[str], set[str]]]:
-    """Every orchestrator/workers module -> (project modules it imports at module level, those it imports only
-    inside a function), read from the source with ast."""
+    """Every orchestrator/workers/benchmarks module -> (project modules it imports at module level, those it imports
+    only inside a function), read from the source with ast."""
     import ast
 
-    files = sorted([*ROOT.glob("orchestrator/**/*.py"), *ROOT.glob("workers/**/*.py")])
+    files = sorted(p for room in PACKAGES for p in ROOT.glob(f"{room}/**/*.py"))
     mods = {}
     for p in files:
         name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
@@ -91,7 +94,7 @@ def project_imports() -> dict[str, tuple[set[str], set[str]]]:
                 elif isinstance(ch, ast.ImportFrom) and ch.module and ch.level == 0:
                     targets = [f"{ch.module}.{a.name}" if f"{ch.module}.{a.name}" in mods else ch.module for a in ch.names]
                 for t in targets:
-                    if t.split(".")[0] in ("orchestrator", "workers") and t != name:
+                    if t.split(".")[0] in PACKAGES and t != name:
                         (lazy if inner else top).add(t)
                 visit(ch, inner)
 
@@ -104,17 +107,16 @@ def test_the_import_table_of_architecture_md_is_the_codes():
     text = (DOCS / "architecture.md").read_text()
     rows = re.findall(r"^\| `([\w.]+)` \| (.*?) \| (.*?) \|$", text, re.M)
     split = lambda cell: set() if cell == "–" else {m.strip() for m in cell.split(",")}
-    documented = {name: (split(top), split(lazy)) for name, top, lazy in rows if name.split(".")[0] in ("orchestrator", "workers")}
+    documented = {name: (split(top), split(lazy)) for name, top, lazy in rows if name.split(".")[0] in PACKAGES}
     assert documented == project_imports()
 
 
 def test_the_layers_import_only_downwards():
-    """The core imports nothing of the project above it; the data plane never imports the control plane."""
+    """The core imports nothing above it, the data plane not the control plane, the product not the benchmarks."""
     for name, (top, lazy) in project_imports().items():
-        if name.startswith("workers.core"):
-            assert all(t.startswith("workers.core") for t in top | lazy), (name, top | lazy)
-        elif name.startswith("workers"):
-            assert not any(t.startswith("orchestrator") for t in top | lazy), (name, top | lazy)
+        core_ok = not name.startswith("workers.core") or all(t.startswith("workers.core") for t in top | lazy)
+        above = ("orchestrator", "benchmarks") if name.startswith("workers") else () if name.startswith("benchmarks") else ("benchmarks",)
+        assert core_ok and not any(t.startswith(above) for t in top | lazy), (name, top | lazy)
 
 
 def test_project_imports_sees_known_edges():

@@ -65,7 +65,7 @@ def test_model_input_size_default_is_its_canvas(name):
 
 def test_closed_choices_match_the_tables_that_use_them():
     from workers.compression.structured import _IMPORTANCE
-    from workers.models.clip import CLASSES, TEMPLATES
+    from workers.models.clip_text import CLASSES, TEMPLATES
 
     assert set(SCHEMAS["compression"]["channel"].args["importance"].choices) == set(_IMPORTANCE)
     for name in ("clip_vit_b32", "clip_vit_l14", "clip_vit_l14_336"):

@@ -11,7 +11,7 @@ import workers.models.vit  # noqa: F401  (registers deit_tiny, swin_tiny)
 from workers import checkpoints
 from workers.checkpoints import CheckpointError, resolve
 from workers.models import build_model, get_module, set_module
-from workers.models import vvtq
+from workers.models import quantisers, vvtq
 
 SMALL = {"deit_tiny": 64, "swin_tiny": 224}  # smallest sizes each accepts
 
@@ -117,10 +117,10 @@ def _calibrate(model: nn.Module, seed: int) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, m in model.named_modules():
-            if not isinstance(m, vvtq.QUANTISERS):
+            if not isinstance(m, quantisers.QUANTISERS):
                 continue
             qp = torch.tensor([2.0 ** (n - 1) - 1 for n in range(2, 9)])
-            if isinstance(m, vvtq.QuantAct):
+            if isinstance(m, quantisers.QuantAct):
                 m.alpha.copy_(_pow2(2.0 / qp.sqrt() * (1 + torch.rand(7, generator=g))))
                 if m.offset:
                     m.beta.copy_(-0.125 * torch.rand(7, generator=g))
@@ -167,7 +167,7 @@ def test_vvtq_checkpoint_loads_exactly_and_quantises(name, bits, tmp_path):
     # bit widths: 8 at the patch embedding and head (and Swin's patch merging), `bits` everywhere else
     widths = vvtq.bit_widths(model)
     assert widths == {m: _expected_bits(name, bits, m) for m in widths}
-    assert sum(w == bits for w in widths.values()) > 50 and isinstance(get_module(model, meta.head), vvtq.QuantLinear)
+    assert sum(w == bits for w in widths.values()) > 50 and isinstance(get_module(model, meta.head), quantisers.QuantLinear)
     assert get_module(model, meta.head).bit_width == 8
 
     # the same network as the one saved
@@ -198,7 +198,7 @@ def test_vvtq_checkpoint_loads_exactly_and_quantises(name, bits, tmp_path):
 
     # at most 2^bits distinct weight values per layer (the float weights have thousands)
     for mname, m in model.named_modules():
-        if isinstance(m, (vvtq.QuantLinear, vvtq.QuantConv2d)):
+        if isinstance(m, (quantisers.QuantLinear, quantisers.QuantConv2d)):
             with torch.no_grad():
                 n_levels = m.quantised_weight().unique().numel()
             assert n_levels <= 2 ** m.bit_width, mname
@@ -321,7 +321,7 @@ def test_vvtq_architecture_is_timms_float_model_with_quantisation_off(name, tmp_
     end of a stage, classifier at `head.`), the quantised model computes timm's float model."""
     import re
 
-    monkeypatch.setattr(vvtq, "lsq", lambda x, alpha, qn, qp, beta=None: x)
+    monkeypatch.setattr(quantisers, "lsq", lambda x, alpha, qn, qp, beta=None: x)
     float_model, _ = build_model(name, "random", {}, tmp_path)
     mapped = {}
     for k, v in float_model.model.state_dict().items():

@@ -1,16 +1,19 @@
 """Checkpoint files: resolve a path or URL (fetched once into a cache, sha256-verified), then load safely
-and strictly.
+and strictly: torch files with weights_only, safetensors, and TorchScript archives by reading their tensors only.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import pickle
 import re
 import urllib.parse
 import urllib.request
 import uuid
-from contextlib import contextmanager
 import zipfile
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
@@ -270,3 +273,115 @@ def load_strict(model: "torch.nn.Module", state: dict, where: str) -> None:
                 parts.append(f"{label}: {', '.join(keys[:5])}{more}")
         raise CheckpointError(f"{where}: checkpoint does not match the model; " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+# TorchScript archives (OpenAI's CLIP files). `torch.load(weights_only=True)` refuses them and `torch.jit.load` would
+# run their code, so `read_torchscript_tensors` reads only the tensors: a restricted unpickler that builds inert
+# stand-ins for the archive's module objects, allows no other globals, and reads storages straight from the zip.
+# Tested (tests/test_clip.py) on archives today's `torch.jit.save` writes and on the same archives re-packed in the
+# records of the 2021/2022 torch.jit that wrote OpenAI's files (folder named after the file saved to, `version`
+# first, no `byteorder`/`.data/`; torch.jit.load reads them), not on OpenAI's files themselves: anything unexpected
+# in those (a global it does not allow, an extra tensor) fails loudly rather than loading wrong weights.
+
+_STORAGES = {"FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+             "DoubleStorage": "float64", "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
+             "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool"}  # torch dtypes, by name
+
+
+class _ScriptObject:
+    """Inert stand-in for a TorchScript object in an archive: keeps the attributes it is given, runs nothing."""
+
+    def __setstate__(self, state: object) -> None:
+        self.attrs = state if isinstance(state, dict) else {}
+
+
+class _StorageType:
+    def __init__(self, dtype: str) -> None:
+        import torch
+
+        self.dtype = getattr(torch, dtype)
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, *_: object) -> torch.Tensor:
+    return storage.as_strided(size, stride, offset)
+
+
+def _first(value: object, *_: object) -> object:
+    return value
+
+
+# The only callables an archive may name; TorchScript's typed-list builders are identities.
+_SAFE_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor, ("collections", "OrderedDict"): OrderedDict,
+                 **{("torch.jit._pickle", n): _first for n in ("build_intlist", "build_doublelist", "build_boollist",
+                                                               "build_tensorlist", "restore_type_tag")}}
+
+
+class _TensorOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str, where: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.zf, self.prefix, self.where, self.storages = zf, prefix, where, {}
+
+    def find_class(self, module: str, name: str) -> object:
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _ScriptObject
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[module, name]
+        if module == "torch" and name in _STORAGES:
+            return _StorageType(_STORAGES[name])
+        raise CheckpointError(f"{self.where}: refusing to load {module}.{name} (only tensors are read)")
+
+    def persistent_load(self, pid: object) -> torch.Tensor:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
+            raise CheckpointError(f"{self.where}: unexpected persistent id {pid!r}")
+        import torch
+
+        _, kind, key, _location, numel = pid
+        if key not in self.storages:
+            raw = bytearray(self.zf.read(f"{self.prefix}data/{key}"))
+            storage = torch.frombuffer(raw, dtype=kind.dtype) if raw else torch.empty(0, dtype=kind.dtype)
+            if storage.numel() != numel:
+                raise CheckpointError(f"{self.where}: storage {key} holds {storage.numel()} values, expected {numel}")
+            self.storages[key] = storage
+        return self.storages[key]
+
+
+def is_torchscript_archive(path: str | Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in zf.namelist())
+
+
+def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor attribute of a TorchScript archive's module tree, by dotted name, without running its code."""
+    import torch
+
+    where = str(path)
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        data = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+        if len(data) != 1:
+            raise CheckpointError(f"{where}: not a TorchScript archive (found {len(data)} data.pkl records)")
+        prefix = data[0][:-len("data.pkl")]
+        if f"{prefix}byteorder" in names and zf.read(f"{prefix}byteorder").strip() not in (b"", b"little"):
+            raise CheckpointError(f"{where}: big-endian archives are not supported")
+        root = _TensorOnlyUnpickler(zf.read(data[0]), zf, prefix, where).load()
+
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(obj: object, at: str) -> None:
+        for k, v in getattr(obj, "attrs", {}).items():
+            if isinstance(v, torch.Tensor):
+                out[at + k] = v
+            elif isinstance(v, _ScriptObject):
+                walk(v, f"{at}{k}.")
+
+    walk(root, "")
+    if not out:
+        raise CheckpointError(f"{where}: no tensors found in the TorchScript archive")
+    return out
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A state dict from a torch/safetensors file (weights_only), or the tensors of a TorchScript archive."""
+    return read_torchscript_tensors(path) if is_torchscript_archive(path) else load_state_dict(path)

@@ -232,7 +232,7 @@ def memory_budget(device: torch.device, gpu_share: float | None = None) -> float
 
 
 # On the CPU larger steps stop paying once a step's layer outputs pass ~150 MB. Measured with the demo CNN (one
-# thread, 2-core machine; bench_batching): 9-run cells of 1 shot (batch 8) ran 1.33x faster as one batch, of 10
+# thread, 2-core machine; benchmarks/batching.py): 9-run cells of 1 shot (batch 8) ran 1.33x faster as one batch, of 10
 # shots (batch 32, 45 MB) 1.1-1.3x in batches of 3, of 50 shots (batch 64, 90 MB) 0.84-0.94x in batches of 2.
 CPU_STEP_BYTES = 144 * 2**20
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -36,11 +38,26 @@ def pretrain(model: Annotated[str, typer.Argument(help=f"The model to pre-train:
     typer.echo(f"{out} sha256:{sha256_file(out)}")
 
 
+BUILT_IN = ("train", "gpu")  # the product's own: they write the throughput tables `plan --estimate` reads
+NOT_BY_DEFAULT = ("batching", "scale", "gpu")  # long (scale: ~20 min), or alone (gpu)
+# The order `vpgrid bench` lists and runs them in (entry points come sorted by name); others follow, by name.
+ORDER = ("plan", "store", "status", "status_s3", "launch", "cluster", "report", "scale", "train", "loop", "protocol",
+         "batching", "gpu")
+
+
+def installed_benchmarks() -> dict:
+    """The other benchmarks, by name: the entry points of group "vpgrid.bench" (the project's benchmarks/ package
+    registers its own in pyproject.toml; the product never imports it)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group="vpgrid.bench") if ep.name not in BUILT_IN}
+
+
 @app.command()
 def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, status, status_s3, launch, cluster, report, "
                                                          "scale (orchestration; scale: the paper grid rehearsed on a local "
-                                                         "multi-node cluster, ~20 min, docs/scale.md); train, loop, protocol, batching (model speed, "
-                                                         "measured by workers/bench.py); gpu (the GPU check) "
+                                                         "multi-node cluster, ~20 min, docs/scale.md); train, loop, protocol, batching (model speed; "
+                                                         "train: the throughput table); gpu (the GPU check) "
                                                          "[default: all but batching, scale and gpu].", show_default=False)] = None,
           as_json: JsonOpt = False,
           models: Annotated[Optional[str], typer.Option("--models", metavar="A,B", help="Models `train` measures "
@@ -50,40 +67,37 @@ def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, s
                          "that `train` (or `gpu`) measures to FILE.")] = None) -> None:
     """Measure planning, the store, launch overhead and model speed on this machine. `train --json` prints the
     throughput table that `vpgrid plan --estimate --throughput` reads."""
-    from orchestrator.bench import BENCHES, DATA_BENCHES, GPU_CHECK, machine
-    from orchestrator.bench_scale import bench_scale
-
-    BENCHES = {**BENCHES, "scale": bench_scale}  # long (~20 min): not in the default set
-    valid = [*BENCHES, *DATA_BENCHES, GPU_CHECK]
-    what = what or [w for w in valid if w not in ("batching", "scale", GPU_CHECK)]
+    others = installed_benchmarks()
+    valid = sorted([*others, *BUILT_IN], key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    what = what or [w for w in valid if w not in NOT_BY_DEFAULT]
+    if "gpu" in what and what != ["gpu"]:
+        _usage("run `vpgrid bench gpu` alone: it measures on the GPU and prints its own JSON summary")
     unknown = [w for w in what if w not in valid]
     if unknown:
         _usage(f"unknown benchmark {unknown[0]!r}; valid: {', '.join(valid)}")
     names = _bench_models(models, grid)
-    if GPU_CHECK in what:
-        if what != [GPU_CHECK]:
-            _usage("run `vpgrid bench gpu` alone: it measures on the GPU and prints its own JSON summary")
+    if what == ["gpu"]:
         import subprocess
         import sys
 
         args = ["--out", str(out)] if out else []
         raise typer.Exit(subprocess.call([sys.executable, "-m", "workers.gpu_check", *args]))
+    from workers.core.errors import VpgridError
+
     results = []
     for w in what:
         err(f"running {w} ...")
-        if w in BENCHES:
-            results.append(BENCHES[w]())
-            continue
-        import workers.bench as data_bench  # torch is imported here, in the data plane, for these only
-
         try:
-            results.append(data_bench.bench_train(names) if w == "train" else data_bench.BENCHES[w]())
-        except RuntimeError as e:  # a benchmark that cannot run here says why
-            from workers.core.errors import VpgridError
+            if w == "train":
+                from workers.bench import bench_train  # torch is imported here, in the data plane, for train only
 
+                results.append(bench_train(names))
+                if out:
+                    out.write_text(json.dumps(results[-1], indent=1) + "\n")
+            else:
+                results.append(_load(others[w])())
+        except RuntimeError as e:  # a benchmark that cannot run here says why
             raise VpgridError(str(e)) from None
-        if w == "train" and out:
-            out.write_text(json.dumps(results[-1], indent=1) + "\n")
     if as_json:
         typer.echo(json.dumps(results[0] if what == ["train"] else {"machine": machine(), "results": results}, indent=1))
         return
@@ -92,6 +106,15 @@ def bench(what: Annotated[list[str], typer.Argument(help="Any of: plan, store, s
         r = {**r, "models": {m: ", ".join(f"{k}={v:.3g}" for k, v in e.items()) for m, e in r["models"].items()}} \
             if "models" in r else r
         typer.echo("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+
+
+def _load(ep):
+    try:
+        return ep.load()
+    except (ImportError, AttributeError) as e:  # installed metadata that no longer matches the code
+        from workers.core.errors import VpgridError
+
+        raise VpgridError(f"benchmark {ep.name!r}: cannot load {ep.value} ({e}); reinstall vpgrid (pip install -e .)") from None
 
 
 def _bench_models(models: Optional[str], grid: Optional[Path]) -> Optional[list[str]]:
@@ -110,3 +133,17 @@ def _bench_models(models: Optional[str], grid: Optional[Path]) -> Optional[list[
 
             _usage(f"--models: unknown model {n!r}{did_you_mean(n, MODELS)} (valid: {', '.join(sorted(MODELS))})")
     return names
+
+
+def machine() -> str:
+    """This machine in one line, as `vpgrid bench` prints it above its results."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"

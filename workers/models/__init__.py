@@ -46,13 +46,19 @@ Weights = Union[str, Checkpoint]
 class Built:
     model: nn.Module
     weights_source: str  # provenance recorded in the row: file + sha256, "random init ...", ...
+    # A head computed from the model's own weights (CLIP's zero-shot head: the text tower over the class names),
+    # which `build_model` fills unless told not to; None where the weights bring the head.
+    fill_head: Callable[[], None] | None = None
 
 
 Builder = Callable[[Weights, dict, Path], Built]
 MODELS: Registry[Builder] = Registry("model", schemas.MODELS)
 
 
-def build_model(name: str, weights: Weights, args: dict, cache_dir: Path) -> tuple[Built, ModelMeta]:
+def build_model(name: str, weights: Weights, args: dict, cache_dir: Path,
+                fill_head: bool = True) -> tuple[Built, ModelMeta]:
+    """The frozen source model. `fill_head=False` leaves a head computed from the model's weights at zeros: the model
+    benchmarks time the forward, which is the same, without computing it (CLIP's takes hours on a few cores)."""
     entry = MODELS.entry(name)
     problems = check_args(entry.schema, args)  # the builder sees only declared, valid args (no defaults filled)
     if problems:
@@ -64,6 +70,8 @@ def build_model(name: str, weights: Weights, args: dict, cache_dir: Path) -> tup
     if "input_size" in args:  # every model accepts a smaller canvas (CPU tests, small-input studies)
         meta = dataclasses.replace(meta, input_size=int(args["input_size"]))
     built = entry.obj(weights, dict(args), Path(cache_dir))
+    if fill_head and built.fill_head is not None:
+        built.fill_head()
     built.model.eval().requires_grad_(False)  # frozen: VP trains only the prompt
     return built, meta
 

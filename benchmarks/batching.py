@@ -1,4 +1,4 @@
-"""Prompt batching, measured: runs/hour of a cell trained one run at a time and as one batch, in one process.
+"""Benchmark (b), prompt batching: runs/hour of a cell trained one run at a time and as one batch, in one process.
 
 A cell is the paper's: rlm/flm/ilm x 3 seeds of one (variant, dataset, shots), batch size 8/32/64 for 1/10/50 shots.
 Both ways go through the worker's own path (`workers.run.run_group`), on one loaded variant, so the ratio is
@@ -29,12 +29,12 @@ def bench_prompt_batching(model: str = "demo_cnn", model_args: dict | None = Non
                           input_size: int | None = 16, shots: tuple[int, ...] = (1, 10, 50), epochs: int = 3,
                           seeds: tuple[int, ...] = (1, 2, 3), methods: tuple[str, ...] = ("rlm", "flm", "ilm"),
                           device: str | None = None, cache_dir: str | None = None) -> dict:
-    """{"device", "model", "dataset", "epochs", "cells": {shots: {runs, prompt_batches, alone_runs_per_hour,
+    """{"bench": "batching", "device", "model", "dataset", "epochs", "cells": {shots: {runs, prompt_batches, alone_runs_per_hour,
     batched_runs_per_hour, speedup, same_mappings}}}. Batched as a worker batches with `prompt_batch: auto`
     (`prompt_batches`: the runs in each batch). `same_mappings`: both ways gave the same label mappings."""
     dev = torch.device(device) if device else default_device()
     ctx = Context(Path(cache_dir or tempfile.mkdtemp(prefix="vpgrid-bench-")), dev)
-    out = {"device": str(dev), "model": model, "dataset": dataset, "epochs": epochs, "cells": {}}
+    out = {"bench": "batching", "device": str(dev), "model": model, "dataset": dataset, "epochs": epochs, "cells": {}}
     for k in shots:
         specs = _cell(model, model_args or {}, dataset, k, epochs, input_size, seeds, methods)
         run_group(specs[:1], ctx)  # warm: the variant, the dataset, the allocator
@@ -56,7 +56,8 @@ def bench_prompt_batching(model: str = "demo_cnn", model_args: dict | None = Non
     return out
 
 
-if __name__ == "__main__":
+
+if __name__ == "__main__":  # python -m benchmarks.batching '{"model": "resnet18", "shots": [1]}'
     import json
     import sys
 

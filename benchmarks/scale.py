@@ -22,7 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.bench import PAPER, machine, moto_s3
+from benchmarks.common import PAPER, moto_s3
+from orchestrator.cli.tools import machine
 
 BUCKET = "scale"
 VPGRID = [sys.executable, "-m", "orchestrator.cli"]

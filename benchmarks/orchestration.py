@@ -1,60 +1,16 @@
-"""Control-plane benchmarks behind `vpgrid bench`: numbers for docs/benchmarks.md, never assertions in tests. The
-model-speed benchmarks (train, loop, protocol, batching) live in the data plane, workers/bench.py."""
+"""The orchestration benchmarks of `vpgrid bench`: plan, store, status, status_s3, launch, cluster and report."""
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
-
-
-PAPER = Path(__file__).resolve().parent.parent / "grids" / "paper.yaml"
-
-
-def _best(fn, repeats: int, check=None) -> float:
-    """The fastest of `repeats` calls, in seconds: on shared cores the minimum is the least noisy estimate.
-    `check(result)` runs on each call's result, outside the timing."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        if check is not None:
-            check(out)
-    return min(times)
-
-
-def _cli_seconds(args: list[str], repeats: int) -> float:
-    """Wall time of `vpgrid ARGS` in a fresh interpreter, so imports count as a user sees them."""
-    cmd = [sys.executable, "-m", "orchestrator.cli", *args]
-    cwd = PAPER.parent.parent
-
-    def once():
-        subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    return _best(once, repeats)
+from benchmarks.common import PAPER, best, cli_seconds, moto_s3
 
 
 def _paper_like_grid(n_seeds: int = 3) -> dict:
@@ -76,10 +32,10 @@ def bench_plan(repeats: int = 3) -> dict:
         runs = expand(grid)
         trials = pack(grid, runs)
         out.update({f"{name}_runs": len(runs), f"{name}_trials": len(trials),
-                    f"{name}_expand_s": _best(lambda: expand(parse_grid(text)), repeats),
-                    f"{name}_pack_s": _best(lambda: pack(grid, runs), repeats)})
-    out["paper_breakdown_s"] = _best(lambda: breakdown(runs), repeats)  # runs: the paper's, from the loop
-    out["paper_cli_s"] = _cli_seconds(["plan", str(PAPER)], repeats)
+                    f"{name}_expand_s": best(lambda: expand(parse_grid(text)), repeats),
+                    f"{name}_pack_s": best(lambda: pack(grid, runs), repeats)})
+    out["paper_breakdown_s"] = best(lambda: breakdown(runs), repeats)  # runs: the paper's, from the loop
+    out["paper_cli_s"] = cli_seconds(["plan", str(PAPER)], repeats)
     return out
 
 
@@ -136,11 +92,11 @@ def _status_at_paper_scale(root: str, repeats: int, threads: int = 1) -> dict:
     def full(rep) -> None:  # the benchmark measures a full store, not an empty one
         assert (rep.done, rep.failed, rep.pending) == (len(runs) - len(runs[::10]), len(runs[::10]), 0), rep
 
-    one_row = _best(lambda: status(Store(root)), repeats, full)
+    one_row = best(lambda: status(Store(root)), repeats, full)
     t0 = time.perf_counter()
     st.compact()
     compact_s = time.perf_counter() - t0
-    compacted = _best(lambda: status(Store(root)), repeats, full)
+    compacted = best(lambda: status(Store(root)), repeats, full)
     return {"runs": len(runs), "publish_ms_per_run": 1000 * publish_s * threads / len(runs),
             "status_one_row_files_s": one_row, "compact_s": compact_s, "status_compacted_s": compacted}
 
@@ -150,39 +106,9 @@ def bench_status(repeats: int = 3) -> dict:
     root = Path(tempfile.mkdtemp(prefix="vpgrid-bench-"))
     try:
         out = _status_at_paper_scale(str(root), repeats)
-        return {"bench": "status", **out, "status_cli_compacted_s": _cli_seconds(["status", str(root), "--json"], repeats)}
+        return {"bench": "status", **out, "status_cli_compacted_s": cli_seconds(["status", str(root), "--json"], repeats)}
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def moto_s3(bucket: str, log: Optional[Path] = None):
-    """A real S3 API server (moto's server mode, installed with the test extra) on the loopback with `bucket` in
-    it, and the standard AWS variables pointing this process (and what it starts) at it; yields its port. `log`:
-    where the server's access log goes (one line a request)."""
-    import boto3
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=open(log, "wb") if log else subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    try:
-        os.environ.update(env)
-        for _ in range(100):
-            try:
-                boto3.client("s3").create_bucket(Bucket=bucket)
-                break
-            except Exception:  # the server is still starting
-                time.sleep(0.2)
-        yield port
-    finally:
-        server.kill()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def bench_status_s3(repeats: int = 3) -> dict:
@@ -190,7 +116,7 @@ def bench_status_s3(repeats: int = 3) -> dict:
     with moto_s3("bench"):
         out = _status_at_paper_scale("s3://bench/store", repeats, threads=16)
         return {"bench": "status_s3", **out,
-                "status_cli_compacted_s": _cli_seconds(["status", "s3://bench/store", "--json"], repeats)}
+                "status_cli_compacted_s": cli_seconds(["status", "s3://bench/store", "--json"], repeats)}
 
 
 def _short_runs_grid(name: str, trials: int, runs_per_trial: int) -> str:
@@ -276,14 +202,6 @@ def bench_cluster(trials: int = 8, runs_per_trial: int = 4, workers: int = 2) ->
         shutil.rmtree(root, ignore_errors=True)
 
 
-BENCHES = {"plan": bench_plan, "store": bench_store, "status": bench_status, "status_s3": bench_status_s3,
-           "launch": bench_launch, "cluster": bench_cluster}
-# Measured in the data plane (workers/bench.py, which imports torch): `vpgrid bench` imports it only for these.
-# "batching" is benchmark (b), workers/bench_batching.py; "gpu" runs `python -m workers.gpu_check`.
-DATA_BENCHES = ("train", "loop", "protocol", "batching")
-GPU_CHECK = "gpu"
-
-
 def bench_report(repeats: int = 1) -> dict:
     """`vpgrid report --out` over a synthetic store of every run of grids/paper.yaml with a fourth seed (15,880
     rows: every metric, reliability bins and label mappings filled, 1 run in 10 failed), written as one compacted
@@ -324,7 +242,7 @@ def bench_report(repeats: int = 1) -> dict:
             a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
             return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
-        best = None
+        fastest = None
         for _ in range(repeats):
             shutil.rmtree(root / "report", ignore_errors=True)
             c0, t0 = cpu(), time.perf_counter()
@@ -332,9 +250,9 @@ def bench_report(repeats: int = 1) -> dict:
 
             info = write(str(root / "store"), root / "report", Options())
             wall, used = time.perf_counter() - t0, cpu() - c0
-            if best is None or wall < best[0]:
-                best = (wall, used, info)
-        wall, used, info = best
+            if fastest is None or wall < fastest[0]:
+                fastest = (wall, used, info)
+        wall, used, info = fastest
         return {"bench": "report", "rows": len(rows), "figures": info["figures"], "written": info["written"],
                 "not_drawn": info["skipped"], "report_s": wall, "cpu_s": used, "read_and_plan_s": info["plan_s"],
                 "draw_s": info["draw_s"], "draw_workers": min(_workers(), info["figures"]),
@@ -347,7 +265,3 @@ def _workers() -> int:
     from orchestrator.report.deliver import workers
 
     return workers()
-
-
-BENCHES["report"] = bench_report
-
