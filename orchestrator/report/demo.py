@@ -5,7 +5,8 @@
   2. checks every finding the docs state (`FINDINGS`): a paired difference over seeds whose 95% interval
      excludes zero, in the stated direction; a finding that does not hold writes nothing and exits 1;
   3. runs the golden slice (`SLICE`: a few runs of the demo grid, one torch thread, in this process) and writes
-     its metrics to tests/golden/demo_slice.json, which tests/test_demo_golden.py compares to 1e-4;
+     its metrics to tests/golden/demo_slice.json under this CPU's vector unit (`cpu_capability`), which
+     tests/test_demo_golden.py compares to 1e-4;
   4. rewrites the generated parts of README.md and docs/demo.md (between `<!-- demo:NAME -->` markers).
 
 Torch and the workers are imported only by the slice: the tables and findings need pandas alone.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import sys
 from dataclasses import dataclass
@@ -134,9 +136,24 @@ def slice_specs() -> list:
     return out
 
 
+def cpu_capability() -> str:
+    """The vector unit torch's CPU kernels use here ("AVX2", "AVX512", ...). At one thread the order of float
+    sums, so the last digits of every number, still depends on it: torch, oneDNN and MKL each take the widest unit
+    they find, and on an AVX2-only CPU 3 of the 7 slice runs moved (one by 5 points of accuracy). The golden
+    values are kept per unit, each made on a CPU that has it."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def golden_for(golden: dict, capability: str) -> dict | None:
+    """This CPU unit's golden entry {made_on, runs}, or None when none was made on such a CPU."""
+    return golden.get("by_cpu", {}).get(capability)
+
+
 def run_slice(cache_dir: Path) -> list[dict]:
-    """Each slice run alone at one torch thread (the float sums' order is then the same on every machine of
-    a kind), as {run_key, what, metrics}."""
+    """Each slice run alone at one torch thread (the float sums' order is then the same on every machine with
+    the same CPU vector unit: `cpu_capability`), as {run_key, what, metrics}."""
     from orchestrator.report.names import variant_tag
     from workers.run import run_alone
 
@@ -190,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                 text = replace_block(text, name, body, str(path))
         texts[path] = text
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-    GOLDEN.write_text(json.dumps({"grid": GRID.name, "threads": 1, "runs": golden}, indent=1) + "\n")
+    # Values made on another vector unit were made by the code before this change: stale, so not kept.
+    made_on = {"made_on": platform.processor() or platform.machine(), "runs": golden}
+    GOLDEN.write_text(json.dumps({"grid": GRID.name, "threads": 1, "by_cpu": {cpu_capability(): made_on}},
+                                 indent=1) + "\n")
     for path, text in texts.items():
         path.write_text(text)
     print(f"wrote {GOLDEN.relative_to(ROOT)} ({len(golden)} runs) and the demo tables in "
