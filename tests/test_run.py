@@ -8,7 +8,7 @@ import torch
 
 from orchestrator.grid import expand, parse_grid
 from tests.conftest import TINY
-from workers.models import MODELS, Built, ModelMeta
+from workers.models import MODELS, Built, ModelCard
 from workers.run import Context, run, run_pack
 from workers.core.schema import Schema
 
@@ -85,7 +85,7 @@ class _NaNNet(torch.nn.Module):
 
 
 def test_nan_loss_fails_the_run(runs, tmp_path, monkeypatch):
-    meta = ModelMeta(input_size=32, num_classes=20, source="test")
+    meta = ModelCard("a test model", input_size=32, num_classes=20, source="test")
     monkeypatch.setitem(MODELS._entries, "nan_net", type(MODELS.entry("demo_cnn"))(
         "nan_net", lambda w, a, c: Built(_NaNNet(), "test"), meta, Schema("a model whose loss is NaN")))
     spec = dataclasses.replace(runs[0], model="nan_net", method="rlm", model_args={})

@@ -15,7 +15,7 @@ from typing import Any, Optional
 REQUIRED = type("Required", (), {"__repr__": lambda self: "required"})()
 TYPES = ("int", "float", "str", "bool", "checkpoint")
 
-# Checkpoint formats some model family reads (each model says which of them in its ModelMeta.formats).
+# Checkpoint formats some model family reads (each model says which of them in its ModelCard.formats).
 CHECKPOINT_FORMATS = ("state_dict", "gmp", "lth", "sparse_transfer", "upop", "vvtq")
 CHECKPOINT_KEYS = ("format", "path", "url", "sha256", "mask", "mask_sha256")
 REMOTE = ("http://", "https://", "s3://", "gs://")  # fetched into a node's cache: a sha256 must verify the copy
