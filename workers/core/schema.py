@@ -1,8 +1,8 @@
 """Argument schemas: what each registered model, compression, dataset and method accepts.
 
-Torch-free on purpose: `vpgrid plan` and `vpgrid list` read the schemas without importing the workers. Each
-kind declares its entries once in `workers/core/schemas/<kind>.py`; the registry of that kind refuses to register
-a name that has no schema there, so the two cannot drift apart.
+Torch-free on purpose: `vpgrid plan` and `vpgrid list` read them without importing the workers. Each registered
+name's card (`workers/core/schemas/<kind>s.py`) is a Schema with the kind's metadata; the registry of that kind
+refuses to register a name that has no card there, so the two cannot drift apart.
 """
 from __future__ import annotations
 
