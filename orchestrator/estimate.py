@@ -4,7 +4,8 @@ Per run: epochs x training images forward + backward, label-mapping remaps (no-g
 subset), the final test evaluation and any `train.eval_every` evaluations. The same grid under the reference
 scripts' protocol: a test evaluation every epoch (the last is the final one) and one run per process, so every
 run pays the start-up (interpreter, imports, model build) that vpgrid pays once per trial at most.
-Torch-free: sizes come from workers/core/schemas/sizes.py, throughputs from a JSON table (`vpgrid bench train --json`).
+Torch-free: sizes and passes come from the cards (workers/core/schemas/), throughputs from a JSON table
+(`vpgrid bench train --json`).
 """
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from typing import Optional
 
 from orchestrator.grid import Grid, expand
 from orchestrator.plan import pack
-from workers.core.schemas.models import MODELS
-from workers.core.schemas.passes import PASSES
-from workers.core.schemas.sizes import dataset_sizes
+from workers.core.schemas import METHODS, MODELS
+from workers.core.schemas.datasets import dataset_sizes
 from workers.core.errors import UsageError
 from workers.core.spec import RunSpec
 
@@ -121,9 +121,9 @@ class RunPasses:
 
 def run_passes(spec: RunSpec, reference: bool = False) -> Optional[RunPasses]:
     """Image-passes of one run under vpgrid's loop, or (reference=True) under the reference scripts' protocol.
-    None when the dataset's sizes are unknown or the method has no entry in workers/core/schemas/passes.py."""
+    None when the dataset's sizes are unknown (none on its card) or the method has no card."""
     sizes = dataset_sizes(spec.dataset, spec.dataset_args)
-    how = PASSES.get(spec.method)
+    how = METHODS[spec.method].passes if spec.method in METHODS else None
     if sizes is None or how is None:
         return None
     cap = bool(spec.dataset_args.get("cap_shots"))
@@ -272,11 +272,12 @@ def render(parts: list[Part], total: Part, table: Optional[Table]) -> list[str]:
                "at most")
     out.append("  reference protocol: test split after every epoch; one process per run, each paying the start-up")
     if not total.exact:
-        out.append("  <=: capped shots on a dataset without per-class counts (workers/core/schemas/sizes.py): an upper bound")
+        out.append("  <=: capped shots on a dataset without per-class counts (its card's sizes, "
+                   "workers/core/schemas/datasets.py): an upper bound")
     if total.failing:
         out.append(f"  {total.failing} runs will fail at once (a class has fewer images than shots; cap_shots is off)")
     for k, v in total.unknown.items():
-        out.append(f"  {v} runs have unknown sizes ({k}: no entry in workers/core/schemas/sizes.py or passes.py): "
+        out.append(f"  {v} runs have unknown sizes ({k}: no sizes or passes on its card, workers/core/schemas/): "
                    "not counted, hours unknown")
     if total.no_throughput:
         out.append(f"  no throughput for {', '.join(sorted(total.no_throughput))}: hours unknown; measure with "
@@ -297,7 +298,7 @@ def run_seconds(spec: RunSpec, table: Table) -> float:
     passes = run_passes(spec)
     if passes is None:
         raise TableError(f"run {spec.run_key} ({spec.dataset}, {spec.method}): no sizes or passes recorded "
-                         "(workers/core/schemas/sizes.py, passes.py), so no time can be estimated")
+                         "(on the cards, workers/core/schemas/), so no time can be estimated")
     return _seconds(table.get(spec.model), canvas(spec), passes.train, passes.forward)
 
 

@@ -1,6 +1,6 @@
-"""Check a parsed grid's names and arguments against the declared schemas, before anything runs.
+"""Check a parsed grid's names and arguments against the cards (workers/core/schemas/), before anything runs.
 
-Torch-free (reads workers/schemas only), so `vpgrid plan` validates as fully as `vpgrid launch`. Every
+Torch-free (reads the cards only), so `vpgrid plan` validates as fully as `vpgrid launch`. Every
 message names the grid file and the field path, e.g.
 `grid.yaml: models.0.compressions.1: sparsity 1.5 is out of range [0, 1)`.
 """
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from orchestrator.grid import Grid, GridError
 from workers.core.schema import check_args, check_checkpoint, did_you_mean
-from workers.core.schemas import SCHEMAS
+from workers.core.schemas import CARDS
 
 
 def _name(kind: str, name: str) -> list[str]:
-    table = SCHEMAS[kind]
+    table = CARDS[kind]
     if name in table:
         return []
     return [f"unknown {kind} {name!r}{did_you_mean(name, table)} (valid: {', '.join(sorted(table))}; "
@@ -28,8 +28,8 @@ def problems(grid: Grid) -> list[str]:
             at = f"{prefix}models.{i}"
             out += [f"{at}: {p}" for p in _name("model", m.name)]
             out += [f"{at}: {p}" for p in check_checkpoint(m.weights, "weights")]
-            if m.name in SCHEMAS["model"]:
-                out += [f"{at}.args: {p}" for p in check_args(SCHEMAS["model"][m.name], m.args)]
+            if m.name in CARDS["model"]:
+                out += [f"{at}.args: {p}" for p in check_args(CARDS["model"][m.name], m.args)]
             for j, c in enumerate(m.compressions):
                 out += _compression(f"{at}.compressions.{j}", c)
         for i, method in enumerate(part.methods):
@@ -37,8 +37,8 @@ def problems(grid: Grid) -> list[str]:
         for i, d in enumerate(part.datasets):
             name, args = (d, {}) if isinstance(d, str) else (d.name, d.args)
             out += [f"{prefix}datasets.{i}: {p}" for p in _name("dataset", name)]
-            if name in SCHEMAS["dataset"]:
-                out += [f"{prefix}datasets.{i}.args: {p}" for p in check_args(SCHEMAS["dataset"][name], args)]
+            if name in CARDS["dataset"]:
+                out += [f"{prefix}datasets.{i}.args: {p}" for p in check_args(CARDS["dataset"][name], args)]
     return list(dict.fromkeys(out))  # list-valued args give one message per variant; say each once
 
 
@@ -48,14 +48,14 @@ def _compression(at: str, c) -> list[str]:
     if found:
         return [f"{at}: {p}" for p in found]
     if isinstance(c, str):
-        return [f"{at}: {p}" for p in check_args(SCHEMAS["compression"][method], {})]
+        return [f"{at}: {p}" for p in check_args(CARDS["compression"][method], {})]
     try:
         variants = c.variants()
     except ValueError as e:  # a {placeholder} in the checkpoint path that names no arg
         return [f"{at}: {e}"]
     out = []
     for _, args in variants:
-        out += [f"{at}: {p}" for p in check_args(SCHEMAS["compression"][method], args)]
+        out += [f"{at}: {p}" for p in check_args(CARDS["compression"][method], args)]
     return out
 
 

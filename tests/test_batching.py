@@ -167,7 +167,7 @@ def test_demo_setting_batched_is_close_to_alone_in_float32(tmp_path):
         assert b.final_train_loss == pytest.approx(a.final_train_loss, rel=1e-4)
         torch.testing.assert_close(b.prompt["prompt"], a.prompt["prompt"], rtol=1e-3, atol=1e-4)
     assert all(math.isfinite(b.final_train_loss) for b in batched)
-    assert LABEL_MAPPINGS.meta("ilm").schedule == "every_epoch"
+    assert LABEL_MAPPINGS.card("ilm").schedule == "every_epoch"
 
 
 def test_batches_group_a_cells_vp_runs_and_honour_prompt_batch():

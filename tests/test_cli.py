@@ -234,12 +234,12 @@ def test_shell_completion_is_offered():
 
 
 def test_list_shows_every_declared_name_with_args_and_defaults():
-    from workers.core.schemas import SCHEMAS
+    from workers.core.schemas import CARDS
 
     r = cli.invoke(app, ["list", "--json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
-    assert {(x["kind"], x["name"]) for x in rows} == {(k, n) for k, t in SCHEMAS.items() for n in t}
+    assert {(x["kind"], x["name"]) for x in rows} == {(k, n) for k, t in CARDS.items() for n in t}
     magnitude = next(x for x in rows if x["name"] == "magnitude")
     assert magnitude["args"] == [
         {"name": "sparsity", "type": "float", "required": True, "default": None, "valid": "float in [0, 1)",

@@ -21,7 +21,8 @@ import workers.models.clip  # noqa: F401  (registers the CLIP models)
 from workers import checkpoints
 from workers.checkpoints import CheckpointError, load_strict, read_checkpoint, read_torchscript_tensors, resolve
 from workers.models import MODELS, build_model
-from workers.models.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipClassifier
+from workers.core.schemas.models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from workers.models.clip import ClipClassifier
 from workers.models.clip_weights import (PrunedAttention, apply_upop_shapes, checkpoint_filter_fn,
                                          upop_checkpoint_filter_fn)
 
@@ -97,7 +98,7 @@ UPOP_TRAINING_KEYS = {"visual_m.ln_post.weight": (768,), "transformer_m.resblock
 
 def test_registered_clip_models():
     for name, size, gpu in (("clip_vit_b32", 224, 0.25), ("clip_vit_l14", 224, 0.5), ("clip_vit_l14_336", 336, 0.5)):
-        meta = MODELS.meta(name)
+        meta = MODELS.card(name)
         assert (meta.input_size, meta.num_classes, meta.head) == (size, 1000, "head")
         assert (meta.mean, meta.std) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) == (
             (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))

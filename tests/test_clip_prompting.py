@@ -19,7 +19,7 @@ from workers.mapping import greedy_mapping
 from workers.methods import METHODS
 from workers.metrics import classification_metrics
 from workers.models import build_model
-from workers.models.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from workers.core.schemas.models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from workers.run import Context, run
 from workers.core.spec import RunSpec, TrainConfig
 from workers.train import Task

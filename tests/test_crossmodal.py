@@ -119,10 +119,10 @@ def test_missing_files_name_the_task_root_and_expected_layout(tmp_path):
 
 
 def test_registered_metas():
-    assert {n: (DATASETS.meta(n).input_size, DATASETS.meta(n).num_classes) for n in
+    assert {n: (DATASETS.card(n).input_size, DATASETS.card(n).num_classes) for n in
             ("yelp_polarity", "imdb", "ag_news", "dbpedia14", "splice")} == {
         "yelp_polarity": (576, 2), "imdb": (576, 2), "ag_news": (576, 4), "dbpedia14": (576, 14), "splice": (60, 3)}
-    assert METHODS.meta("reprogram").kind == "crossmodal"
+    assert METHODS.card("reprogram").kind == "crossmodal"
 
 
 # ---- splice: character tokens and the seeded stratified split ----

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from workers.data import DATASETS, DatasetMeta, Splits, few_shot_indices, load_dataset
+from workers.core.schemas.datasets import DatasetCard
+from workers.data import DATASETS, Splits, few_shot_indices, load_dataset
 from workers.core.registry import UnknownName
 
 pytestmark = pytest.mark.unit
@@ -27,10 +28,10 @@ def digits() -> Splits:
 
 # ---- every registered dataset ----
 
-BUNDLED = [n for n in DATASETS.names() if DATASETS.meta(n).bundled]
+BUNDLED = [n for n in DATASETS.names() if DATASETS.card(n).bundled]
 
 
-@pytest.mark.parametrize("name", [n for n in DATASETS.names() if not DATASETS.meta(n).bundled])
+@pytest.mark.parametrize("name", [n for n in DATASETS.names() if not DATASETS.card(n).bundled])
 def test_every_file_backed_dataset_says_what_is_missing(name, tmp_path):
     """Without its files, every dataset fails with an error naming itself (its own tests load real layouts)."""
     for root in (None, str(tmp_path)):
@@ -42,8 +43,8 @@ def test_every_file_backed_dataset_says_what_is_missing(name, tmp_path):
 @pytest.mark.parametrize("name", BUNDLED)
 @pytest.mark.parametrize("size", [None, 12])
 def test_load_every_dataset(name, size):
-    meta = DATASETS.meta(name)
-    assert isinstance(meta, DatasetMeta)
+    meta = DATASETS.card(name)
+    assert isinstance(meta, DatasetCard)
     s = load_dataset(name, size=size, **FAST_ARGS.get(name, {}))
     side = size or meta.input_size
     for x, y in ((s.train_x, s.train_y), (s.test_x, s.test_y)):

@@ -174,8 +174,8 @@ for block in re.findall(r"```python\n(.*?)```", doc, re.S):
         appends.append(body.strip())
     else:
         raise SystemExit(f"a python block of extending.md says not where it goes: {head}")
-# Table entries first (a registry refuses a name without one), as the page says; then each new file as the module
-# it would be, after the registries it registers into.
+# Cards first (a registry refuses a name without one), as the page says; then each new file as the module it
+# would be, after the registries it registers into.
 for table, module, body in entries:
     exec(f"{table}.update({{{body}}})", vars(importlib.import_module(module)))
 import workers.compression, workers.data, workers.methods, workers.models  # noqa: E401
@@ -187,8 +187,8 @@ imported = [".".join(re.match(r"from (workers\.\w+) import (\w+)", line).groups(
 
 from orchestrator.grid import expand, parse_grid
 from orchestrator.validate import check_grid
-from workers.core.schemas.passes import PASSES
-from workers.core.schemas.sizes import dataset_sizes
+from workers.core.schemas import METHODS as METHOD_CARDS
+from workers.core.schemas.datasets import dataset_sizes
 
 grid = parse_grid(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1), "extending.md")
 check_grid(grid, "extending.md")
@@ -243,7 +243,7 @@ torch.set_num_threads(1)
 rows = [run(spec, Context(cache, torch.device("cpu"), data_root=root)) for spec in expand(tiny)]
 print(json.dumps({
     "new_files": sorted(new_files), "imported": imported, "doc_runs": doc_runs,
-    "passes": PASSES["cosine_probe"].train, "sizes": dataset_sizes("fashion_mnist", {}).train,
+    "passes": METHOD_CARDS["cosine_probe"].passes.train, "sizes": dataset_sizes("fashion_mnist", {}).train,
     "nm_groups_ok": groups_ok, "nm_layers": pruned_layers, "nm_sparsity": report.sparsity,
     "classes": splits.classes, "train_shape": list(splits.train_x.shape), "dtype": str(splits.train_x.dtype),
     "first_train_image": splits.train_x[0].tolist(), "missing": missing,

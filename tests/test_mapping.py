@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from workers.core.schemas.mappings import MappingCard
 from workers.mapping import (
     LABEL_MAPPINGS,
-    MappingMeta,
     compute_mapping,
     frequency_matrix,
     greedy_mapping,
@@ -165,14 +165,12 @@ def test_map_logits():
     assert map_logits(logits, torch.tensor([4, 0, 2])).tolist() == [[4, 0, 2], [9, 5, 7]]
 
 
-def test_registry_meta():
+def test_registry_cards():
     assert LABEL_MAPPINGS.names() == ["flm", "ilm", "ilm_hungarian", "rlm"]
-    assert LABEL_MAPPINGS.meta("rlm") == MappingMeta("fixed", None)
-    assert LABEL_MAPPINGS.meta("flm") == MappingMeta("once", greedy_mapping)
-    assert LABEL_MAPPINGS.meta("ilm") == MappingMeta("every_epoch", greedy_mapping)
-    assert LABEL_MAPPINGS.meta("ilm_hungarian") == MappingMeta("every_epoch", hungarian_mapping)
-    with pytest.raises(ValueError):
-        MappingMeta("sometimes", greedy_mapping)
+    assert [LABEL_MAPPINGS.card(n).schedule for n in ("rlm", "flm", "ilm", "ilm_hungarian")] == [
+        "fixed", "once", "every_epoch", "every_epoch"]
+    with pytest.raises(ValueError, match="'sometimes' is not one of"):
+        MappingCard("sometimes")
 
 
 def test_compute_mapping_dispatch():

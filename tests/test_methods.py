@@ -17,14 +17,14 @@ def runs():
     return expand(parse_grid(TINY))
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS.names() if METHODS.meta(m).kind in ("vp", "lp", "ff")])
+@pytest.mark.parametrize("method", [m for m in METHODS.names() if METHODS.card(m).kind in ("vp", "lp", "ff")])
 def test_every_method_runs_and_reports(method, runs, tmp_path):
     """Image methods on a CNN; CLIP and cross-modal methods have their own end-to-end tests."""
     spec = dataclasses.replace(next(r for r in runs if r.compression == "magnitude" and r.shots == 2), method=method)
     row = run(spec, Context(tmp_path, torch.device("cpu")))
     assert row.status == "ok", row.error
     assert 0 <= row.accuracy <= 1 and row.n_train == 20 and len(row.per_class_accuracy) == 10
-    assert (row.label_mapping is None) == (METHODS.meta(method).kind != "vp")
+    assert (row.label_mapping is None) == (METHODS.card(method).kind != "vp")
 
 
 def test_linear_probe_trains_on_the_frozen_pre_logit_features(runs, tmp_path):
@@ -77,7 +77,7 @@ def test_lp_names_a_missing_head(runs, tmp_path, monkeypatch):
     from workers.models import MODELS
 
     entry = MODELS.entry("demo_cnn")
-    monkeypatch.setitem(MODELS._entries, "demo_cnn", dataclasses.replace(entry, meta=dataclasses.replace(entry.meta, head="classifier")))
+    monkeypatch.setitem(MODELS._entries, "demo_cnn", dataclasses.replace(entry, card=dataclasses.replace(entry.card, head="classifier")))
     spec = dataclasses.replace(runs[0], method="lp")
     row = run(spec, Context(tmp_path, torch.device("cpu")))
     assert row.status == "failed" and "no classifier module `classifier`" in row.error
@@ -85,7 +85,7 @@ def test_lp_names_a_missing_head(runs, tmp_path, monkeypatch):
 
 def test_every_method_kind_is_covered():
     """A new kind of method needs an end-to-end test somewhere: fail here until it has one."""
-    assert {METHODS.meta(m).kind for m in METHODS.names()} <= {"vp", "lp", "ff", "crossmodal", "clip_vp", "clip_ilm"}
+    assert {METHODS.card(m).kind for m in METHODS.names()} <= {"vp", "lp", "ff", "crossmodal", "clip_vp", "clip_ilm"}
 
 
 @pytest.mark.parametrize("method", ["ilm", "lp", "ff"])
@@ -135,7 +135,7 @@ def test_rows_say_what_ran(runs, tmp_path):
 
 
 def test_every_method_declares_its_prompt():
-    kinds = {m: METHODS.meta(m).prompt for m in METHODS.names()}
-    assert {kinds[m] for m in METHODS.names() if METHODS.meta(m).kind == "vp"} == {"pad"}
+    kinds = {m: METHODS.card(m).prompt for m in METHODS.names()}
+    assert {kinds[m] for m in METHODS.names() if METHODS.card(m).kind == "vp"} == {"pad"}
     assert (kinds["lp"], kinds["ff"], kinds["clip_vp"], kinds["clip_ilm"], kinds["reprogram"]) == (
         None, None, "full_canvas_additive", "full_canvas_additive", "token_patches")

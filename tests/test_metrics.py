@@ -203,7 +203,7 @@ def test_paper_test_batch_per_dataset():
     from workers.metrics import run_metrics
     from workers.core.spec import RunSpec
 
-    assert {n: DATASETS.meta(n).paper_test_batch for n in DATASETS.names() if DATASETS.meta(n).paper_test_batch != 128
+    assert {n: DATASETS.card(n).paper_test_batch for n in DATASETS.names() if DATASETS.card(n).paper_test_batch != 128
             } == {"oxford_pets": 64}
     logits, labels = torch.randn(200, 37, dtype=torch.float64) * 2 + 3, torch.randint(0, 37, (200,))
     pets = run_metrics(logits, labels, RunSpec("resnet18", "ilm", "oxford_pets", None, 0))

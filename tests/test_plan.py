@@ -103,3 +103,20 @@ def test_launcher_reads_registered_defaults():
 
     assert default_resources({"resnet50", "clip_vit_l14", "nope"}) == {
         "resnet50": {"cpu": 2, "gpu": 0.25}, "clip_vit_l14": {"cpu": 2, "gpu": 0.5}}
+
+
+def test_plan_gpus_refuses_a_checkpoint_format_the_model_cannot_read_as_the_launch_does(tmp_path):
+    """`plan --gpus` reads the cards torch-free; its message is the launch's (workers.catalog, the registries)."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from workers.catalog import check
+
+    d = yaml.safe_load(TINY)
+    d["models"][0]["weights"] = {"format": "upop", "path": "w.pt"}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(d))
+    r = CliRunner().invoke(app, ["plan", str(path), "--gpus", "1"])
+    why = "model 'demo_cnn' cannot load checkpoint format 'upop' (it loads: state_dict)"
+    assert r.exit_code != 0 and why in r.output
+    assert check(expand(parse_grid(yaml.safe_dump(d)))) == [why]

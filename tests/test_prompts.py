@@ -89,5 +89,5 @@ def test_image_larger_than_canvas():
 
 def test_registry():
     assert PROMPTS.get("pad") is PadPrompter
-    assert PROMPTS.meta("pad") is None
+    assert PROMPTS.card("pad") is None
     assert "pad" in PROMPTS.names()

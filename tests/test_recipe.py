@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import workers.methods.vp as train_mod
-from workers.models import ModelMeta
+from workers.models import ModelCard
 from workers.core.spec import RunSpec, TrainConfig
 from workers.methods.vp import train_prompt
 from workers.train import Task
@@ -15,7 +15,8 @@ from workers.train import Task
 pytestmark = pytest.mark.unit
 
 # A 2-px image in a 4-px canvas; mean 0, std 1, so the model sees raw pixel values.
-META = ModelMeta(input_size=4, num_classes=4, source="hand-made", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+META = ModelCard("a test model", input_size=4, num_classes=4, source="hand-made", mean=(0.0, 0.0, 0.0),
+                 std=(1.0, 1.0, 1.0))
 
 
 class CodeReader(nn.Module):

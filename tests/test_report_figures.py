@@ -325,7 +325,7 @@ def test_source_class_names_match_every_registered_model():
     for entry in MODELS:
         assert entry.name in SOURCE_CLASSES, entry.name
         names = CLASS_LISTS[SOURCE_CLASSES[entry.name]]()
-        assert names is None or len(names) == entry.meta.num_classes, entry.name
+        assert names is None or len(names) == entry.card.num_classes, entry.name
 
 
 def test_label_mapping_names_are_readable():

@@ -51,7 +51,7 @@ def test_random_is_seeded_recorded_and_runs_on_a_small_canvas(tmp_path):
     b, _ = build_model("resnet18", "random", {}, tmp_path)
     assert a.weights_source == "random init (seed 0); not pre-trained"
     _assert_loaded(b.model, a.model.state_dict())
-    assert meta.input_size == 64 and MODELS.meta("resnet18").input_size == 224
+    assert meta.input_size == 64 and MODELS.card("resnet18").input_size == 224
     with torch.no_grad():
         assert a.model(torch.randn(3, 3, 64, 64)).shape == (3, 1000)
     with pytest.raises(ValueError, match=r"unknown arg 'depth'.*valid args: input_size"):
@@ -60,7 +60,7 @@ def test_random_is_seeded_recorded_and_runs_on_a_small_canvas(tmp_path):
 
 def test_every_checkpoint_format_has_a_loader():
     for name in ("resnet18", "resnet34", "resnet50"):
-        assert set(MODELS.meta(name).formats) == set(resnet.CHECKPOINT_FILTERS)
+        assert set(MODELS.card(name).formats) == set(resnet.CHECKPOINT_FILTERS)
 
 
 # --- state_dict ------------------------------------------------------------------------------------------------

@@ -8,9 +8,8 @@ import torch
 
 from orchestrator.grid import expand, parse_grid
 from tests.conftest import TINY
-from workers.models import MODELS, Built, ModelMeta
+from workers.models import MODELS, Built, ModelCard
 from workers.run import Context, run, run_pack
-from workers.core.schema import Schema
 
 pytestmark = pytest.mark.unit
 
@@ -85,9 +84,9 @@ class _NaNNet(torch.nn.Module):
 
 
 def test_nan_loss_fails_the_run(runs, tmp_path, monkeypatch):
-    meta = ModelMeta(input_size=32, num_classes=20, source="test")
+    card = ModelCard("a model whose loss is NaN", input_size=32, num_classes=20, source="test")
     monkeypatch.setitem(MODELS._entries, "nan_net", type(MODELS.entry("demo_cnn"))(
-        "nan_net", lambda w, a, c: Built(_NaNNet(), "test"), meta, Schema("a model whose loss is NaN")))
+        "nan_net", lambda w, a, c: Built(_NaNNet(), "test"), card))
     spec = dataclasses.replace(runs[0], model="nan_net", method="rlm", model_args={})
     row = run(spec, Context(tmp_path, torch.device("cpu")))
     assert row.status == "failed" and row.error.startswith("FloatingPointError: training loss is not finite")

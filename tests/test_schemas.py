@@ -1,51 +1,56 @@
-"""Every registered name has an argument schema and every schema a registered name; each schema agrees with
-the code that consumes its arguments (in the spirit of timm's tests over every model)."""
+"""Every card has a registered builder (a registry refuses a builder without a card), every card's arguments pass
+their own checks, and each card agrees with the code that consumes its arguments (in the spirit of timm's tests
+over every model)."""
 import inspect
 
 import pytest
 
 from workers.catalog import REGISTRIES
 from workers.core.registry import Registry
-from workers.core.schema import REQUIRED, Arg, Schema, check_args
-from workers.core.schemas import SCHEMAS
+from workers.core.schema import REQUIRED, Arg, check_args
+from workers.core.schemas import CARDS, MAPPINGS
 
 pytestmark = pytest.mark.unit
 
-DECLARED = [(kind, name) for kind, table in SCHEMAS.items() for name in table]
-REGISTERED = [(kind, name) for kind, reg in REGISTRIES.items() for name in reg.names()]
+DECLARED = [(kind, name) for kind, table in CARDS.items() for name in table]
 
 
 @pytest.mark.parametrize("kind, name", DECLARED, ids=lambda v: str(v))
-def test_every_schema_has_a_registered_name(kind, name):
-    assert name in REGISTRIES[kind], f"{kind} {name!r} is declared in workers/schemas but never registered"
+def test_every_card_has_a_registered_builder(kind, name):
+    assert name in REGISTRIES[kind], f"{kind} {name!r} has a card in workers/core/schemas but no builder"
 
 
-@pytest.mark.parametrize("kind, name", REGISTERED, ids=lambda v: str(v))
-def test_every_registered_name_has_its_schema(kind, name):
-    assert REGISTRIES[kind].schema(name) is SCHEMAS[kind][name]
+def test_every_label_mapping_card_has_a_builder():
+    from workers.mapping import LABEL_MAPPINGS
+
+    assert LABEL_MAPPINGS.names() == sorted(MAPPINGS)
 
 
 @pytest.mark.parametrize("kind, name", DECLARED, ids=lambda v: str(v))
 def test_defaults_pass_their_own_checks(kind, name):
-    schema = SCHEMAS[kind][name]
+    schema = CARDS[kind][name]
     assert schema.help and all(a.help for a in schema.args.values())
     problems = check_args(schema, schema.defaults())
     assert problems == [f"arg {k!r} is required ({a.describe()})" for k, a in schema.args.items() if a.required]
 
 
-def test_a_registry_refuses_a_name_without_a_schema():
-    reg = Registry("widget", {"known": Schema("a widget")})
-    reg.register("known")(object())
-    with pytest.raises(ValueError, match="'unknown' has no argument schema: declare it in workers/core/schemas/widgets.py"):
+def test_a_registry_refuses_a_name_without_a_card_and_exposes_the_card():
+    card = object()
+    reg = Registry("blue widget", {"known": card})
+    builder = reg.register("known")(object())
+    assert reg.get("known") is builder and reg.card("known") is card and reg.entry("known").card is card
+    with pytest.raises(ValueError, match="'unknown' has no card: declare it in workers/core/schemas/widgets.py"):
         reg.register("unknown")
+    with pytest.raises(ValueError, match="'known' is registered twice"):
+        reg.register("known")(object())
 
 
-@pytest.mark.parametrize("name", sorted(SCHEMAS["dataset"]))
+@pytest.mark.parametrize("name", sorted(CARDS["dataset"]))
 def test_dataset_loaders_take_exactly_their_declared_args(name):
     fn = REGISTRIES["dataset"].get(name)
     # size, root and crop say how to load, not what: they are not the grid's dataset args
     params = [p for p in inspect.signature(fn).parameters.values() if p.name not in ("size", "root", "crop")]
-    assert {p.name for p in params} == set(SCHEMAS["dataset"][name].args) - {"cap_shots"}
+    assert {p.name for p in params} == set(CARDS["dataset"][name].args) - {"cap_shots"}
     assert all(p.default is inspect.Parameter.empty for p in params), "defaults belong in the schema only"
 
 
@@ -53,23 +58,16 @@ def test_dataset_loaders_take_exactly_their_declared_args(name):
 def test_builtin_compressions_take_exactly_their_declared_args(name):
     fn = inspect.unwrap(REGISTRIES["compression"].get(name))
     params = list(inspect.signature(fn).parameters)[2:]  # after (model, calib)
-    assert set(params) == set(SCHEMAS["compression"][name].args)
-
-
-@pytest.mark.parametrize("name", sorted(SCHEMAS["model"]))
-def test_model_input_size_default_is_its_canvas(name):
-    from workers.models import MODELS
-
-    assert SCHEMAS["model"][name].args["input_size"].default == MODELS.meta(name).input_size
+    assert set(params) == set(CARDS["compression"][name].args)
 
 
 def test_closed_choices_match_the_tables_that_use_them():
     from workers.compression.structured import _IMPORTANCE
     from workers.models.clip_text import CLASSES, TEMPLATES
 
-    assert set(SCHEMAS["compression"]["channel"].args["importance"].choices) == set(_IMPORTANCE)
+    assert set(CARDS["compression"]["channel"].args["importance"].choices) == set(_IMPORTANCE)
     for name in ("clip_vit_b32", "clip_vit_l14", "clip_vit_l14_336"):
-        args = SCHEMAS["model"][name].args
+        args = CARDS["model"][name].args
         assert set(args["templates"].choices) == set(TEMPLATES) and set(args["classes"].choices) == set(CLASSES)
 
 

@@ -8,14 +8,14 @@ from PIL import Image
 from torch import nn
 
 from workers import upstream
-from workers.models import ModelMeta
+from workers.models import ModelCard
 from workers.core.spec import RunResult
 
 pytestmark = pytest.mark.unit
 
 WNIDS = ["n01440764", "n01443537", "n15075141"]  # ImageNet-1k indices 0, 1 and 999
 COLOURS = {0: (230, 20, 20), 1: (20, 230, 20), 2: (20, 20, 230)}  # red, green, blue
-META = ModelMeta(input_size=16, num_classes=1000, source="ImageNet-1k")
+META = ModelCard("a test model", input_size=16, num_classes=1000, source="ImageNet-1k")
 
 
 class ColourOracle(nn.Module):
@@ -63,7 +63,7 @@ def test_null_without_val_set_or_imagenet_source(tmp_path):
     assert upstream.upstream_accuracy(ColourOracle(), META, "v", str(tmp_path), tmp_path, cpu) is None
     assert upstream.upstream_accuracy(ColourOracle(), META, "v", None, tmp_path, cpu) is None
     write_val(tmp_path, {WNIDS[0]: [0]})
-    shapes = ModelMeta(input_size=16, num_classes=20, source="procedural shape classes")
+    shapes = ModelCard("a test model", input_size=16, num_classes=20, source="procedural shape classes")
     assert upstream.upstream_accuracy(ColourOracle(), shapes, "v", str(tmp_path), tmp_path, cpu) is None
     (tmp_path / "imagenet" / "val" / "cats").mkdir()
     with pytest.raises(ValueError, match="cats.*wnid"):
@@ -127,7 +127,7 @@ def test_a_shapes_model_is_scored_on_a_held_out_shapes_split(tmp_path):
     from workers.data.shapes import _split
     from workers.models import MODELS
 
-    meta = MODELS.meta("demo_cnn")
+    meta = MODELS.card("demo_cnn")
     model = ColourFamily(meta)
     got = upstream.upstream_accuracy(model, meta, "v", None, tmp_path, torch.device("cpu"), "demo_cnn")
     # independently: the held-out split rendered straight from its generation stream (seed 2s + 1), scored by hand

@@ -212,9 +212,9 @@ def roots(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
 # ---- every dataset ----
 
 def test_registered_with_paper_sizes():
-    sizes = {n: DATASETS.meta(n).input_size for n in NAMES}
+    sizes = {n: DATASETS.card(n).input_size for n in NAMES}
     assert sizes == {n: 32 if n in ("cifar10", "svhn", "gtsrb") else 128 for n in NAMES}
-    assert [DATASETS.meta(n).num_classes for n in NAMES] == [10, 10, 43, 47, 102, 37, 10, 101]
+    assert [DATASETS.card(n).num_classes for n in NAMES] == [10, 10, 43, 47, 102, 37, 10, 101]
     assert [len(CLASSES[n]) for n in ("svhn", "gtsrb", "flowers102")] == [10, 43, 102]
 
 
@@ -223,7 +223,7 @@ def test_registered_with_paper_sizes():
 def test_loads_real_layout(roots, name, size):
     root, exp = roots[name]
     s = load_dataset(name, size=size, root=str(root))
-    side = size or DATASETS.meta(name).input_size
+    side = size or DATASETS.card(name).input_size
     for x, y in ((s.train_x, s.train_y), (s.test_x, s.test_y)):
         assert x.dtype == torch.uint8 and y.dtype == torch.int64 and x.is_contiguous()  # 4x smaller than float
         assert x.shape == (len(y), 3, side, side) and len(y) > 0
@@ -301,7 +301,7 @@ def test_caltech_grey_images_become_rgb(tmp_path):
 def test_missing_data_names_dataset_and_layout(tmp_path, name):
     with pytest.raises(FileNotFoundError, match=f"'{name}'.*no data root.*--data-root.*VPGRID_DATA.*download"):
         load_dataset(name, root=None)
-    expected = tmp_path / vision.NEEDS[name][0].format(partition=1)
+    expected = tmp_path / DATASETS.card(name).layout[0].format(partition=1)
     with pytest.raises(FileNotFoundError) as e:
         load_dataset(name, root=str(tmp_path))
     assert f"'{name}'" in str(e.value) and str(expected) in str(e.value) and "data_root" in str(e.value)

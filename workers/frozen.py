@@ -12,21 +12,21 @@ import torch
 
 from workers.compression import CompressionReport, compress
 from workers.fold import fold_batchnorm
-from workers.models import ModelMeta, Weights, build_model
+from workers.models import ModelCard, Weights, build_model
 
 
 @dataclass
 class Frozen:
     model: torch.nn.Module  # as compressed: what full fine-tuning trains
     frozen: torch.nn.Module  # `model` with BatchNorm folded in: what the other methods read
-    meta: ModelMeta
+    meta: ModelCard
     weights_source: str
     report: CompressionReport
 
 
 def prepare_frozen(name: str, weights: Weights, model_args: dict, cache_dir: Path, device: torch.device,
                    compression: str = "dense", compression_args: dict | None = None,
-                   calib: Callable[[ModelMeta], torch.Tensor] | None = None, fill_head: bool = True) -> Frozen:
+                   calib: Callable[[ModelCard], torch.Tensor] | None = None, fill_head: bool = True) -> Frozen:
     """Model `name` with `weights` (resolved: "pretrained", "random" or a Checkpoint), compressed by `compression`.
     `calib(meta)`: the calibration batch a data-dependent compression or a channel pruning traces with.
     `fill_head=False`: leave a head computed from the weights (CLIP's zero-shot head) at zeros (`build_model`)."""

@@ -5,7 +5,6 @@ injective (distinct source classes), so S >= K is required.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -13,9 +12,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from workers.core import schemas
 from workers.core.registry import Registry
-
-SCHEDULES = ("fixed", "once", "every_epoch")
 
 
 def _check_sizes(num_source: int, num_target: int) -> None:
@@ -84,25 +82,7 @@ def map_logits(source_logits: Tensor, mapping: Tensor) -> Tensor:
     return source_logits[:, mapping.to(source_logits.device)]
 
 
-@dataclass(frozen=True)
-class MappingMeta:
-    """When a mapping is (re)computed and, for frequency methods, how counts become a mapping.
-
-    schedule: "fixed" (from the seed, no data), "once" (with the initial prompt before training),
-    "every_epoch" (at the start of every epoch with the current prompt).
-    """
-
-    schedule: str
-    assign: Optional[Callable[[Tensor], Tensor]]
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule {self.schedule!r} is not one of {SCHEDULES}")
-        if (self.schedule == "fixed") != (self.assign is None):
-            raise ValueError("only the 'fixed' schedule has no assign function")
-
-
-LABEL_MAPPINGS: Registry[Callable[..., Tensor]] = Registry("label mapping")
+LABEL_MAPPINGS: Registry[Callable[..., Tensor]] = Registry("label mapping", schemas.MAPPINGS)
 
 
 def compute_mapping(
@@ -114,38 +94,31 @@ def compute_mapping(
     num_target: int,
     seed: int,
 ) -> Tensor:
-    """Compute the mapping of method `name` as its MappingMeta says (random if fixed, else by frequency)."""
-    meta: MappingMeta = LABEL_MAPPINGS.meta(name)
-    if meta.schedule == "fixed":
-        return random_mapping(num_source, num_target, seed)
-    if source_pred is None or targets is None:
-        raise ValueError(f"label mapping {name!r} needs source_pred and targets")
-    return meta.assign(frequency_matrix(source_pred, targets, num_source, num_target))
+    """The mapping of label mapping `name`, by its builder; when to compute it is its card's `schedule`
+    (workers/core/schemas/mappings.py)."""
+    return LABEL_MAPPINGS.get(name)(source_pred=source_pred, targets=targets, num_source=num_source,
+                                    num_target=num_target, seed=seed)
 
 
-# One registration per method; each function is compute_mapping bound to its name, so callers can use
-# either LABEL_MAPPINGS.get(name)(...) or compute_mapping(name, ...).
+@LABEL_MAPPINGS.register("rlm")
+def rlm(*, num_source: int, num_target: int, seed: int, **_) -> Tensor:
+    """Random label mapping, fixed for the whole run (schedule "fixed": from the seed, no data)."""
+    return random_mapping(num_source, num_target, seed)
 
 
-@LABEL_MAPPINGS.register("rlm", meta=MappingMeta("fixed", None))
-def rlm(**kwargs) -> Tensor:
-    """Random label mapping, fixed for the whole run."""
-    return compute_mapping("rlm", **kwargs)
+def _by_frequency(name: str, assign: Callable[[Tensor], Tensor]) -> Callable[..., Tensor]:
+    """The builder of a mapping that `assign`s from the frequency matrix of the source model's predictions."""
+
+    def build(*, source_pred: Optional[Tensor] = None, targets: Optional[Tensor] = None, num_source: int,
+              num_target: int, **_) -> Tensor:
+        if source_pred is None or targets is None:
+            raise ValueError(f"label mapping {name!r} needs source_pred and targets")
+        return assign(frequency_matrix(source_pred, targets, num_source, num_target))
+
+    return build
 
 
-@LABEL_MAPPINGS.register("flm", meta=MappingMeta("once", greedy_mapping))
-def flm(**kwargs) -> Tensor:
-    """Frequency label mapping, computed once with the initial prompt."""
-    return compute_mapping("flm", **kwargs)
-
-
-@LABEL_MAPPINGS.register("ilm", meta=MappingMeta("every_epoch", greedy_mapping))
-def ilm(**kwargs) -> Tensor:
-    """Iterative label mapping (the ILM-VP recipe): greedy frequency mapping redone every epoch."""
-    return compute_mapping("ilm", **kwargs)
-
-
-@LABEL_MAPPINGS.register("ilm_hungarian", meta=MappingMeta("every_epoch", hungarian_mapping))
-def ilm_hungarian(**kwargs) -> Tensor:
-    """ILM with the optimal (Hungarian) assignment instead of the greedy one."""
-    return compute_mapping("ilm_hungarian", **kwargs)
+# FLM (once, with the initial prompt) and ILM (the ILM-VP recipe: every epoch) assign greedily, ILM-Hungarian
+# optimally; their cards say when.
+for _name, _assign in (("flm", greedy_mapping), ("ilm", greedy_mapping), ("ilm_hungarian", hungarian_mapping)):
+    LABEL_MAPPINGS.register(_name)(_by_frequency(_name, _assign))

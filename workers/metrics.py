@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-PAPER_TEST_BATCH = 128  # the paper's test loader; datasets that differ say so in DatasetMeta.paper_test_batch
+PAPER_TEST_BATCH = 128  # the paper's test loader; datasets that differ say so in their card's paper_test_batch
 
 
 def _mean_or_none(values: Tensor) -> Optional[float]:
@@ -132,5 +132,5 @@ def run_metrics(logits: Tensor, labels: Tensor, spec) -> dict[str, Any]:
     default for a hand-made task that is no registered dataset)."""
     from workers.data import DATASETS
 
-    batch = DATASETS.meta(spec.dataset).paper_test_batch if spec.dataset in DATASETS else PAPER_TEST_BATCH
+    batch = DATASETS.card(spec.dataset).paper_test_batch if spec.dataset in DATASETS else PAPER_TEST_BATCH
     return classification_metrics(logits, labels, paper_batch=batch)

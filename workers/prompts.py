@@ -30,7 +30,7 @@ def read_prompt_file(data: bytes) -> dict[str, Tensor]:
     return load(data)
 
 
-@PROMPTS.register("pad", meta=None)
+@PROMPTS.register("pad")
 class PadPrompter(torch.nn.Module):
     """Place an image (uint8, or float in [0,1]) in the centre of a `canvas` square and learn the border around it.
 

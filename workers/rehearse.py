@@ -65,14 +65,14 @@ def check_fetch(digests: Digests):
 
 def check_inputs(spec: RunSpec, cache_dir: Path, data_root: Optional[str], digests: Digests) -> None:
     """Raise what the real run would raise at its first missing or wrong input."""
-    from workers.core.schemas.layouts import NEEDS, check_layout
+    from workers.core.schemas import DATASETS
+    from workers.core.schemas.layouts import check_layout
 
     args = dict(spec.compression_args)
     checkpoint = args.pop("checkpoint", None)
     resolve(checkpoint if checkpoint is not None else spec.weights, args, cache_dir, check_fetch(digests))
-    if spec.dataset in NEEDS:
+    if spec.dataset in DATASETS and DATASETS[spec.dataset].layout:
         from workers.core.schema import resolve as with_defaults
-        from workers.core.schemas import DATASETS
 
         ds_args = with_defaults(DATASETS[spec.dataset], dict(spec.dataset_args), f"dataset {spec.dataset!r}")
         check_layout(spec.dataset, data_root, bool(ds_args.get("download")), ds_args)

@@ -23,7 +23,7 @@ from workers.compression import data_dependent
 from workers.data import Crop, Splits, cached_dataset
 from workers.data.fewshot import few_shot_indices
 from workers.frozen import prepare_frozen
-from workers.models import ModelMeta
+from workers.models import ModelCard
 from workers.methods import BATCHED, METHODS
 from workers.core.spec import RunResult, RunSpec
 from workers.train import Task, TrainOutput
@@ -46,7 +46,7 @@ def versions() -> str:
 @dataclass
 class Variant:
     model: torch.nn.Module
-    meta: ModelMeta
+    meta: ModelCard
     weights_source: str
     sparsity: float
     layer_sparsity: str
@@ -59,7 +59,7 @@ class Variant:
 
     def model_for(self, method: str) -> torch.nn.Module:
         """Full fine-tuning trains the model as compressed; every other method reads the folded copy."""
-        return self.model if METHODS.meta(method).kind == "ff" or self.frozen is None else self.frozen
+        return self.model if METHODS.card(method).kind == "ff" or self.frozen is None else self.frozen
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Context:
         reused actor's next pack, on another dataset, must not get this one's ranges."""
         if not data_dependent(spec.compression, spec.compression_args):
             return (spec.variant_key,)
-        native = spec.method in METHODS and METHODS.meta(spec.method).native_input  # calibrated at the model's size
+        native = spec.method in METHODS and METHODS.card(spec.method).native_input  # calibrated at the model's size
         return (spec.variant_key, spec.dataset, json.dumps(_loader_args(spec), sort_keys=True), spec.train.input_size,
                 native, self.data_root)
 
@@ -113,7 +113,7 @@ class Context:
                                          time.perf_counter() - t0, upstream, f.frozen)
         return self.variants[key]
 
-    def _calibration_batch(self, spec: RunSpec, meta: ModelMeta) -> torch.Tensor:
+    def _calibration_batch(self, spec: RunSpec, meta: ModelCard) -> torch.Tensor:
         """Activation ranges come from target training images on the zero prompt, as the run will see them."""
         from workers.prompts import PadPrompter
 
@@ -140,13 +140,13 @@ def _loader_args(spec: RunSpec) -> dict:
 def _default_size(spec: RunSpec) -> int:
     from workers.data import DATASETS
 
-    return DATASETS.meta(spec.dataset).input_size
+    return DATASETS.card(spec.dataset).input_size
 
 
-def data_input(spec: RunSpec, meta: ModelMeta) -> tuple[int, Crop | None]:
+def data_input(spec: RunSpec, meta: ModelCard) -> tuple[int, Crop | None]:
     """(side, crop) the run's images are decoded at: the model's resolution and own preprocessing for methods that
     feed it whole images as its reference does (CLIP's), else the VP recipe's squash to train.input_size."""
-    if METHODS.meta(spec.method).native_input:
+    if METHODS.card(spec.method).native_input:
         return meta.input_size, Crop(meta.interpolation, meta.crop_pct)
     return spec.train.input_size or _default_size(spec), None
 
@@ -245,7 +245,7 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
 
 
 def _prompt_kind(method: str) -> str | None:
-    return METHODS.meta(method).prompt if method in METHODS else None  # an unknown method fails in the run
+    return METHODS.card(method).prompt if method in METHODS else None  # an unknown method fails in the run
 
 
 def prompt_of(result: RunResult) -> dict[str, torch.Tensor] | None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.models import ModelMeta
+from workers.models import ModelCard
 from workers.core.spec import RunSpec, TrainConfig
 
 
@@ -35,7 +35,7 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
-def to_canvas(x: torch.Tensor, meta: ModelMeta, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def to_canvas(x: torch.Tensor, meta: ModelCard, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Target images (uint8, or float in [0,1]) -> normalised model inputs at the model's canvas size."""
     x = images(x, dtype)
     if x.shape[-1] != meta.input_size:

@@ -4,7 +4,7 @@ ImageNet val lives under the data root like the other datasets, in torchvision's
 `<root>/imagenet/val/<wnid>/*.JPEG` (what torchvision.datasets.ImageNet's val split unpacks to). Labels are the
 standard ImageNet-1k indices, the position of the wnid in the sorted list of the 1000 (timm's ImageNetInfo), so a
 val set holding only some classes is still scored against all 1000 outputs. Each image gets the model's own
-evaluation preprocessing (ModelMeta: short side to input_size / crop_pct, interpolation, centre crop, mean/std).
+evaluation preprocessing (ModelCard: short side to input_size / crop_pct, interpolation, centre crop, mean/std).
 
 Computed once per variant and val set, cached in the node cache (`<cache>/upstream/`); no val set under the data
 root, or a model whose source task is not ImageNet-1k, gives None (a null column), never a made-up number.
@@ -26,7 +26,7 @@ from PIL import Image
 
 from workers.data import Crop
 from workers.data.vision import crop_image
-from workers.models import ModelMeta
+from workers.models import ModelCard
 from workers.train import to_canvas
 
 VAL_DIR = "imagenet/val"
@@ -50,12 +50,12 @@ def imagenet_val(root: str | None) -> list[tuple[Path, int]] | None:
     return out or None
 
 
-def is_imagenet_classifier(meta: ModelMeta) -> bool:
+def is_imagenet_classifier(meta: ModelCard) -> bool:
     return meta.num_classes == 1000 and meta.source.startswith("ImageNet-1k")
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, meta: ModelMeta, files: list[tuple[Path, int]], device: torch.device,
+def accuracy(model: torch.nn.Module, meta: ModelCard, files: list[tuple[Path, int]], device: torch.device,
              batch_size: int = 64) -> float:
     crop = Crop(meta.interpolation, meta.crop_pct)
     correct = 0
@@ -69,7 +69,7 @@ def accuracy(model: torch.nn.Module, meta: ModelMeta, files: list[tuple[Path, in
 
 
 @torch.no_grad()
-def shapes_accuracy(model: torch.nn.Module, meta: ModelMeta, device: torch.device, batch_size: int = 250) -> float:
+def shapes_accuracy(model: torch.nn.Module, meta: ModelCard, device: torch.device, batch_size: int = 250) -> float:
     """Top-1 on the held-out shapes split (SHAPES_HELD_OUT) at the model's input size."""
     from workers.data import load_dataset
 
@@ -81,7 +81,7 @@ def shapes_accuracy(model: torch.nn.Module, meta: ModelMeta, device: torch.devic
     return correct / len(data.test_x)
 
 
-def upstream_accuracy(model: torch.nn.Module, meta: ModelMeta, variant_key: str, root: str | None, cache_dir: Path,
+def upstream_accuracy(model: torch.nn.Module, meta: ModelCard, variant_key: str, root: str | None, cache_dir: Path,
                       device: torch.device, name: str = "") -> float | None:
     """Top-1 on the source task: ImageNet val, cached by (variant, val set: file names and sizes, preprocessing);
     or the held-out shapes split for a model (`name`) whose source task is shapes."""

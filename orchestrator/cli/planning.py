@@ -60,12 +60,16 @@ def plan(grid: Path, as_json: JsonOpt = False,
 
 
 def _makespan(g, source: str, runs, table, gpus: int):
-    """The launch's packing and order on `gpus` GPUs. Trial resources need the models' registered defaults, as
-    the launch resolves them (this imports the workers)."""
+    """The launch's packing and order on `gpus` GPUs, with the models' default resources from their cards as the
+    launch resolves them (torch-free). A checkpoint format a model cannot read fails here as at the launch."""
     from orchestrator.estimate import makespan
-    from orchestrator.launch import check_names
+    from orchestrator.grid import GridError
+    from workers.core.schemas.models import cannot_load, default_resources
 
-    return makespan(g, source, table, gpus, check_names(runs, source))
+    problems = list(dict.fromkeys(why for r in runs if (why := cannot_load(r))))
+    if problems:
+        raise GridError(f"{source}: " + "; ".join(problems))
+    return makespan(g, source, table, gpus, default_resources({r.model for r in runs}))
 
 
 def _estimate(g, source: str, throughput: Optional[Path]):

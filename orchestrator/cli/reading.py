@@ -165,11 +165,11 @@ def report(store: StoreArg, as_json: JsonOpt = False,
 
 def _schema_rows(kinds: list[str]) -> list[dict]:
     """One row per registered name: kind, name, help, and each argument's type, default and valid values."""
-    from workers.core.schemas import SCHEMAS
+    from workers.core.schemas import CARDS
 
     rows = []
     for kind in kinds:
-        for name, schema in sorted(SCHEMAS[kind[:-1]].items()):
+        for name, schema in sorted(CARDS[kind[:-1]].items()):
             args = [{"name": k, "type": a.type, "required": a.required, "default": None if a.required else a.default,
                      "valid": a.describe(), "help": a.help} for k, a in schema.args.items()]
             rows.append({"kind": kind[:-1], "name": name, "help": schema.help, "args": args})

@@ -1,4 +1,4 @@
-"""The compression registry, its argument checking and the measured report (arguments: workers/schemas).
+"""The compression registry, its argument checking and the measured report (cards: workers/core/schemas/).
 
 Kept apart from __init__ so prune.py / quant.py can import it without a cycle.
 """
@@ -61,21 +61,13 @@ class CompressionReport:
     act_bits: int | None
 
 
-@dataclass(frozen=True)
-class CompressionMeta:
-    """data_dependent(resolved args): whether the result depends on the calibration batch's values, i.e. on the
-    run's dataset (fakequant's activation ranges). A model cache must then be keyed by that data too."""
-
-    data_dependent: Callable[[dict], bool]
-
-
 COMPRESSIONS: Registry[Callable[..., nn.Module]] = Registry("compression", schemas.COMPRESSIONS)
 
 
 def data_dependent(method: str, args: dict) -> bool:
     """Whether `method` with `args` (a checkpoint entry aside) builds a different model from different data."""
-    meta = COMPRESSIONS.meta(method)
-    return meta is not None and meta.data_dependent(resolve_args(method, dict(args or {})))
+    arg = COMPRESSIONS.card(method).data_dependent_arg  # e.g. fakequant's act_bits: activation ranges
+    return arg is not None and resolve_args(method, dict(args or {}))[arg] is not None
 
 
 @torch.no_grad()
@@ -92,7 +84,7 @@ def measure_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
 
 def resolve_args(method: str, args: dict) -> dict:
     """Fill defaults and check every value; a bad spec fails here, before any weight changes."""
-    return resolve(COMPRESSIONS.schema(method), args, f"compression {method!r}")
+    return resolve(COMPRESSIONS.card(method), args, f"compression {method!r}")
 
 
 def compress(

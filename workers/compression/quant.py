@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workers.compression.base import COMPRESSIONS, CompressionMeta, compression_targets
+from workers.compression.base import COMPRESSIONS, compression_targets
 
 
 def quantise_weight(w: Tensor, bits: int) -> Tensor:
@@ -78,7 +78,7 @@ def _calibrate(model: nn.Module, layers: list[nn.Module], calib: Tensor) -> list
     return [(lo, hi) for lo, hi in ranges]
 
 
-@COMPRESSIONS.register("fakequant", meta=CompressionMeta(lambda args: args["act_bits"] is not None))
+@COMPRESSIONS.register("fakequant")
 @torch.no_grad()
 def fakequant(model: nn.Module, calib: Tensor | None, bits: int, act_bits: int | None) -> nn.Module:
     if act_bits is not None and calib is None:

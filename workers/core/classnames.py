@@ -3,7 +3,7 @@ the label-mapping figure.
 
 A model declares its source classes here by name of a class list (`SOURCE_CLASSES`); a method whose
 `label_mapping` does not index source classes declares how to read it (`MAPPING_INDEX`). A test checks every
-registered model's `ModelMeta.num_classes` against its list, so the two cannot drift apart. Names the machine
+registered model's `ModelCard.num_classes` against its list, so the two cannot drift apart. Names the machine
 does not have offline are reported as unavailable, never made up.
 """
 from __future__ import annotations

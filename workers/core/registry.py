@@ -1,12 +1,14 @@
-"""A small generic registry: one per kind (models, compressions, datasets, label mappings).
+"""A small generic registry: one per kind (models, compressions, datasets, methods, label mappings).
 
-Register with a decorator on the definition; look up by name with a "did you mean" hint.
+Everything declarative about a name (help, arguments, metadata) is its card, declared torch-free in
+workers/core/schemas/; the decorator on the definition only attaches the builder. Look up by name with a
+"did you mean" hint.
 """
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -21,28 +23,27 @@ class UnknownName(KeyError):
 @dataclass(frozen=True)
 class Entry(Generic[T]):
     name: str
-    obj: T
-    meta: Any = None
-    schema: Any = None  # workers.core.schema.Schema: help and arguments, declared in workers/core/schemas/
+    obj: T  # the builder
+    card: Any = None  # the name's card from workers/core/schemas/ (None for a kind without cards)
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, schemas: dict | None = None) -> None:
-        """`schemas`: the kind's torch-free table of {name: Schema}; every registered name must have one."""
+    def __init__(self, kind: str, cards: Mapping[str, Any] | None = None) -> None:
+        """`cards`: the kind's torch-free table of {name: card}; every registered name must have one."""
         self.kind = kind
-        self.schemas = schemas
+        self.cards = cards
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, meta: Any = None) -> Callable[[T], T]:
-        if self.schemas is not None and name not in self.schemas:
-            raise ValueError(f"{self.kind} {name!r} has no argument schema: declare it in "
-                             f"workers/core/schemas/{self.kind}s.py")
+    def register(self, name: str) -> Callable[[T], T]:
+        if self.cards is not None and name not in self.cards:
+            # the table's file is named after the kind's last word: "label mapping" -> mappings.py
+            raise ValueError(f"{self.kind} {name!r} has no card: declare it in "
+                             f"workers/core/schemas/{self.kind.split()[-1]}s.py")
 
         def deco(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            schema = self.schemas[name] if self.schemas is not None else None
-            self._entries[name] = Entry(name, obj, meta, schema)
+            self._entries[name] = Entry(name, obj, None if self.cards is None else self.cards[name])
             return obj
 
         return deco
@@ -59,11 +60,8 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         return self.entry(name).obj
 
-    def meta(self, name: str) -> Any:
-        return self.entry(name).meta
-
-    def schema(self, name: str) -> Any:
-        return self.entry(name).schema
+    def card(self, name: str) -> Any:
+        return self.entry(name).card
 
     def names(self) -> list[str]:
         return sorted(self._entries)

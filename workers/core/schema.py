@@ -1,8 +1,8 @@
 """Argument schemas: what each registered model, compression, dataset and method accepts.
 
-Torch-free on purpose: `vpgrid plan` and `vpgrid list` read the schemas without importing the workers. Each
-kind declares its entries once in `workers/core/schemas/<kind>.py`; the registry of that kind refuses to register
-a name that has no schema there, so the two cannot drift apart.
+Torch-free on purpose: `vpgrid plan` and `vpgrid list` read them without importing the workers. Each registered
+name's card (`workers/core/schemas/<kind>s.py`) is a Schema with the kind's metadata; the registry of that kind
+refuses to register a name that has no card there, so the two cannot drift apart.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Optional
 REQUIRED = type("Required", (), {"__repr__": lambda self: "required"})()
 TYPES = ("int", "float", "str", "bool", "checkpoint")
 
-# Checkpoint formats some model family reads (each model says which of them in its ModelMeta.formats).
+# Checkpoint formats some model family reads (each model says which of them in its ModelCard.formats).
 CHECKPOINT_FORMATS = ("state_dict", "gmp", "lth", "sparse_transfer", "upop", "vvtq")
 CHECKPOINT_KEYS = ("format", "path", "url", "sha256", "mask", "mask_sha256")
 REMOTE = ("http://", "https://", "s3://", "gs://")  # fetched into a node's cache: a sha256 must verify the copy

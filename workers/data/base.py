@@ -1,4 +1,5 @@
-"""The dataset registry, its metadata and the split container.
+"""The dataset registry, the split container and the loading every run goes through. Each dataset's card
+(help, arguments, sizes, layout, metadata) is declared in workers/core/schemas/datasets.py.
 
 Kept apart from __init__ so the dataset modules can import it without a cycle.
 """
@@ -18,16 +19,6 @@ from workers.core.registry import Registry
 from workers.core.schema import resolve
 
 CACHE_FORMAT = 2  # 2: images uint8 (N,3,H,W), read back memory-mapped; 1 (float32, read into memory) is not reused
-
-
-@dataclass(frozen=True)
-class DatasetMeta:
-    input_size: int  # default side the target images are resized to inside the canvas; tokens per text
-    num_classes: int
-    description: str
-    modality: str = "image"  # "image": (N,3,s,s) uint8 or float in [0,1] (see Splits); "text"/"dna": int64 ids (N, L)
-    bundled: bool = False  # needs no files (generated or shipped with a package)
-    paper_test_batch: int = 128  # the paper's test batch size, which its ECE depends on (`metrics.paper_ece`)
 
 
 @dataclass(frozen=True)
@@ -83,9 +74,9 @@ def resize(x: Tensor, size: int, crop: Crop | None = None) -> Tensor:
 def load_dataset(name: str, size: int | None = None, root: str | None = None, crop: Crop | None = None,
                  **args) -> Splits:
     entry = DATASETS.entry(name)
-    # Defaults and checks come from workers/core/schemas/datasets.py; cap_shots is for the few-shot sampler.
-    args = {k: v for k, v in resolve(entry.schema, args, f"dataset {name!r}").items() if k != "cap_shots"}
-    meta = DATASETS.meta(name)
+    # Defaults and checks come from the card; cap_shots is for the few-shot sampler.
+    args = {k: v for k, v in resolve(entry.card, args, f"dataset {name!r}").items() if k != "cap_shots"}
+    meta = entry.card
     if size is None:
         size = meta.input_size
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:

@@ -6,16 +6,13 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from workers.data.base import DATASETS, Crop, DatasetMeta, Splits, resize
+from workers.data.base import DATASETS, Crop, Splits, resize
 
 # Fixed, independent of the run seed: every run of a grid must see the same test set.
 SPLIT_SEED = 0
 
 
-@DATASETS.register(
-    "digits",
-    meta=DatasetMeta(16, 10, "scikit-learn handwritten digits (1797 8x8 grayscale, 10 classes)", bundled=True),
-)
+@DATASETS.register("digits")
 def digits(size: int, root: str | None, test_fraction: float, crop: Crop | None = None) -> Splits:
     d = load_digits()
     x = torch.from_numpy((d.images / 16.0).astype(np.float32))[:, None].expand(-1, 3, -1, -1)

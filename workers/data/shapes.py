@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from workers.data.base import DATASETS, Crop, DatasetMeta, Splits
+from workers.data.base import DATASETS, Crop, Splits
 
 
 def _plus(u: Tensor, v: Tensor) -> Tensor:
@@ -81,10 +81,7 @@ def _split(n: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
     return render(y, size, g), y
 
 
-@DATASETS.register(
-    "shapes",
-    meta=DatasetMeta(32, len(CLASSES), "procedural shapes: 10 shapes x warm/cool colours, noisy background", bundled=True),
-)
+@DATASETS.register("shapes")
 def shapes(size: int, root: str | None, n_train: int, n_test: int, seed: int, crop: Crop | None = None) -> Splits:
     # Rendered at `size` itself: a crop (a model's own preprocessing) has no larger original to start from.
     # Separate streams per split, so changing n_train does not change the test set.

@@ -1,7 +1,7 @@
 """Text and DNA target tasks for cross-modal reprogramming (Neekhara et al., WACV 2022), read from local files.
 
 Each loader returns token ids, not images: `Splits.train_x`/`test_x` are int64 (N, L), where L is the `size`
-passed by `load_dataset` (the sequence length; `DatasetMeta.input_size` is its default). Only the
+passed by `load_dataset` (the sequence length; the card's `input_size` is its default). Only the
 `reprogram` method (workers/crossmodal.py) consumes them.
 
 File layouts under `root` (the run's `data_root`), one per task:
@@ -47,12 +47,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from workers.data.base import DATASETS, DatasetMeta, Splits
+from workers.data.base import DATASETS, Splits
 
 # Fixed, independent of the run seed: every run of a grid must see the same splice test set.
 SPLIT_SEED = 0
-DEFAULT_LENGTH = 576  # 24 x 24 patches of 16 px: the original 384 px canvas
-SPLICE_LENGTH = 60  # UCI splice sequences are 60 bases; the reprogrammer repeats the last over the rest
 
 WORD_RE = re.compile(r"[a-z0-9']+")
 DNA_ALPHABET = "ACGTDNSR"  # ids 1..8; 0 = unknown
@@ -180,37 +178,30 @@ def _word_splits(name: str, read, classes: list[str], size: int, max_vocab: int)
 
 # ---- registered tasks ----
 
-@DATASETS.register("yelp_polarity", meta=DatasetMeta(DEFAULT_LENGTH, 2, "Yelp review polarity (Zhang CSVs, 560k/38k), "
-                                                                         "word tokens; input_size = sequence length", "text"))
+@DATASETS.register("yelp_polarity")
 def yelp_polarity(size: int, root: str | None, max_vocab: int) -> Splits:
     read = lambda split: _read_zhang("yelp_polarity", root, split, ["label", "text"], 2)  # noqa: E731
     return _word_splits("yelp_polarity", read, ["negative", "positive"], size, max_vocab)
 
 
-@DATASETS.register("imdb", meta=DatasetMeta(DEFAULT_LENGTH, 2, "IMDB movie reviews (25k/25k; csv/parquet/jsonl), "
-                                                                "word tokens; input_size = sequence length", "text"))
+@DATASETS.register("imdb")
 def imdb(size: int, root: str | None, max_vocab: int) -> Splits:
     return _word_splits("imdb", lambda split: _read_imdb(root, split), ["negative", "positive"], size, max_vocab)
 
 
-@DATASETS.register("ag_news", meta=DatasetMeta(DEFAULT_LENGTH, 4, "AG News topics (Zhang CSVs, 120k/7.6k), "
-                                                                   "word tokens; input_size = sequence length", "text"))
+@DATASETS.register("ag_news")
 def ag_news(size: int, root: str | None, max_vocab: int) -> Splits:
     read = lambda split: _read_zhang("ag_news", root, split, ["class", "title", "description"], 4)  # noqa: E731
     return _word_splits("ag_news", read, AG_NEWS_CLASSES, size, max_vocab)
 
 
-@DATASETS.register("dbpedia14", meta=DatasetMeta(DEFAULT_LENGTH, 14, "DBpedia-14 ontology classes (Zhang CSVs, "
-                                                                      "560k/70k), word tokens; input_size = sequence "
-                                                                      "length", "text"))
+@DATASETS.register("dbpedia14")
 def dbpedia14(size: int, root: str | None, max_vocab: int) -> Splits:
     read = lambda split: _read_zhang("dbpedia14", root, split, ["class", "title", "content"], 14)  # noqa: E731
     return _word_splits("dbpedia14", read, DBPEDIA_CLASSES, size, max_vocab)
 
 
-@DATASETS.register("splice", meta=DatasetMeta(SPLICE_LENGTH, 3, "UCI splice junctions (3190 DNA sequences of 60 "
-                                                                 "bases; EI/IE/N), character tokens; seeded "
-                                                                 "stratified split", "dna"))
+@DATASETS.register("splice")
 def splice(size: int, root: str | None, test_fraction: float) -> Splits:
     """No `max_vocab`: the character vocabulary is fixed. UCI lists a few identical sequences under different
     ids; the split is by line, as every published split of the file is."""

@@ -1,7 +1,7 @@
 """The paper's eight image target tasks, read from disk through torchvision.datasets.
 
-Every dataset lives under one data root in torchvision's own folder layout (see NEEDS). Nothing is downloaded
-unless a grid asks for it (`download: true` in the dataset's args); a missing dataset is an error, never
+Every dataset lives under one data root in torchvision's own folder layout (its card's `layout`). Nothing is
+downloaded unless a grid asks for it (`download: true` in the dataset's args); a missing dataset is an error, never
 replaced by other data. Images are decoded once: PIL → RGB → bilinear resize to (size, size) (what
 transforms.Resize((s, s)) does in the reference recipe) → uint8 (N,3,s,s); `as_float` makes the same float32 in
 [0,1] as ToTensor per batch. With a `Crop` (CLIP's own preprocessing) the short side is resized instead, keeping
@@ -25,8 +25,8 @@ import torchvision.datasets as tv
 from PIL import Image
 from torch import Tensor
 
-from workers.data.base import DATASETS, Crop, DatasetMeta, Splits
-from workers.core.schemas.layouts import HOW, NEEDS, check_layout  # noqa: F401  (NEEDS: tests read it here)
+from workers.data.base import DATASETS, Crop, Splits
+from workers.core.schemas.layouts import HOW, check_layout
 
 # Fixed, independent of the run seed: every run of a grid must see the same EuroSAT/Caltech101 test set.
 SPLIT_SEED = 0
@@ -158,21 +158,21 @@ def same_classes(name: str, train, test) -> list[str]:
     return list(train.classes)
 
 
-@DATASETS.register("cifar10", meta=DatasetMeta(32, 10, "CIFAR-10 (50k train / 10k test, 32x32, 10 classes)"))
+@DATASETS.register("cifar10")
 def cifar10(size: int, root: str | None, download: bool, crop: Crop | None = None) -> Splits:
     train = open_dataset("cifar10", root, download, tv.CIFAR10, train=True)
     test = open_dataset("cifar10", root, download, tv.CIFAR10, train=False)
     return two_splits("cifar10", train, test, size, train.classes, crop)
 
 
-@DATASETS.register("svhn", meta=DatasetMeta(32, 10, "SVHN digits (73k train / 26k test, 32x32, 10 classes)"))
+@DATASETS.register("svhn")
 def svhn(size: int, root: str | None, download: bool, crop: Crop | None = None) -> Splits:
     train = open_dataset("svhn", root, download, tv.SVHN, split="train")
     test = open_dataset("svhn", root, download, tv.SVHN, split="test")
     return two_splits("svhn", train, test, size, SVHN_CLASSES, crop)
 
 
-@DATASETS.register("gtsrb", meta=DatasetMeta(32, 43, "GTSRB traffic signs (26.6k train / 12.6k test, 43 classes)"))
+@DATASETS.register("gtsrb")
 def gtsrb(size: int, root: str | None, download: bool, crop: Crop | None = None) -> Splits:
     # Train labels are the sorted index of the class folders, so all 43 (00000..00042) must be present.
     train = open_dataset("gtsrb", root, download, tv.GTSRB, split="train")
@@ -180,7 +180,7 @@ def gtsrb(size: int, root: str | None, download: bool, crop: Crop | None = None)
     return two_splits("gtsrb", train, test, size, GTSRB_CLASSES, crop)
 
 
-@DATASETS.register("dtd", meta=DatasetMeta(128, 47, "Describable Textures, partition train/test (1880/1880, 47)"))
+@DATASETS.register("dtd")
 def dtd(size: int, root: str | None, download: bool, partition: int, crop: Crop | None = None) -> Splits:
     fmt = {"partition": partition}
     train = open_dataset("dtd", root, download, tv.DTD, fmt, split="train", partition=partition)
@@ -188,15 +188,14 @@ def dtd(size: int, root: str | None, download: bool, partition: int, crop: Crop 
     return two_splits("dtd", train, test, size, same_classes("dtd", train, test), crop)
 
 
-@DATASETS.register("flowers102", meta=DatasetMeta(128, 102, "Oxford Flowers-102 train/test (10/class train, 6149 test)"))
+@DATASETS.register("flowers102")
 def flowers102(size: int, root: str | None, download: bool, crop: Crop | None = None) -> Splits:
     train = open_dataset("flowers102", root, download, tv.Flowers102, split="train")
     test = open_dataset("flowers102", root, download, tv.Flowers102, split="test")
     return two_splits("flowers102", train, test, size, tv.Flowers102.classes, crop)
 
 
-@DATASETS.register("oxford_pets", meta=DatasetMeta(128, 37, "Oxford-IIIT Pet breeds, trainval/test (3680/3669, 37)",
-                                                    paper_test_batch=64))
+@DATASETS.register("oxford_pets")
 def oxford_pets(size: int, root: str | None, download: bool, crop: Crop | None = None) -> Splits:
     kw = {"target_types": "category"}
     train = open_dataset("oxford_pets", root, download, tv.OxfordIIITPet, split="trainval", **kw)
@@ -204,7 +203,7 @@ def oxford_pets(size: int, root: str | None, download: bool, crop: Crop | None =
     return two_splits("oxford_pets", train, test, size, same_classes("oxford_pets", train, test), crop)
 
 
-@DATASETS.register("eurosat", meta=DatasetMeta(128, 10, "EuroSAT RGB (27k 64x64, 10 classes), seeded stratified split"))
+@DATASETS.register("eurosat")
 def eurosat(size: int, root: str | None, download: bool, test_fraction: float, crop: Crop | None = None) -> Splits:
     ds = open_dataset("eurosat", root, download, tv.EuroSAT)
     # Unknown folder names (not the real ten) fall back to splitting CamelCase.
@@ -212,8 +211,7 @@ def eurosat(size: int, root: str | None, download: bool, test_fraction: float, c
     return one_split("eurosat", ds, size, classes, test_fraction, crop)
 
 
-@DATASETS.register("caltech101", meta=DatasetMeta(128, 101, "Caltech-101 (8677 images, 101 classes without "
-                                                            "BACKGROUND_Google), seeded stratified split"))
+@DATASETS.register("caltech101")
 def caltech101(size: int, root: str | None, download: bool, test_fraction: float, crop: Crop | None = None) -> Splits:
     # torchvision drops the BACKGROUND_Google clutter folder: 101 object classes, Faces and Faces_easy both kept.
     ds = open_dataset("caltech101", root, download, tv.Caltech101, target_type="category")

@@ -1,7 +1,7 @@
 """The classic transfers the paper sets VP against: linear probing (LP) and full fine-tuning (FF).
 
 Both see the target image resized to the model's canvas (no prompt) and replace the source classifier
-(`ModelMeta.head`) with a new K-way linear layer. Same optimiser schedule as VP: `train.lr`, multi-step
+(`ModelCard.head`) with a new K-way linear layer. Same optimiser schedule as VP: `train.lr`, multi-step
 decay at `train.milestones`; LP uses Adam on the head, FF uses SGD with momentum 0.9 on every weight.
 """
 from __future__ import annotations
@@ -13,22 +13,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.methods.base import METHODS, MethodMeta
+from workers.methods.base import METHODS
 from workers.metrics import run_metrics
-from workers.models import ModelMeta, get_module, set_module
+from workers.models import ModelCard, get_module, set_module
 from workers.core.spec import RunSpec
 from workers.train import Task, TrainOutput, fit_one, model_dtype, require_images, to_canvas, upcast
 
 
-def _head(model: nn.Module, meta: ModelMeta) -> nn.Module:
+def _head(model: nn.Module, meta: ModelCard) -> nn.Module:
     try:
         return get_module(model, meta.head)
     except AttributeError:
-        raise TypeError(f"the model has no classifier module `{meta.head}` (ModelMeta.head) for LP/FF to replace") from None
+        raise TypeError(f"the model has no classifier module `{meta.head}` (ModelCard.head) for LP/FF to replace") from None
 
 
 @torch.no_grad()
-def _features(model: nn.Module, meta: ModelMeta, x: torch.Tensor, bs: int, device) -> torch.Tensor:
+def _features(model: nn.Module, meta: ModelCard, x: torch.Tensor, bs: int, device) -> torch.Tensor:
     """The head's input (pre-logits features) on the device, captured by a hook so any family works unchanged."""
     out = []
     hook = _head(model, meta).register_forward_hook(lambda m, args, y: out.append(upcast(args[0])))
@@ -41,8 +41,8 @@ def _features(model: nn.Module, meta: ModelMeta, x: torch.Tensor, bs: int, devic
     return torch.cat(out)
 
 
-@METHODS.register("lp", meta=MethodMeta("lp"))
-def linear_probe(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+@METHODS.register("lp")
+def linear_probe(model: nn.Module, meta: ModelCard, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     require_images(task, spec.method)
     train_x, train_y, test_x, test_y, num_target = task.train_x, task.train_y, task.test_x, task.test_y, task.num_classes
     torch.manual_seed(spec.seed)
@@ -59,8 +59,8 @@ def linear_probe(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
     return TrainOutput(run_metrics(logits, test_y, spec), None, loss, train_s, time.perf_counter() - t0)
 
 
-@METHODS.register("ff", meta=MethodMeta("ff"))
-def full_finetune(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+@METHODS.register("ff")
+def full_finetune(model: nn.Module, meta: ModelCard, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     require_images(task, spec.method)
     train_x, train_y, test_x, test_y, num_target = task.train_x, task.train_y, task.test_x, task.test_y, task.num_classes
     torch.manual_seed(spec.seed)

@@ -2,7 +2,7 @@
 
 Both see the target image as CLIP's reference preprocessing makes it (`native_input`): decoded from the original
 file, short side resized bicubically to the model's resolution (224 or 336), centre crop, then CLIP's mean/std
-(`workers.data.Crop`, from ModelMeta's interpolation and crop_pct; `train.input_size` does not apply). Onto that
+(`workers.data.Crop`, from ModelCard's interpolation and crop_pct; `train.input_size` does not apply). Onto that
 whole image they ADD a learnable border prompt after the normalisation (`BorderPrompt`: a (3, H, W) parameter, zero init, masked to
 a border `pad` pixels wide on every side, no sigmoid). The classifier is text: logits = model.scale x cos(image
 embedding, text embeddings), the text embeddings computed once per run without gradients. SGD with momentum 0.9,
@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.mapping import frequency_matrix, greedy_mapping
-from workers.methods.base import METHODS, MethodMeta
+from workers.methods.base import METHODS
 from workers.metrics import run_metrics
-from workers.models import ModelMeta
+from workers.models import ModelCard
 from workers.core.spec import RunSpec
 from workers.train import Task, TrainOutput, fit_one, prompt_tensors, to_canvas
 
@@ -139,7 +139,7 @@ def ilm_mapping(model, meta, prompter, text, x, y, num_target, bs, device) -> to
     return greedy_mapping(frequency_matrix(pred, y, len(text), num_target))
 
 
-def train_clip_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device,
+def train_clip_prompt(model: nn.Module, meta: ModelCard, task: Task, spec: RunSpec, device: torch.device,
                       ilm: bool) -> TrainOutput:
     check_clip(model)
     cfg = spec.train
@@ -182,11 +182,11 @@ def train_clip_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSp
                        time.perf_counter() - t0, prompt=prompt_tensors(prompter))
 
 
-@METHODS.register("clip_vp", meta=MethodMeta("clip_vp", prompt="full_canvas_additive", native_input=True))
-def clip_vp(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+@METHODS.register("clip_vp")
+def clip_vp(model: nn.Module, meta: ModelCard, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     return train_clip_prompt(model, meta, task, spec, device, ilm=False)
 
 
-@METHODS.register("clip_ilm", meta=MethodMeta("clip_ilm", prompt="full_canvas_additive", native_input=True))
-def clip_ilm(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+@METHODS.register("clip_ilm")
+def clip_ilm(model: nn.Module, meta: ModelCard, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     return train_clip_prompt(model, meta, task, spec, device, ilm=True)

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.methods.base import METHODS, MethodMeta
+from workers.methods.base import METHODS
 from workers.metrics import run_metrics
-from workers.models import ModelMeta
+from workers.models import ModelCard
 from workers.core.spec import RunSpec
 from workers.train import Task, TrainOutput, fit_one, model_dtype, prompt_tensors, upcast
 
@@ -109,7 +109,7 @@ def _source_logits(model: nn.Module, prog: Reprogrammer, x: torch.Tensor, bs: in
 
 
 @torch.no_grad()
-def calibration_inputs(tokens: torch.Tensor, meta: ModelMeta, seed: int = 0) -> torch.Tensor:
+def calibration_inputs(tokens: torch.Tensor, meta: ModelCard, seed: int = 0) -> torch.Tensor:
     """Model inputs for activation-range calibration: the tokens through a freshly initialised (seeded) embedding,
     i.e. what the frozen model sees at the start of reprogramming."""
     g = torch.Generator().manual_seed(seed)
@@ -118,8 +118,8 @@ def calibration_inputs(tokens: torch.Tensor, meta: ModelMeta, seed: int = 0) -> 
     return prog(tokens.long())
 
 
-@METHODS.register("reprogram", meta=MethodMeta("crossmodal", prompt="token_patches"))
-def reprogram(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+@METHODS.register("reprogram")
+def reprogram(model: nn.Module, meta: ModelCard, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     cfg = spec.train
     vocab = _check_tokens(task)
     sources = round_robin_sources(meta.num_classes, task.num_classes).to(device)

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.mapping import LABEL_MAPPINGS, compute_mapping, map_logits
-from workers.methods.base import BATCHED, METHODS, MethodMeta
+from workers.methods.base import BATCHED, METHODS
 from workers.metrics import run_metrics
-from workers.models import ModelMeta
+from workers.models import ModelCard
 from workers.prompts import PadPrompter
 from workers.core.spec import RunSpec
 from workers.train import (Job, Learner, Task, TrainOutput, fit, images, model_dtype, prompt_tensors, require_images,
@@ -42,7 +42,7 @@ def device_split(tasks: list[Task], device: torch.device) -> tuple[torch.Tensor,
 class PromptJob(Job):
     """K pad prompts on one frozen model; the runs' tasks share the test split and the training-set size."""
 
-    def __init__(self, model: nn.Module, meta: ModelMeta, tasks: list[Task], specs: list[RunSpec],
+    def __init__(self, model: nn.Module, meta: ModelCard, tasks: list[Task], specs: list[RunSpec],
                  device: torch.device) -> None:
         self.model, self.meta, self.specs, self.device = model, meta, specs, device
         self.dtype = model_dtype(model)
@@ -105,10 +105,10 @@ class PromptJob(Job):
     def map_due(self, live: list[Learner]) -> None:
         """The mappings due now: a run's first (RLM from its seed, FLM under the initial prompt), ILM's every time."""
         due = [r for r in live if self.mappings[r.k] is None
-               or LABEL_MAPPINGS.meta(r.spec.method).schedule == "every_epoch"]
+               or LABEL_MAPPINGS.card(r.spec.method).schedule == "every_epoch"]
         by_data = []
         for r in due:
-            if LABEL_MAPPINGS.meta(r.spec.method).schedule == "fixed":
+            if LABEL_MAPPINGS.card(r.spec.method).schedule == "fixed":
                 self._map(r)
             else:
                 by_data.append(r)
@@ -150,7 +150,7 @@ class PromptJob(Job):
                 self.epoch_acc[r.k].append(float((logits.argmax(1) == y).double().mean()))
 
 
-def train_prompts(model: nn.Module, meta: ModelMeta, tasks: list[Task], specs: list[RunSpec],
+def train_prompts(model: nn.Module, meta: ModelCard, tasks: list[Task], specs: list[RunSpec],
                   device: torch.device) -> list[TrainOutput | BaseException]:
     """Train the runs' prompts together; per run its TrainOutput or the exception that failed it alone.
     The runs must share the training schedule (spec.train) and the training-set size."""
@@ -181,7 +181,7 @@ def train_prompts(model: nn.Module, meta: ModelMeta, tasks: list[Task], specs: l
     return outs
 
 
-def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
+def train_prompt(model: nn.Module, meta: ModelCard, task: Task, spec: RunSpec, device: torch.device) -> TrainOutput:
     """One run alone: the K = 1 case of `train_prompts`."""
     out = train_prompts(model, meta, [task], [spec], device)[0]
     if isinstance(out, BaseException):
@@ -191,5 +191,5 @@ def train_prompt(model: nn.Module, meta: ModelMeta, task: Task, spec: RunSpec, d
 
 # Every label mapping is a VP method of the same name, trained by the one prompt loop.
 for _name in LABEL_MAPPINGS.names():
-    METHODS.register(_name, meta=MethodMeta("vp", prompt="pad"))(train_prompt)
+    METHODS.register(_name)(train_prompt)
     BATCHED.register(_name)(train_prompts)

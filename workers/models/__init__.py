@@ -1,4 +1,5 @@
-"""Model registry: each entry builds a frozen source classifier and declares its metadata.
+"""Model registry: each entry builds a frozen source classifier; its card (help, arguments, metadata) is
+declared in workers/core/schemas/models.py.
 
 A builder is `(weights, args, cache_dir) -> Built`, where `weights` is "pretrained" (the family's
 published weights, fetched into the cache and verified), "random" (recorded as such in the row), or a
@@ -8,7 +9,7 @@ its modules (each family file has its own `checkpoint_filter_fn`s).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
@@ -18,25 +19,7 @@ from workers.checkpoints import Checkpoint
 from workers.core import schemas
 from workers.core.registry import Registry
 from workers.core.schema import check_args
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    input_size: int  # side of the square canvas the prompt fills
-    num_classes: int  # source classes the label mapping chooses from
-    source: str  # what the source classes are
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})  # per trial, grid may override
-    head: str = "fc"  # attribute path of the final classifier (linear probing and fine-tuning replace it)
-    formats: tuple[str, ...] = ("state_dict",)  # checkpoint formats the builder accepts
-    # The model's own evaluation preprocessing: short side to floor(input_size / crop_pct) with this
-    # interpolation, centre crop (torchvision's ImageNet eval: bilinear, 224/256; CLIP: bicubic, 1.0)
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
+from workers.core.schemas.models import ModelCard
 
 
 Weights = Union[str, Checkpoint]
@@ -56,17 +39,17 @@ MODELS: Registry[Builder] = Registry("model", schemas.MODELS)
 
 
 def build_model(name: str, weights: Weights, args: dict, cache_dir: Path,
-                fill_head: bool = True) -> tuple[Built, ModelMeta]:
+                fill_head: bool = True) -> tuple[Built, ModelCard]:
     """The frozen source model. `fill_head=False` leaves a head computed from the model's weights at zeros: the model
     benchmarks time the forward, which is the same, without computing it (CLIP's takes hours on a few cores)."""
     entry = MODELS.entry(name)
-    problems = check_args(entry.schema, args)  # the builder sees only declared, valid args (no defaults filled)
+    problems = check_args(entry.card, args)  # the builder sees only declared, valid args (no defaults filled)
     if problems:
         raise ValueError(f"model {name!r}: " + "; ".join(problems))
-    if isinstance(weights, Checkpoint) and weights.format not in entry.meta.formats:
+    if isinstance(weights, Checkpoint) and weights.format not in entry.card.formats:
         raise ValueError(f"model {name!r} cannot load checkpoint format {weights.format!r}; "
-                         f"it loads: {', '.join(entry.meta.formats)}")
-    meta = entry.meta
+                         f"it loads: {', '.join(entry.card.formats)}")
+    meta = entry.card
     if "input_size" in args:  # every model accepts a smaller canvas (CPU tests, small-input studies)
         meta = dataclasses.replace(meta, input_size=int(args["input_size"]))
     built = entry.obj(weights, dict(args), Path(cache_dir))

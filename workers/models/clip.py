@@ -29,13 +29,11 @@ from torch import nn
 
 from workers.core import schemas
 from workers.checkpoints import load_state_dict, load_strict, read_checkpoint
-from workers.models import Built, Checkpoint, ModelMeta, MODELS
+from workers.models import Built, Checkpoint, MODELS
 from workers.models.clip_text import CLASSES, TEMPLATES, TextTower, ZeroShotHead, cached_head
 from workers.models.clip_weights import (apply_upop_shapes, checkpoint_filter_fn, openai_weights,
                                          resize_position_embeddings, upop_checkpoint_filter_fn)
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps logit_scale to [0, ln 100]: scale <= 100
 RANDOM_SEED = 0
 
@@ -151,25 +149,19 @@ def _create_clip(name: str, oc_name: str, weights: str | Checkpoint, args: dict,
 
 # ---------------------------------------------------------------- registered models
 
-def _meta(input_size: int, gpu: float) -> ModelMeta:
-    return ModelMeta(input_size=input_size, num_classes=1000, source="ImageNet-1k class names via CLIP text embeddings",
-                     mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, resources={"cpu": 2, "gpu": gpu}, head="head",
-                     formats=("state_dict", "upop"), interpolation="bicubic", crop_pct=1.0)
-
-
-@MODELS.register("clip_vit_b32", meta=_meta(224, 0.25))
+@MODELS.register("clip_vit_b32")
 def clip_vit_b32(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     """OpenAI CLIP ViT-B/32 (open_clip "ViT-B-32") at 224 px."""
     return _create_clip("clip_vit_b32", "ViT-B-32", weights, args, cache_dir)
 
 
-@MODELS.register("clip_vit_l14", meta=_meta(224, 0.5))
+@MODELS.register("clip_vit_l14")
 def clip_vit_l14(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     """OpenAI CLIP ViT-L/14 (open_clip "ViT-L-14") at 224 px."""
     return _create_clip("clip_vit_l14", "ViT-L-14", weights, args, cache_dir)
 
 
-@MODELS.register("clip_vit_l14_336", meta=_meta(336, 0.5))
+@MODELS.register("clip_vit_l14_336")
 def clip_vit_l14_336(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     """OpenAI CLIP ViT-L/14@336px (open_clip "ViT-L-14-336"): the model UPop pruned and the paper prompted."""
     return _create_clip("clip_vit_l14_336", "ViT-L-14-336", weights, args, cache_dir)

@@ -15,15 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.core import schemas
 from workers.checkpoints import CheckpointError, fetch, load_state_dict, load_strict
-from workers.data import DATASETS
-from workers.models import Built, Checkpoint, ModelMeta, MODELS
+from workers.core.schemas import MODELS as CARDS
+from workers.models import Built, Checkpoint, MODELS
 
-SOURCE_CLASSES = DATASETS.meta("shapes").num_classes
-
-SHAPES_MEAN = (0.5, 0.5, 0.5)
-SHAPES_STD = (0.25, 0.25, 0.25)
+CARD = CARDS["demo_cnn"]  # its source classes (shapes') and its normalisation
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -31,7 +27,7 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class DemoCNN(nn.Module):
-    def __init__(self, num_classes: int = SOURCE_CLASSES, width: int = 32) -> None:
+    def __init__(self, num_classes: int = CARD.num_classes, width: int = 32) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
@@ -45,7 +41,7 @@ class DemoCNN(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-DEFAULTS = schemas.MODELS["demo_cnn"].defaults()  # input_size, width, seed
+DEFAULTS = CARD.defaults()  # input_size, width, seed
 
 # The shipped weights and how they were made (`vpgrid pretrain demo_cnn` with these settings, docs/demo.md).
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -68,8 +64,8 @@ def pretrain(width: int = 16, epochs: int = 10, images: int = 8000, seed: int = 
     model = _seeded(width, seed)
     torch.manual_seed(seed)
     data = load_dataset("shapes", size=32, n_train=images, seed=seed)
-    mean = torch.tensor(SHAPES_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(SHAPES_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CARD.mean).view(1, 3, 1, 1)
+    std = torch.tensor(CARD.std).view(1, 3, 1, 1)
     x, y = (data.train_x - mean) / std, data.train_y
     bs = 128
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -142,8 +138,7 @@ def _shipped(args: dict, cache_dir: Path) -> Built:
     return Built(model, f"vpgrid-pretrained on shapes (shipped): {path.name} sha256:{digest[:16]}")
 
 
-@MODELS.register("demo_cnn", meta=ModelMeta(input_size=32, num_classes=SOURCE_CLASSES, source="procedural shape classes",
-                                            mean=SHAPES_MEAN, std=SHAPES_STD, head="fc"))
+@MODELS.register("demo_cnn")
 def demo_cnn(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     args = {**DEFAULTS, **args}
     if weights == "pretrained":

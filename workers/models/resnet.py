@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 from workers.checkpoints import CheckpointError, cache_path, fetch, load_state_dict, load_strict
-from workers.models import Built, Checkpoint, ModelMeta, MODELS
+from workers.models import Built, Checkpoint, MODELS
 
 # torchvision's IMAGENET1K_V1 weights (torchvision.models.ResNet{18,34,50}_Weights.IMAGENET1K_V1.url); the hex in
 # the file name is the sha256 prefix torchvision itself checks.
@@ -254,22 +254,17 @@ def _create_resnet(name: str, weights: str | Checkpoint, args: dict, cache_dir: 
 
 # --- registered entry points -----------------------------------------------------------------------------------
 
-def _meta() -> ModelMeta:
-    return ModelMeta(input_size=224, num_classes=1000, source="ImageNet-1k", head="fc",
-                     resources={"cpu": 2, "gpu": 0.25}, formats=("state_dict", "gmp", "lth", "sparse_transfer"))
-
-
-@MODELS.register("resnet18", meta=_meta())
+@MODELS.register("resnet18")
 def resnet18(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     return _create_resnet("resnet18", weights, args, cache_dir)
 
 
-@MODELS.register("resnet34", meta=_meta())
+@MODELS.register("resnet34")
 def resnet34(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     return _create_resnet("resnet34", weights, args, cache_dir)
 
 
-@MODELS.register("resnet50", meta=_meta())
+@MODELS.register("resnet50")
 def resnet50(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     return _create_resnet("resnet50", weights, args, cache_dir)
 

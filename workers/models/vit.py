@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from workers.checkpoints import CheckpointError, fetch, load_state_dict, load_strict, strip_prefix
-from workers.models import IMAGENET_MEAN, IMAGENET_STD, Built, Checkpoint, ModelMeta, MODELS
+from workers.models import Built, Checkpoint, MODELS
 from workers.models import vvtq
 
 TIMM_NAMES = {"deit_tiny": "deit_tiny_patch16_224", "swin_tiny": "swin_tiny_patch4_window7_224"}
@@ -85,18 +85,13 @@ def _create_vit(name: str, weights: str | Checkpoint, args: dict, cache_dir: Pat
     return Built(model, source)
 
 
-_META = dict(num_classes=1000, source="ImageNet-1k", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-             resources={"cpu": 2, "gpu": 0.25}, formats=("state_dict", "vvtq"), interpolation="bicubic",
-             crop_pct=0.9)  # timm's pretrained_cfg for both
-
-
-@MODELS.register("deit_tiny", meta=ModelMeta(input_size=224, head="head", **_META))
+@MODELS.register("deit_tiny")
 def deit_tiny(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     """timm deit_tiny_patch16_224; format "vvtq" loads VVTQ's W{bits}A{bits} DeiT-T."""
     return _create_vit("deit_tiny", weights, args, cache_dir)
 
 
-@MODELS.register("swin_tiny", meta=ModelMeta(input_size=224, head="head.fc", **_META))
+@MODELS.register("swin_tiny")
 def swin_tiny(weights: str | Checkpoint, args: dict, cache_dir: Path) -> Built:
     """timm swin_tiny_patch4_window7_224; format "vvtq" loads VVTQ's W{bits}A{bits} Swin-T."""
     return _create_vit("swin_tiny", weights, args, cache_dir)

@@ -1,20 +1,17 @@
-"""Train/test split sizes of the registered datasets, torch-free: `vpgrid plan --estimate` counts image-passes
-from them without loading anything.
+"""Train/test split sizes, torch-free: `vpgrid plan --estimate` counts image-passes from them without loading
+anything. Each dataset card's `sizes` (workers/core/schemas/datasets.py) is a function of the dataset's resolved
+args (defaults filled in), since some splits depend on them (`test_fraction`, `n_train`); this module holds the
+split rules and the per-class counts those functions use.
 
-Each entry is a function of the dataset's resolved args (defaults filled in), since some splits depend on them
-(`test_fraction`, `n_train`). A dataset without an entry here (a user's own) has unknown sizes: the estimate
-says so and never guesses. tests/test_estimate.py checks the entries against the loaders that run offline
-(digits, shapes) and against the split rules of the loaders that cut their own test split (EuroSAT,
-Caltech101); the others are the split sizes torchvision and the datasets' authors document (cited per entry).
+tests/test_estimate.py checks the cards' sizes against the loaders that run offline (digits, shapes) and against
+the split rules of the loaders that cut their own test split (EuroSAT, Caltech101); the others are the split
+sizes torchvision and the datasets' authors document (cited per card).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
-
-from workers.core.schema import resolve
-from workers.core.schemas.datasets import DATASETS
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -47,20 +44,20 @@ class Sizes:
                 and min(self.train_per_class) < shots)
 
 
-def _stratified(totals: tuple[int, ...], test_fraction: float) -> Sizes:
+def stratified(totals: tuple[int, ...], test_fraction: float) -> Sizes:
     """workers.data.vision.stratified_split's rule: round(f * n) of each class to test, at least 1, at most n - 1."""
     test = [min(max(round(test_fraction * n), 1), n - 1) for n in totals]
     train = tuple(n - k for n, k in zip(totals, test))
     return Sizes(sum(train), sum(test), len(totals), train)
 
 
-def _sklearn_split(total: int, classes: int, test_fraction: float) -> tuple[int, int]:
+def sklearn_split(total: int, classes: int, test_fraction: float) -> tuple[int, int]:
     """sklearn's train_test_split(test_size=f): ceil(f * n) test, the rest train (digits, splice)."""
     n_test = math.ceil(test_fraction * total)
     return total - n_test, n_test
 
 
-def _balanced(n: int, classes: int) -> tuple[int, ...]:
+def balanced(n: int, classes: int) -> tuple[int, ...]:
     """workers.data.shapes: n // C per class, the remainder to the first classes."""
     return tuple(n // classes + (c < n % classes) for c in range(classes))
 
@@ -94,45 +91,11 @@ SVHN = (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659)
 DIGITS_TRAIN_AT_0_3 = (124, 127, 124, 128, 127, 127, 127, 125, 122, 126)
 
 
-def _digits(a: dict) -> Sizes:
-    train, test = _sklearn_split(1797, 10, a["test_fraction"])
+def digits_sizes(a: dict) -> Sizes:
+    train, test = sklearn_split(1797, 10, a["test_fraction"])
     return Sizes(train, test, 10, DIGITS_TRAIN_AT_0_3 if a["test_fraction"] == 0.3 else None)
 
 
-def _splice(a: dict) -> Sizes:  # UCI splice.data: 3,190 sequences, EI 767 / IE 768 / N 1655
-    train, test = _sklearn_split(3190, 3, a["test_fraction"])
+def splice_sizes(a: dict) -> Sizes:  # UCI splice.data: 3,190 sequences, EI 767 / IE 768 / N 1655
+    train, test = sklearn_split(3190, 3, a["test_fraction"])
     return Sizes(train, test, 3)
-
-
-SIZES: dict[str, Callable[[dict], Sizes]] = {
-    "digits": _digits,
-    "shapes": lambda a: Sizes(a["n_train"], a["n_test"], 20, _balanced(a["n_train"], 20)),
-    # torchvision.datasets.CIFAR10: 50,000 train (5,000 per class) / 10,000 test
-    "cifar10": lambda a: Sizes(50000, 10000, 10, (5000,) * 10),
-    # torchvision.datasets.SVHN: train 73,257 / test 26,032 (extra unused)
-    "svhn": lambda a: Sizes(73257, 26032, 10, SVHN),
-    # torchvision.datasets.GTSRB: GTSRB-Training_fixed 26,640 / Final_Test 12,630; per class not recorded here
-    "gtsrb": lambda a: Sizes(26640, 12630, 43),
-    # torchvision.datasets.DTD: each of the 10 partitions has 40 train / 40 val / 40 test images per class
-    "dtd": lambda a: Sizes(1880, 1880, 47, (40,) * 47),
-    # torchvision.datasets.Flowers102: train 1,020 (10 per class) / test 6,149
-    "flowers102": lambda a: Sizes(1020, 6149, 102, (10,) * 102),
-    # torchvision.datasets.OxfordIIITPet: trainval 3,680 / test 3,669, 37 breeds; per class not recorded here
-    "oxford_pets": lambda a: Sizes(3680, 3669, 37),
-    "eurosat": lambda a: _stratified(tuple(EUROSAT.values()), a["test_fraction"]),
-    "caltech101": lambda a: _stratified(tuple(CALTECH101.values()), a["test_fraction"]),
-    # Zhang et al. (2015), Table 1 (the CSVs the loaders read): train / test, balanced classes
-    "yelp_polarity": lambda a: Sizes(560000, 38000, 2, (280000,) * 2),
-    "ag_news": lambda a: Sizes(120000, 7600, 4, (30000,) * 4),
-    "dbpedia14": lambda a: Sizes(560000, 70000, 14, (40000,) * 14),
-    # Maas et al. (2011), the IMDB Large Movie Review set: 25,000 / 25,000, balanced
-    "imdb": lambda a: Sizes(25000, 25000, 2, (12500,) * 2),
-    "splice": _splice,
-}
-
-
-def dataset_sizes(name: str, args: dict) -> Optional[Sizes]:
-    """The split sizes of dataset `name` with `args`; None when unknown (no entry, or an unregistered name)."""
-    if name not in SIZES or name not in DATASETS:
-        return None
-    return SIZES[name](resolve(DATASETS[name], args, f"dataset {name!r}"))
