@@ -194,6 +194,27 @@ def test_rehearse_pack_checks_the_dataset_layout(tmp_path):
     assert row.status == "rehearsed"
 
 
+def test_rehearse_pack_checks_a_text_and_a_dna_task_as_their_loaders_do(tmp_path):
+    """The rehearsal's row says what the text loader says at a missing file, and rehearses once both exist."""
+    from workers.data import load_dataset
+    from workers.rehearse import rehearse_pack
+
+    d = yaml.safe_load(TINY)
+    for name, files in (("ag_news", ["train.csv", "test.csv"]), ("splice", ["splice.data"])):
+        d["datasets"] = [{"name": name}]
+        (spec, *_) = expand(parse_grid(yaml.safe_dump(d)))
+        root = tmp_path / name
+        (row,) = rehearse_pack([spec], [0.0], 0.0, 1.0, tmp_path / "cache", str(root), "t")
+        with pytest.raises(FileNotFoundError) as real:
+            load_dataset(name, root=str(root), **dict(spec.dataset_args))
+        assert row.status == "failed" and str(real.value) in row.error, (row.error, str(real.value))
+        (root / name).mkdir(parents=True)
+        for f in files:
+            (root / name / f).write_text("")
+        (row,) = rehearse_pack([spec], [0.0], 0.0, 1.0, tmp_path / "cache", str(root), "t")
+        assert row.status == "rehearsed", row.error
+
+
 # -- a 2,000-run rehearsal on a two-node cluster, the store on S3 ------------------------------------------------
 
 BIG = """

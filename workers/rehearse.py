@@ -5,7 +5,7 @@ and torch is not imported (docs/scale.md).
 
 Checked: the weights and the compression's checkpoint files (present, readable, of the declared sha256; a URL's
 file only when it is already in the node's cache, else it would be fetched at run time), and an image dataset's
-files under the data root (torchvision's layout). The grid's names and arguments were checked on the driver, as
+files under the data root (torchvision's layout) or a text or DNA task's (workers/data/text.py's). The grid's names and arguments were checked on the driver, as
 for a real launch. Plain functions, no Ray: the adapter and the tests call the same code.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def check_fetch(digests: Digests):
 def check_inputs(spec: RunSpec, cache_dir: Path, data_root: Optional[str], digests: Digests) -> None:
     """Raise what the real run would raise at its first missing or wrong input."""
     from workers.core.schemas import DATASETS
-    from workers.core.schemas.layouts import check_layout
+    from workers.core.schemas.layouts import TEXT_TASKS, check_layout, text_file
 
     args = dict(spec.compression_args)
     checkpoint = args.pop("checkpoint", None)
@@ -76,6 +76,9 @@ def check_inputs(spec: RunSpec, cache_dir: Path, data_root: Optional[str], diges
 
         ds_args = with_defaults(DATASETS[spec.dataset], dict(spec.dataset_args), f"dataset {spec.dataset!r}")
         check_layout(spec.dataset, data_root, bool(ds_args.get("download")), ds_args)
+    elif spec.dataset in TEXT_TASKS:  # the text loader's own look-up, so its error
+        for split in ("train", "test"):
+            text_file(spec.dataset, data_root, split)
 
 
 def rehearse_pack(specs: list[RunSpec], seconds: list[float], startup_s: float, speedup: float, cache_dir: Path,

@@ -47,6 +47,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from workers.core.schemas.layouts import ZHANG_COLUMNS, text_file
 from workers.data.base import DATASETS, Splits
 
 # Fixed, independent of the run seed: every run of a grid must see the same splice test set.
@@ -96,24 +97,9 @@ def dna_ids(seq: str) -> list[int]:
 
 # ---- file reading ----
 
-def _where(name: str, root: str | None, expected: str) -> Path:
-    """The task's folder under root; a clear error when there is no root at all."""
-    if root is None:
-        raise FileNotFoundError(f"dataset {name!r} reads local files but no data root was given "
-                                f"(set the run's data_root); expected {expected} under it")
-    return Path(root) / name
-
-
-def _missing(name: str, root: str | None, path: Path, expected: str) -> FileNotFoundError:
-    return FileNotFoundError(f"dataset {name!r}: {path} not found (root {root!r}); expected {expected}")
-
-
-def _read_zhang(name: str, root: str | None, split: str, columns: list[str], num_classes: int):
-    expected = (f"{name}/train.csv and {name}/test.csv, Zhang et al. CSVs without header, "
-                f"columns: {', '.join(columns)} (label 1..{num_classes})")
-    path = _where(name, root, expected) / f"{split}.csv"
-    if not path.is_file():
-        raise _missing(name, root, path, expected)
+def _read_zhang(name: str, root: str | None, split: str):
+    columns, num_classes = ZHANG_COLUMNS[name]
+    path = text_file(name, root, split)
     import pandas as pd
 
     df = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
@@ -133,20 +119,10 @@ def _read_zhang(name: str, root: str | None, split: str, columns: list[str], num
 
 
 _IMDB_LABELS = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
-_IMDB_EXTS = ("csv", "parquet", "jsonl", "json")
 
 
 def _read_imdb(root: str | None, split: str):
-    expected = ("imdb/train.<ext> and imdb/test.<ext> (ext: csv, parquet, jsonl or json as JSON lines) with "
-                "columns text,label (label 0/neg = negative, 1/pos = positive)")
-    folder = _where("imdb", root, expected)
-    found = [folder / f"{split}.{e}" for e in _IMDB_EXTS if (folder / f"{split}.{e}").is_file()]
-    if not found:
-        raise _missing("imdb", root, folder / f"{split}.csv", expected)
-    if len(found) > 1:
-        raise ValueError(f"dataset 'imdb': several {split} files in {folder} ({', '.join(p.name for p in found)}); "
-                         "keep one")
-    path = found[0]
+    path = text_file("imdb", root, split)
     import pandas as pd
 
     if path.suffix == ".csv":
@@ -180,7 +156,7 @@ def _word_splits(name: str, read, classes: list[str], size: int, max_vocab: int)
 
 @DATASETS.register("yelp_polarity")
 def yelp_polarity(size: int, root: str | None, max_vocab: int) -> Splits:
-    read = lambda split: _read_zhang("yelp_polarity", root, split, ["label", "text"], 2)  # noqa: E731
+    read = lambda split: _read_zhang("yelp_polarity", root, split)  # noqa: E731
     return _word_splits("yelp_polarity", read, ["negative", "positive"], size, max_vocab)
 
 
@@ -191,13 +167,13 @@ def imdb(size: int, root: str | None, max_vocab: int) -> Splits:
 
 @DATASETS.register("ag_news")
 def ag_news(size: int, root: str | None, max_vocab: int) -> Splits:
-    read = lambda split: _read_zhang("ag_news", root, split, ["class", "title", "description"], 4)  # noqa: E731
+    read = lambda split: _read_zhang("ag_news", root, split)  # noqa: E731
     return _word_splits("ag_news", read, AG_NEWS_CLASSES, size, max_vocab)
 
 
 @DATASETS.register("dbpedia14")
 def dbpedia14(size: int, root: str | None, max_vocab: int) -> Splits:
-    read = lambda split: _read_zhang("dbpedia14", root, split, ["class", "title", "content"], 14)  # noqa: E731
+    read = lambda split: _read_zhang("dbpedia14", root, split)  # noqa: E731
     return _word_splits("dbpedia14", read, DBPEDIA_CLASSES, size, max_vocab)
 
 
@@ -207,10 +183,7 @@ def splice(size: int, root: str | None, test_fraction: float) -> Splits:
     ids; the split is by line, as every published split of the file is."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"dataset 'splice': test_fraction must be in (0, 1), got {test_fraction!r}")
-    expected = "splice/splice.data (UCI format: `class, id, sequence` per line, class EI, IE or N)"
-    path = _where("splice", root, expected) / "splice.data"
-    if not path.is_file():
-        raise _missing("splice", root, path, expected)
+    path = text_file("splice", root, "train")
     seqs, labels = [], []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():

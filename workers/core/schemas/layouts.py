@@ -30,3 +30,42 @@ def check_layout(name: str, root: str | None, download: bool = False, fmt: dict 
         raise FileNotFoundError(f"dataset {name!r} not found under data root {root!r}: missing "
                                 f"{', '.join(missing)} (torchvision's layout). {HOW}")
     return needs
+
+
+# The text and DNA tasks' files under the data root (workers/data/text.py reads them; a rehearsal checks them).
+ZHANG_COLUMNS = {"yelp_polarity": (["label", "text"], 2), "ag_news": (["class", "title", "description"], 4),
+                 "dbpedia14": (["class", "title", "content"], 14)}
+IMDB_EXTS = ("csv", "parquet", "jsonl", "json")
+TEXT_TASKS = (*ZHANG_COLUMNS, "imdb", "splice")
+
+
+def _expected(name: str) -> str:
+    if name in ZHANG_COLUMNS:
+        columns, n = ZHANG_COLUMNS[name]
+        return (f"{name}/train.csv and {name}/test.csv, Zhang et al. CSVs without header, "
+                f"columns: {', '.join(columns)} (label 1..{n})")
+    if name == "imdb":
+        return ("imdb/train.<ext> and imdb/test.<ext> (ext: csv, parquet, jsonl or json as JSON lines) with "
+                "columns text,label (label 0/neg = negative, 1/pos = positive)")
+    return "splice/splice.data (UCI format: `class, id, sequence` per line, class EI, IE or N)"
+
+
+def text_file(name: str, root: str | None, split: str) -> Path:
+    """The file of a text/DNA task's `split` ("train", "test"; splice has one file for both) under `root`;
+    FileNotFoundError naming the dataset, the path and what is expected there."""
+    expected = _expected(name)
+    if root is None:
+        raise FileNotFoundError(f"dataset {name!r} reads local files but no data root was given "
+                                f"(set the run's data_root); expected {expected} under it")
+    folder = Path(root) / name
+    if name == "imdb":
+        found = [folder / f"{split}.{e}" for e in IMDB_EXTS if (folder / f"{split}.{e}").is_file()]
+        if len(found) > 1:
+            raise ValueError(f"dataset 'imdb': several {split} files in {folder} "
+                             f"({', '.join(p.name for p in found)}); keep one")
+        path = found[0] if found else folder / f"{split}.csv"
+    else:
+        path = folder / ("splice.data" if name == "splice" else f"{split}.csv")
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset {name!r}: {path} not found (root {root!r}); expected {expected}")
+    return path
