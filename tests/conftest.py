@@ -8,6 +8,7 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -34,6 +35,8 @@ def pytest_collection_modifyitems(config, items):
         tier = tier_of(item)
         if tier is None:
             wrong.append(f"{item.nodeid}: no tier (mark it, or its module, with one of {', '.join(TIERS)})")
+        elif "ray_head" in item.fixturenames and tier == "unit":
+            wrong.append(f"{item.nodeid}: uses ray_head but is in the unit tier")
         elif NEEDS_CLUSTER_TIER & set(item.fixturenames) and tier != "cluster":
             wrong.append(f"{item.nodeid}: uses {', '.join(sorted(NEEDS_CLUSTER_TIER & set(item.fixturenames)))} "
                          f"but is in the {tier} tier, not cluster")
@@ -143,6 +146,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def reap(p: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session=True and everything in its session's process group (a
+    launch's local Ray: its GCS, raylet and workers), whether it is still running or not."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,6 +171,37 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> Non
         except OSError:
             assert time.time() - t0 < timeout, f"nothing listens on port {port} after {timeout} s"
             time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """One local Ray head for the launches that kill neither Ray nor a node (as Ray's own tests share one): they
+    join it with `--address` instead of starting and stopping a Ray each. As many CPUs as a launch's own local Ray
+    would have, no GPU; its own temp dir and ports. Its workers wait at `gate` while a test holds it closed (it is
+    open otherwise). Stopped, with every process it started, at the end of the session."""
+    from ray._private.utils import get_ray_address_file
+    from ray.cluster_utils import Cluster
+
+    gate = Gate(tmp_path_factory.mktemp("head-gate"))
+    gate.open()
+    # Cluster() records its address in Ray's default temp dir without creating it
+    os.makedirs(os.path.dirname(get_ray_address_file(None)), exist_ok=True)
+    saved = os.environ.get("VPGRID_TEST_GATE")
+    os.environ.update(gate.env)  # the head's raylet hands its environment to the workers it starts
+    try:
+        c = Cluster(initialize_head=True, connect=False,
+                    head_node_args={"num_cpus": os.cpu_count(), "dashboard_agent_listen_port": free_port(),
+                                    "temp_dir": tempfile.mkdtemp(prefix="rs-", dir="/tmp")})
+    finally:
+        if saved is None:
+            os.environ.pop("VPGRID_TEST_GATE")
+        else:
+            os.environ["VPGRID_TEST_GATE"] = saved
+    try:
+        yield SimpleNamespace(address=c.address, gate=gate)
+    finally:
+        gate.open()
+        c.shutdown()
 
 
 @pytest.fixture(scope="session")

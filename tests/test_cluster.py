@@ -20,7 +20,7 @@ import yaml
 
 from orchestrator.grid import expand, parse_grid
 from workers.core.store import Store
-from tests.conftest import TINY, Gate, free_port, write_grid
+from tests.conftest import TINY, Gate, free_port, reap, write_grid
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,10 +241,7 @@ def test_a_launch_whose_own_node_dies_stops_in_bounded_time_with_one_line(tmp_pa
         raylet.send_signal(signal.SIGKILL)
         out, err = p.communicate(timeout=300)  # bounded: a launch that never notices hangs here and fails
     finally:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        reap(p)
     assert p.returncode == 4, err[-6000:]  # runs left pending
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: the Ray cluster is gone") and f"vpgrid resume {tmp_path / 's'}" in last
@@ -288,10 +285,7 @@ def test_runs_of_a_trial_out_of_retries_stay_pending_and_resume_finishes_them(cl
         cluster.cluster.remove_node(extra, allow_graceful=False)
     finally:
         gate.open()
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        reap(p)
     assert p.returncode == 4, err[-3000:]
     pending = 24 - len(Store(tmp_path / "s").statuses())
     assert pending > 0 and f"{pending} runs are still pending" in err and "vpgrid resume" in err
@@ -452,10 +446,7 @@ def test_ctrl_c_of_a_foreground_launch_says_it_was_interrupted_and_how_to_resume
         out, err = p.communicate(timeout=300)
     finally:
         held.close()
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        reap(p)
     total = len(expand(parse_grid(text)))
     assert p.returncode == 4, err[-3000:]
     last = err.strip().splitlines()[-1]

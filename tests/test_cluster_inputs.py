@@ -256,7 +256,7 @@ def test_rays_raylet_messages_reach_the_driver_as_one_line_once_on_stderr(capsys
     stdout, whatever log_to_driver says. A launch keeps the first line of each, once, on stderr."""
     import ray._private.worker as ray_worker
 
-    from orchestrator.launch import _shorten_raylet_errors
+    from orchestrator.ray_tune import _shorten_raylet_errors
 
     monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # undone after the test
     _shorten_raylet_errors()

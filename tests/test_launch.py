@@ -1,7 +1,9 @@
 """Real launches on a local Ray cluster, in subprocesses: packing on a logical GPU, kill and resume.
 
 Each launch runs in its own session so that Ray's helper processes, which a SIGKILLed driver leaves
-behind, can be reaped with the process group.
+behind, can be reaped with the process group. Launches that kill nothing join the session's Ray head
+(`ray_head`); the others start a Ray of their own, as a launch without --address does. What a launch says and
+its exit code for each outcome: test_launch_accounting.py, without Ray.
 """
 import json
 import os
@@ -18,7 +20,7 @@ import yaml
 
 from orchestrator.grid import expand, parse_grid
 from workers.core.store import Store
-from tests.conftest import TINY, write_grid
+from tests.conftest import TINY, reap, write_grid
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +31,6 @@ VPGRID = [sys.executable, "-m", "orchestrator.cli"]
 def start(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(VPGRID + args, cwd=cwd, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-
-
-def reap(p: subprocess.Popen) -> None:
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def finish(p: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
@@ -72,9 +67,9 @@ def concurrency(df: pd.DataFrame) -> int:
 
 
 @pytest.mark.smoke
-def test_launch_end_to_end_and_relaunch_runs_nothing(tmp_path):
+def test_launch_end_to_end_and_relaunch_runs_nothing(tmp_path, ray_head):
     g = write_grid(tmp_path, grid_text())
-    out, err = finish(start(["launch", str(g), "--store", "s", "-q"], tmp_path))
+    out, err = finish(start(["launch", str(g), "--store", "s", "-q", "--address", ray_head.address], tmp_path))
     store = tmp_path / "s"
     assert out.strip() == str(store.resolve())
     df = pd.read_parquet(store)
@@ -82,7 +77,7 @@ def test_launch_end_to_end_and_relaunch_runs_nothing(tmp_path):
     assert sorted(df["run_key"]) == sorted(r.run_key for r in runs)
     assert (df["status"] == "ok").all(), df["error"].dropna().tolist()
     assert df["trial"].nunique() == 8 and len(raw_keys(store)) == len(runs)  # cells of 6 in pieces of 3; compacted
-    out, err = finish(start(["launch", str(g), "--store", "s", "-q"], tmp_path))
+    out, err = finish(start(["launch", str(g), "--store", "s", "-q", "--address", ray_head.address], tmp_path))
     assert "nothing to run: all 24 runs" in err
     assert json.loads(subprocess.run(VPGRID + ["status", "s", "--json"], cwd=tmp_path, env=ENV, capture_output=True,
                                      text=True).stdout)["done"] == 24
@@ -167,13 +162,14 @@ def test_sigkill_the_driver_then_resume_runs_each_run_exactly_once(tmp_path, gat
     assert (st["total"], st["done"], st["pending"]) == (24, 24, 0)
 
 
-def test_failed_runs_exit_3_and_retry_failed_reruns_only_them(tmp_path):
-    """Digits has under 500 images a class, so the 500-shot runs fail (no cap_shots), every time."""
+def test_failed_runs_exit_3_and_retry_failed_reruns_only_them(tmp_path, ray_head):
+    """Digits has under 500 images a class, so the 500-shot runs fail (no cap_shots), every time. Every way in
+    (launch or resume, with or without --retry-failed) is in test_launch_accounting.py."""
     g = write_grid(tmp_path, grid_text(shots=[1, 500], methods=["rlm"], seeds=[1]))
     store = tmp_path / "s"
 
     def run(args: list[str]) -> tuple[int, str]:
-        p = start(args, tmp_path)
+        p = start(args + ["--address", ray_head.address], tmp_path)
         try:
             _, err = p.communicate(timeout=300)
         finally:
@@ -187,22 +183,20 @@ def test_failed_runs_exit_3_and_retry_failed_reruns_only_them(tmp_path):
     code, err = run(["launch", str(g), "--store", "s", "-q"])
     assert code == 3 and "2 ok, 2 failed of 4 runs launched" in err and f"vpgrid status {store} --failed" in err
     first = finished()
-    code, err = run(["resume", "s", "-q"])  # failed rows count as done unless asked
-    assert code == 0 and "nothing to run" in err and finished() == first
-    for args in (["resume", "s", "-q", "--retry-failed"], ["launch", str(g), "--store", "s", "-q", "--retry-failed"]):
-        code, err = run(args)
-        assert code == 3 and "0 ok, 2 failed of 2 runs launched (2 already done)" in err
-        now = finished()
-        assert {k: t for k, t in now.items() if k[1] == "ok"} == {k: t for k, t in first.items() if k[1] == "ok"}
-        assert all(now[k] > t for k, t in first.items() if k[1] == "failed")  # ran again
-        first = now
+    code, err = run(["resume", "s", "-q", "--retry-failed"])
+    assert code == 3 and "0 ok, 2 failed of 2 runs launched (2 already done)" in err
+    now = finished()
+    assert {k: t for k, t in now.items() if k[1] == "ok"} == {k: t for k, t in first.items() if k[1] == "ok"}
+    assert all(now[k] > t for k, t in first.items() if k[1] == "failed")  # ran again
 
 
-def test_the_store_is_compacted_during_a_long_launch(tmp_path, gate):
+def test_the_store_is_compacted_during_a_long_launch(tmp_path, ray_head):
     """Three runs published, the rest held at the gate: trials are at work, and the merge must still happen."""
     g = write_grid(tmp_path, grid_text(pack_size=3))
-    p = start(["launch", str(g), "--store", "s", "-q"], tmp_path,
-              {**gate.env, "VPGRID_COMPACT_EVERY_S": "1", "VPGRID_COMPACT_MIN_FILES": "2"})
+    gate = ray_head.gate
+    gate.close()
+    p = start(["launch", str(g), "--store", "s", "-q", "--address", ray_head.address], tmp_path,
+              {"VPGRID_COMPACT_EVERY_S": "1", "VPGRID_COMPACT_MIN_FILES": "2"})
     runs = tmp_path / "s" / "runs"
     try:
         gate.release(3)
@@ -212,9 +206,10 @@ def test_the_store_is_compacted_during_a_long_launch(tmp_path, gate):
             assert p.poll() is None and time.time() - t0 < 120, "no compaction during the launch"
             time.sleep(0.1)
         assert list((tmp_path / "s" / "_vpgrid" / "running").glob("*.json"))  # trials still at work
-        gate.open()
     except BaseException:
         reap(p)
         raise
+    finally:
+        gate.open()
     finish(p)
     assert sorted(raw_keys(tmp_path / "s")) == sorted(r.run_key for r in expand(parse_grid(g.read_text())))

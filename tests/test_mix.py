@@ -62,10 +62,10 @@ def grid(d) -> str:
         "resources": {"cpu": 1}, "pack_size": 8})
 
 
-def test_a_mixed_grid_runs_end_to_end(tmp_path, checkpoints):
+def test_a_mixed_grid_runs_end_to_end(tmp_path, checkpoints, ray_head):
     g = tmp_path / "mix.yaml"
     g.write_text(grid(checkpoints))
-    finish(start(["launch", str(g), "--store", "s", "-q"], tmp_path), timeout=600)
+    finish(start(["launch", str(g), "--store", "s", "-q", "--address", ray_head.address], tmp_path), timeout=600)
     df = pd.read_parquet(tmp_path / "s")
     assert (df["status"] == "ok").all(), df.loc[df["status"] != "ok", "error"].tolist()
     v = df.groupby(["model", "compression"]).agg(sparsity=("sparsity", "first"), params=("params", "first"),

@@ -193,12 +193,12 @@ def test_a_vp_run_returns_its_learned_prompt(runs, tmp_path):
 def test_a_trial_given_a_gpu_it_cannot_use_fails_instead_of_training_on_the_cpu(monkeypatch):
     import torch
 
-    from workers.ray_adapter import trainable
+    from workers.trial import run_trial
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     pack = {"trial_id": "t1", "cpu": 1, "gpu": 0.5, "store": "/nonexistent", "cache": None}
     with pytest.raises(RuntimeError, match="given 0.5 GPU but this worker cannot use CUDA.*refusing to train on the CPU"):
-        trainable({"pack": pack}, {"t1": b'{"runs": []}'})
+        run_trial(pack, "n1", lambda metrics: None, {"t1": b'{"runs": []}'})
 
 
 def test_torch_threads_are_the_trials_cpus_or_the_environments(monkeypatch):

@@ -300,7 +300,8 @@ def test_the_trials_go_to_tune_in_launch_order_as_small_configs():
     """The searcher that replaces grid_search: each config once, in order, then finished; the runs are not in it."""
     from ray.tune.search import Searcher
 
-    from orchestrator.launch import _pack_payload, _packs_searcher
+    from orchestrator.launch import _pack_payload
+    from orchestrator.ray_tune import _packs_searcher
     from orchestrator.plan import pack
 
     grid = parse_grid(TINY)

@@ -277,7 +277,7 @@ def test_worker_publishes_prompt_and_row_on_either_filesystem(st):
     import torch
 
     from workers.prompts import read_prompt_file
-    from workers.ray_adapter import publish
+    from workers.trial import publish
     from workers.core.uri import open_uri
 
     row = result()
@@ -321,7 +321,7 @@ def test_the_worker_publishes_the_prompt_then_the_row_that_names_it(local):
     import torch
 
     from workers.prompts import read_prompt_file
-    from workers.ray_adapter import publish
+    from workers.trial import publish
 
     row = result()
     row.prompt = _prompt()  # as workers.run.run returns a VP run's row

@@ -21,7 +21,7 @@ def write_ag_news(root) -> None:
         (d / f"{split}.csv").write_text("\n".join(lines) + "\n")
 
 
-def test_studies_with_clip_and_crossmodal_run_end_to_end(tmp_path):
+def test_studies_with_clip_and_crossmodal_run_end_to_end(tmp_path, ray_head):
     data = tmp_path / "data"
     build_eurosat(data)
     write_ag_news(data)
@@ -42,7 +42,8 @@ def test_studies_with_clip_and_crossmodal_run_end_to_end(tmp_path):
         ]}
     g = tmp_path / "studies.yaml"
     g.write_text(yaml.safe_dump(grid))
-    finish(start(["launch", str(g), "--store", "s", "-q", "--data-root", str(data)], tmp_path), timeout=600)
+    finish(start(["launch", str(g), "--store", "s", "-q", "--data-root", str(data), "--address", ray_head.address],
+                 tmp_path), timeout=600)
     df = pd.read_parquet(tmp_path / "s")
     assert (df["status"] == "ok").all(), df.loc[df["status"] != "ok", "error"].tolist()
     assert sorted(df["method"]) == ["clip_ilm", "clip_ilm", "clip_vp", "clip_vp", "ilm", "reprogram"]

@@ -11,13 +11,10 @@ reads exactly the rows. Readers deduplicate by run_key (see `dedup`).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import re
 import threading
 import time
-import typing
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,48 +25,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from workers.core.errors import StoreError
+from workers.core.rows import DONE, ONE_ROW, SCHEMA, dedup
 from workers.core.spec import RunResult
 from workers.core.uri import URIError, bucket_missing, open_uri
 
-
-def _arrow_type(tp) -> pa.DataType:
-    if typing.get_origin(tp) is Union:  # Optional[X]
-        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) is list:
-        return pa.list_(_arrow_type(typing.get_args(tp)[0]))
-    return {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}[tp]
-
-
-def _schema() -> pa.Schema:
-    hints = typing.get_type_hints(RunResult)
-    return pa.schema([pa.field(f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(RunResult)])
-
-
-SCHEMA = _schema()
-ROW_GROUP = 1024  # rows a merged file's row group holds (about); compaction buffers one group
-ONE_ROW = re.compile(r"^([0-9a-f]{16})\.(ok|failed|rehearsed)\.parquet$")
-# A run is done when its row says ok, or rehearsed in a rehearsal store (docs/scale.md); the two never mix.
-DONE = ("ok", "rehearsed")
 T = TypeVar("T")
-
-
-def winners(keys: list, statuses: list, finished: list) -> list[int]:
-    """Indices of the rows `dedup` keeps: per run_key, a done row beats a failed one, then the latest
-    finished_at wins (a row without one loses)."""
-    best: dict = {}
-    for i, (k, st, at) in enumerate(zip(keys, statuses, finished)):
-        rank = (st in DONE, -1e300 if at is None else at)
-        if k not in best or rank >= best[k][0]:
-            best[k] = (rank, i)
-    return [i for _, (_, i) in sorted(best.items())]  # by run_key, as readers have always seen them
-
-
-def dedup(table: pa.Table) -> pa.Table:
-    """One row per run_key (see `winners`), in Arrow: no pandas copy of the list columns."""
-    if table.num_rows == 0:
-        return table
-    cols = [table.column(c).to_pylist() for c in ("run_key", "status", "finished_at")]
-    return table.take(pa.array(winners(*cols), pa.int64()))
 
 
 def _is_part(info: pafs.FileInfo) -> bool:
@@ -196,73 +156,11 @@ class Store:
         return self._get(f"{self._base}/_prompts/{run_key}.safetensors")
 
     def compact(self) -> tuple[int, int]:
-        """Merge all run files into one deduplicated file with large row groups. Returns (before, after).
+        """Merge all run files into one deduplicated file with large row groups (workers/core/compaction.py).
+        Returns (files before, files after)."""
+        from workers.core.compaction import compact
 
-        Safe while trials publish: only the files read are deleted, after the merged file is in place.
-        Streamed: the rows to keep are picked from the one-row files' names and three columns of the merged
-        files; then files are read a batch at a time into row groups, so memory holds the merged output and one
-        batch, never a pandas copy of every row (12k rows took a driver to 2.8 GB that way). Another compaction
-        deleting a picked file meanwhile (a driver's housekeeper still finishing one) has merged it: list again."""
-        for _ in range(5):
-            try:
-                return self._compact_once()
-            except FileNotFoundError:
-                continue
-        raise StoreError(f"store {self.root}: other compactions kept removing its files; try again")
-
-    def _compact_once(self) -> tuple[int, int]:
-        picked = self._consistent(self._winners)
-        if len(picked) <= 1:
-            return len(picked), len(picked)
-        buf = pa.BufferOutputStream()
-        with pq.ParquetWriter(buf, SCHEMA) as out:
-            group: list[pa.Table] = []
-            one_row: list[str] = []
-
-            def flush(force: bool) -> None:
-                if one_row and (force or len(one_row) >= ROW_GROUP // 4):
-                    group.append(self._read(one_row))  # one pyarrow.dataset read of many small files
-                    one_row.clear()
-                n = sum(t.num_rows for t in group)
-                if n and (force or n >= ROW_GROUP):
-                    out.write_table(pa.concat_tables(group).combine_chunks(), row_group_size=n)
-                    group.clear()
-
-            for path, keep in picked.items():
-                if keep is None:
-                    one_row.append(path)
-                elif keep:
-                    group.append(self._read([path]).take(pa.array(keep, pa.int64())))
-                flush(False)
-            flush(True)
-        self._put(f"{self.runs_dir}/part-{uuid.uuid4().hex[:12]}.parquet", buf.getvalue().to_pybytes())
-        self._delete(list(picked))
-        return len(picked), len(self._files())
-
-    def _winners(self, infos: list[pafs.FileInfo]) -> dict[str, Optional[list[int]]]:
-        """path -> the row numbers of a merged file that `dedup` keeps; for a one-row file None when its row is kept,
-        [] when not. A one-row file is known by its name (its time: the file's modification time, as `scan`)."""
-        cols = ["run_key", "status", "finished_at"]
-        keys, statuses, times, owner = [], [], [], []
-        for info in infos:
-            m = ONE_ROW.match(info.base_name)
-            if m:
-                keys.append(m.group(1)), statuses.append(m.group(2))
-                times.append(info.mtime.timestamp() if info.mtime else None)
-                owner.append((info.path, None))
-                continue
-            t = self._columns([info.path], cols)
-            for c, acc in zip(cols, (keys, statuses, times)):
-                acc.extend(t.column(c).to_pylist())
-            owner.extend((info.path, j) for j in range(t.num_rows))
-        out: dict[str, Optional[list[int]]] = {i.path: [] for i in infos}
-        for i in winners(keys, statuses, times):
-            path, j = owner[i]
-            if j is None:
-                out[path] = None
-            else:
-                out[path].append(j)
-        return out
+        return compact(self)
 
     # -- reading ---------------------------------------------------------------------------------
     def exists(self) -> bool:
