@@ -100,7 +100,8 @@ class Monitor(threading.Thread):
 
 def _inputs(root: Path, runs) -> tuple[str, str]:
     """Empty stand-ins for every checkpoint file and dataset folder the runs name: ($VPGRID_CKPT, data root)."""
-    from workers.core.schemas.layouts import NEEDS
+    from workers.core.schemas import DATASETS
+    from workers.core.schemas.layouts import TEXT_TASKS
 
     ckpt, data = root / "ckpt", root / "data"
     os.environ["VPGRID_CKPT"] = str(ckpt)
@@ -112,8 +113,12 @@ def _inputs(root: Path, runs) -> tuple[str, str]:
                         p = Path(os.path.expandvars(w[k]))
                         p.parent.mkdir(parents=True, exist_ok=True)
                         p.touch()
-        for need in NEEDS.get(r.dataset, []):
+        for need in DATASETS[r.dataset].layout if r.dataset in DATASETS else ():
             (data / need.format(**{"partition": 1, **r.dataset_args})).mkdir(parents=True, exist_ok=True)
+        if r.dataset in TEXT_TASKS:
+            (data / r.dataset).mkdir(parents=True, exist_ok=True)
+            for f in ("splice.data",) if r.dataset == "splice" else ("train.csv", "test.csv"):
+                (data / r.dataset / f).touch()
     return str(ckpt), str(data)
 
 

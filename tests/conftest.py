@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 # Every test belongs to one tier: its own marker, else its module's `pytestmark` (the closest wins).
-#   unit         no Ray, no subprocess, no server: seconds
-#   integration  a real local Ray launch, or a fresh interpreter
+#   unit         no Ray, no subprocess, no server, under a second or two each: the quick check while coding
+#   integration  a real local Ray launch, a fresh interpreter, or a full-size model, training or every figure
 #   cluster      a multi-node Ray cluster, an S3 server on the loopback, Ray Jobs
 # `python -m pytest -q` runs them all; `--tier unit` (or integration, cluster) runs one.
 TIERS = ("unit", "integration", "cluster")

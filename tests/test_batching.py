@@ -70,6 +70,7 @@ def _one_thread(one_thread):
     """Tiny models: one torch thread is faster than two contending ones."""
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 @pytest.mark.parametrize("shared", [True, False], ids=["one-device-copy", "per-run-copies"])
 def test_batched_runs_match_each_run_alone_in_float64(frozen64, shared):
     model, meta = frozen64
@@ -87,6 +88,7 @@ def test_batched_runs_match_each_run_alone_in_float64(frozen64, shared):
     assert all(b.prompt["prompt"].dtype == torch.float64 for b in batched)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_batched_ilm_remaps_every_epoch_flm_once_rlm_never(frozen64, monkeypatch):
     import workers.methods.vp as vp
 
@@ -99,6 +101,7 @@ def test_batched_ilm_remaps_every_epoch_flm_once_rlm_never(frozen64, monkeypatch
     assert per == {("rlm", 1): 1, ("rlm", 2): 1, ("flm", 1): 1, ("flm", 2): 1, ("ilm", 1): 4, ("ilm", 2): 4}
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_a_run_that_fails_in_a_batch_fails_alone(frozen64, monkeypatch):
     """One run's mapping raises at its second remap (a bad mapping); another's prompt turns NaN in its first
     epoch. Each fails with its own error; the others give exactly what they give alone."""
@@ -142,6 +145,7 @@ def test_a_run_that_fails_in_a_batch_fails_alone(frozen64, monkeypatch):
         assert_same(outs[k], train_prompt(model, meta, tasks[k], specs[k], CPU), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_runs_of_different_schedules_are_refused_together(frozen64):
     model, meta = frozen64
     specs = specs_for(TRAIN)[:2]
@@ -150,6 +154,7 @@ def test_runs_of_different_schedules_are_refused_together(frozen64):
         train_prompts(model, meta, tasks_for(specs), specs, CPU)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_demo_setting_batched_is_close_to_alone_in_float32(tmp_path):
     """The demo's setting: the shipped demo CNN pre-trained on shapes, digits at 16 px in the 32 px canvas, a
     10-shot cell of the demo grid (rlm/flm/ilm x 2 seeds, batch 32), in float32."""
@@ -191,6 +196,7 @@ def test_batches_group_a_cells_vp_runs_and_honour_prompt_batch():
     assert back.train.prompt_batch == 2 and back == two[0] and back.run_key == runs[0].run_key
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_a_pack_trained_in_batches_gives_the_rows_of_its_runs_alone(tmp_path, monkeypatch):
     """Through the worker's whole path (few-shot subsets, shared device copies, rows): a pack of two cells."""
     from orchestrator.grid import expand, parse_grid

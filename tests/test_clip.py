@@ -105,6 +105,7 @@ def test_registered_clip_models():
         assert meta.resources == {"cpu": 2, "gpu": gpu} and meta.formats == ("state_dict", "upop")
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_random_b32_is_open_clip_and_logits_are_scaled_cosines_to_the_class_texts(rand):
     built, meta, ref, _ = rand
     model = built.model
@@ -134,6 +135,7 @@ def test_random_b32_is_open_clip_and_logits_are_scaled_cosines_to_the_class_text
         assert torch.allclose(out, scale * img @ model.head.weight.T, atol=1e-4)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_head_cache_is_reused_and_keyed_by_the_text_weights(rand):
     built, _, _, cache = rand
     (path,) = head_files(cache)
@@ -151,6 +153,7 @@ def test_head_cache_is_reused_and_keyed_by_the_text_weights(rand):
     assert text.digest() != d0  # other text weights -> another head
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_without_fill_head_the_head_is_zeros_and_nothing_is_computed(rand, tmp_path):
     """What the model benchmarks build (workers/frozen.py, fill_head=False): the same image tower, a zero head."""
     built, _, _, _ = rand
@@ -160,6 +163,7 @@ def test_without_fill_head_the_head_is_zeros_and_nothing_is_computed(rand, tmp_p
     assert all(torch.equal(own[k], v) for k, v in built.model.state_dict().items() if k != "head.weight")
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_state_dict_checkpoint_loads_strictly(rand, tmp_path):
     _, _, ref, cache = rand
     sd = dict(ref.state_dict())
@@ -185,6 +189,7 @@ def test_state_dict_checkpoint_loads_strictly(rand, tmp_path):
         build_model("clip_vit_b32", resolve({"path": str(tmp_path / "bad.pt")}, {}, cache), ARGS, cache)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_upop_checkpoint_builds_the_pruned_vision_tower(rand, tmp_path):
     _, _, ref, cache = rand
     sd = {k: v.clone() for k, v in ref.state_dict().items()}
@@ -228,6 +233,7 @@ def test_upop_checkpoint_builds_the_pruned_vision_tower(rand, tmp_path):
         assert torch.allclose(model(img), model.head.scale * feats @ model.head.weight.T, atol=1e-3)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_upop_text_tower_pruning_and_layout_errors(rand):
     _, _, ref, _ = rand
     sd = {k: v.clone() for k, v in ref.state_dict().items()}

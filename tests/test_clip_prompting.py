@@ -128,6 +128,7 @@ def test_lr_schedule_formula():
     assert cp.lr_at(5, base, 0, 20) == pytest.approx(20 * (1 + math.cos(math.pi / 4)))
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_border_prompt_is_added_after_normalisation_on_the_border_only(clip):
     _, meta, _ = clip
     from workers.train import to_canvas
@@ -160,10 +161,12 @@ def ilm_text(clip):
     return cp.text_classifier(clip[0], cp.ILM_TEMPLATES, CLASSES)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_vp_text_rows_are_the_expected_prompts(clip, vp_text):
     torch.testing.assert_close(cp.text_classifier(clip[0], (cp.VP_TEMPLATE,), CLASSES), vp_text, rtol=0, atol=1e-5)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_ilm_text_rows_are_template_major(clip, ilm_text):
     model, _, _ = clip
     assert ilm_text.shape == (81 * 3, model.embed_dim)
@@ -202,6 +205,7 @@ class TinyClip(nn.Module):
         return F.normalize(torch.stack([torch.randn(16, generator=gi) for gi in g]), dim=-1)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_untrained_runs_give_the_hand_computed_loss_mapping_and_metrics(clip):
     _, meta, _ = clip
     tiny, task = TinyClip(), colour_task()
@@ -235,6 +239,7 @@ def record_lrs(monkeypatch) -> list:
     return lrs
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_clip_vp_steps_with_warmup_then_cosine(clip, monkeypatch):
     _, meta, _ = clip
     lrs = record_lrs(monkeypatch)
@@ -245,6 +250,7 @@ def test_clip_vp_steps_with_warmup_then_cosine(clip, monkeypatch):
     assert lrs == pytest.approx(expected)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_clip_ilm_steps_like_per_step_cosine_annealing(clip, monkeypatch):
     _, meta, _ = clip
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0, momentum=0.9)
@@ -259,6 +265,7 @@ def test_clip_ilm_steps_like_per_step_cosine_annealing(clip, monkeypatch):
     assert lrs == pytest.approx(expected)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_clip_vp_training_reduces_the_loss(clip):
     """A few steps on the stand-in (the random CLIP learns in the clip_ilm test below)."""
     _, meta, _ = clip
@@ -268,6 +275,7 @@ def test_clip_vp_training_reduces_the_loss(clip):
     assert out.final_train_loss < 0.98 * start, (start, out.final_train_loss)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 @pytest.mark.parametrize("method", ["clip_vp", "clip_ilm"])
 def test_non_finite_loss_fails_the_run(clip, method):
     _, meta, _ = clip
@@ -291,6 +299,7 @@ def zero_prompt(clip, vp_text, ilm_text):
     return dict(v=v, mapping=mapping, ilm_loss=float(F.cross_entropy(scale * v @ ilm_text[mapping].T, task.train_y)))
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_logits_are_scale_times_cosine(clip, vp_text, zero_prompt):
     model, meta, _ = clip
     x = hand_canvas(colour_task().train_x, meta.input_size)
@@ -298,6 +307,7 @@ def test_logits_are_scale_times_cosine(clip, vp_text, zero_prompt):
     torch.testing.assert_close(cp.clip_logits(model, x, vp_text), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_clip_ilm_remaps_every_epoch_with_the_current_prompt_and_learns(clip, ilm_text, zero_prompt, monkeypatch):
     model, meta, _ = clip
     task = colour_task()
@@ -330,6 +340,7 @@ def context(clip):
     return Context(clip[2], CPU)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 @pytest.mark.parametrize("method", ["clip_vp", "clip_ilm"])
 def test_end_to_end_run_row(context, method):
     spec = RunSpec(model="clip_vit_b32", method=method, dataset="digits", shots=1, seed=0, weights="random",
@@ -346,6 +357,7 @@ def test_end_to_end_run_row(context, method):
         assert all(0 <= s < 81 * 10 for s in row.label_mapping)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_runs_feed_clip_its_own_preprocessing_of_the_original_files(context, monkeypatch, tmp_path):
     """clip_vp and clip_ilm get the dataset decoded at the model's side (64 here) by bicubic short side + centre
     crop from the files, as open_clip's transform makes it; the VP methods keep their input_size squash."""

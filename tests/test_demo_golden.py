@@ -13,6 +13,7 @@ from orchestrator.report import demo
 pytestmark = pytest.mark.unit
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 @pytest.mark.slow
 def test_demo_slice_matches_the_golden_values(tmp_path):
     cpu = demo.cpu_capability()

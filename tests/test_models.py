@@ -19,6 +19,7 @@ LIGHT_ARGS = {"clip_vit_b32": {"templates": "simple", "input_size": 32},
               "deit_tiny": {"input_size": 64}}
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_builds_frozen_and_runs(name, tmp_path):
     built, meta = build_model(name, "random", LIGHT_ARGS.get(name, {}), tmp_path)
@@ -70,6 +71,7 @@ def test_shipped_demo_weights_missing_altered_or_other_args_are_clear_errors(tmp
         build_model("demo_cnn", "pretrained", {}, tmp_path)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_pretrain_command_writes_a_trained_network_that_loads(tmp_path):
     """A short pre-training (tiny epochs) through the CLI: a safetensors file, its sha256 printed, loadable by
     path, well above chance on shapes; its defaults are how the shipped file was made."""

@@ -84,6 +84,7 @@ def test_summary_intervals_are_students_t_over_seeds(hand):
     assert (d["lo"], d["hi"]) == (pytest.approx(lo), pytest.approx(hi))
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_report_files_carry_the_cost_and_open_with_findings(hand, tmp_path):
     from orchestrator.report.deliver import Options, write
 
@@ -186,6 +187,7 @@ LEVEL = {"dense": "dense", "magnitude 0.6": "level 1 of 2", "fakequant 4": "leve
          "magnitude 0.8": "level 2 of 2", "fakequant 3": "level 2 of 2"}
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_one_colour_means_one_thing_across_figure_families(tmp_path):
     """Every legend entry and mapping header of the report: a method has one colour everywhere, a level (the k-th
     of n) one colour everywhere, and no colour stands for both a method and a level."""
@@ -265,6 +267,7 @@ def test_lottery_heatmap_prompts_and_best_epoch_from_a_four_level_store(four_lev
     assert cls[cls["variant"] == "magnitude 0.8"]["delta"].round(9).unique().tolist() == [round(-0.4 + 0.004 * 14 / 3, 9)]
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_every_figure_reads_at_880_px(tmp_path, four_levels):
     from orchestrator.report.entry import Options, load
     from orchestrator.report.plan import plan
@@ -289,6 +292,7 @@ def test_every_figure_reads_at_880_px(tmp_path, four_levels):
         plt.close(fig)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_accuracy_figure_shares_y_and_draws_chance_at_one_over_classes(tmp_path):
     from orchestrator.report.plots import KINDS, plt
 

@@ -143,6 +143,7 @@ def test_drops_table_from_the_hand_store(hand):
     assert got == {"magnitude 0.5": (4, round(0.05 / 4, 9), 0.05), "magnitude 0.8": (4, round(0.3 / 4, 9), 0.3)}
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_captions_count_runs_and_list_what_is_missing(hand, tmp_path):
     from orchestrator.report.deliver import Options, write
     from orchestrator.report.entry import caption
@@ -197,6 +198,7 @@ def _demo_text(two_models: bool = False) -> str:
     return yaml.safe_dump(d)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_every_family_is_written_for_a_demo_like_store(tmp_path):
     st = _demo_like(tmp_path / "s", _demo_text(two_models=True))
     r = cli.invoke(app, ["report", str(st.root), "--out", str(tmp_path / "r")])
@@ -225,6 +227,7 @@ def test_every_family_is_written_for_a_demo_like_store(tmp_path):
     assert names <= set(__import__("workers.core.classnames").core.classnames.shapes())
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_figures_have_no_overlapping_or_clipped_text(tmp_path):
     from orchestrator.report.entry import Options, load
     from orchestrator.report.plan import plan
@@ -252,6 +255,7 @@ def test_a_users_own_model_appears_without_code_change(tmp_path):
     assert "source class names of 'my_net' are not declared" in md and "ece" not in {p.name for p in (tmp_path / "r" / "figures").iterdir()}
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_select_narrows_the_report_with_grid_match_semantics(hand, tmp_path):
     st, runs = hand
     r = cli.invoke(app, ["report", str(st.root), "--out", str(tmp_path / "r"), "--select", "level=0.8",

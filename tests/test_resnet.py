@@ -186,6 +186,7 @@ def _sparseml_save_model(path, model: torch.nn.Module, epoch: int) -> None:
                 "recipe": "!ScheduledModifierManager\n  modifiers: [!GMPruningModifier {final_sparsity: 0.8}]"}, path)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 @pytest.mark.parametrize("name, blocks", [("resnet18", (2, 2, 2, 2)), ("resnet34", (3, 4, 6, 3))])
 def test_gmp_sparsezoo_sparseml_layout(tmp_path, name, blocks):
     """SparseZoo's pruned-conservative ResNets are SparseML models saved by SparseML: every key maps onto
@@ -241,6 +242,7 @@ def test_lth_weights_are_mask_times_weight(tmp_path, prefixed_checkpoint):
     assert "_mask.pth" in built.weights_source and "(lth; masks applied)" in built.weights_source
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_lth_paper_loader_behaviour_is_an_explicit_compression_arg(tmp_path):
     """The paper's loader overwrote the masked weights with the unmasked ones; `apply_mask: false` does the same,
     on request only, and the row says so (compression_args holds the arg, weights_source the effect)."""
@@ -412,6 +414,7 @@ def _rigl_name(k: str) -> str:
     return re.sub(r"^(layer\d)\.(\d+)\.downsample\.1\.", r"\1.block.\2.shortcut.bn.", k)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_sparse_transfer_rigl_names_and_tf_maxpool(tmp_path):
     state, masks = _sparse_state("resnet50")
     sd = _wrapped({_rigl_name(k): v for k, v in state.items()}, {_rigl_name(k): m for k, m in masks.items()})

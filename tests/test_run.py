@@ -115,6 +115,7 @@ def test_training_reduces_the_loss(runs, tmp_path):
     assert math.isfinite(out.final_train_loss)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_more_shots_than_a_class_has_fails_unless_capped(runs, tmp_path):
     spec = dataclasses.replace(runs[0], shots=200)  # digits has ~125 training images per class
     row = run(spec, Context(tmp_path, torch.device("cpu")))

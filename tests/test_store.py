@@ -189,6 +189,7 @@ def test_files_of_older_stores_are_read(local):
     assert local.compact() == (2, 1) and local.frame()["status"].tolist() == ["ok"]
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_readers_meanwhile_compaction_see_every_row(local):
     """A reader lists, then reads; compaction may delete what it listed in between: no row is ever missing."""
     for seed in range(1, 41):

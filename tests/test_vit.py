@@ -149,6 +149,7 @@ def _expected_bits(name: str, bits: int, module: str) -> int:
 
 @pytest.mark.parametrize("name,bits", [("deit_tiny", 4), ("deit_tiny", 3), ("deit_tiny", 2),
                                        ("swin_tiny", 4), ("swin_tiny", 2)])
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_vvtq_checkpoint_loads_exactly_and_quantises(name, bits, tmp_path):
     src = _calibrate(vvtq.create(name, bits), seed=bits).eval()
     sd = src.state_dict()
@@ -233,6 +234,7 @@ def test_vvtq_refuses_mismatched_or_uninitialised_files(tmp_path):
         vvtq.create("deit_tiny", 4)(torch.zeros(1, 3, 224, 224))
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_vvtq_swin_learned_patch_merging_bits_as_the_original_reads_them(tmp_path):
     """Swin's PatchMerging.reduction is QuantLinear(nbits=8) with the original's default mixpre=True, so training
     moves its nbits off 8.0. The original runs every quantiser at round(clamp(nbits, 2, 8)) (`bit_pass`) and indexes
@@ -285,6 +287,7 @@ def test_vvtq_swin_learned_patch_merging_bits_as_the_original_reads_them(tmp_pat
         _load_vvtq("swin_tiny", tmp_path / "w3.pth.tar", 4, tmp_path)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 def test_vvtq_at_other_sizes_and_head_replacement(tmp_path):
     # DeiT: a 224-px checkpoint's position embedding is resampled to a 112-px canvas
     src = _calibrate(vvtq.create("deit_tiny", 4), seed=0)
@@ -314,6 +317,7 @@ def test_vvtq_at_other_sizes_and_head_replacement(tmp_path):
         _load_vvtq("swin_tiny", tmp_path / "bad_index.pth.tar", 3, tmp_path)
 
 
+@pytest.mark.integration  # seconds to tens of seconds: a full-size model, training or rendering
 @pytest.mark.parametrize("name", ["deit_tiny", "swin_tiny"])
 def test_vvtq_architecture_is_timms_float_model_with_quantisation_off(name, tmp_path, monkeypatch):
     """An independent check of the rebuilt architecture (windows, shifts, masks, merging, read-out): with the

@@ -235,7 +235,7 @@ class RunResult:
     gamma: Optional[float] = None
     eval_batch_size: Optional[int] = None
     eval_every: Optional[int] = None  # null = off
-    prompt_kind: Optional[str] = None  # the method's prompt (MethodMeta.prompt); null for lp, ff
+    prompt_kind: Optional[str] = None  # the method's prompt (its card's `prompt`); null for lp, ff
     prompt_path: Optional[str] = None  # the learned prompt (safetensors) of a VP run, beside the store
     upstream_accuracy: Optional[float] = None  # the variant's top-1 on ImageNet val; null: no val set under the root
     # the loaded model, as measured

@@ -7,10 +7,6 @@ from pathlib import Path
 
 from workers.core.schemas.datasets import DATASETS
 
-# Each image dataset's layout as {name: [path, ...]}, read from the cards at import (for orchestrator.bench_scale;
-# everything else reads the card).
-NEEDS = {name: list(card.layout) for name, card in DATASETS.items() if card.layout}
-
 HOW = ("Set the data root with --data-root, $VPGRID_DATA or the grid's data_root; "
        "`download: true` in the dataset's args fetches it there where network is available.")
 
