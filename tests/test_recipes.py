@@ -252,7 +252,10 @@ def test_sbatch_script_runs_a_tiny_grid_on_a_head_and_a_worker():
     (tmp / "grid.yaml").write_text(TINY)
     gcs, dash, client, agent_head, agent_worker = free_ports(5)
     private = f"--temp-dir={tmp}/ray --min-worker-port=0 --max-worker-port=0"
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_SRUN_LOG=str(tmp / "srun.log"),
+    # A SLURM job runs with the submitter's PATH, on which the sbatch script finds `python` and `ray`: the
+    # environment that runs these tests, whether or not it was activated.
+    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
+    env = dict(os.environ, PATH=path, FAKE_SRUN_LOG=str(tmp / "srun.log"),
                SLURM_JOB_NODELIST="node-a,node-b", SLURM_JOB_NUM_NODES="2", SLURM_CPUS_PER_TASK="1",
                RAY_PORT=str(gcs), VPGRID_CACHE=str(tmp / "cache"), RAY_AUTH_MODE="disabled",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
