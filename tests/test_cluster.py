@@ -152,7 +152,7 @@ def test_submit_with_the_store_on_s3_survives_a_worker_node_dying(cluster, s3_bu
             assert time.time() - t0 < 300, client.get_job_logs(job)[-3000:]
             time.sleep(0.2)
         before = st.frame().set_index("run_key")["finished_at"].to_dict()
-        cluster.workers[0].kill_raylet()  # SIGKILL: its trial (held at the gate) dies; Tune retries it on the other node
+        _kill_node(cluster.workers[0])  # its trial (held at the gate) dies; Tune retries it on the other node
     finally:
         gate.open()
 
@@ -258,6 +258,20 @@ def _holds_a_run(node, gate: Gate) -> bool:
     return any(child.pid in waiting for child in raylet.children(recursive=True))
 
 
+def _kill_node(node) -> None:
+    """The node dies whole, as a machine does: its raylet SIGKILLed, then every process it started. A worker that
+    outlived its raylet for a moment could otherwise still pass the gate and publish (seen at one torch thread)."""
+    import psutil
+
+    doomed = psutil.Process(node.all_processes["raylet"][0].process.pid).children(recursive=True)
+    node.kill_raylet()
+    for proc in doomed:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def test_runs_of_a_trial_out_of_retries_stay_pending_and_resume_finishes_them(cluster, tmp_path):
     """With no retries, a trial whose node dies leaves its runs pending: the launch says so and exits 4."""
     extra = cluster.cluster.add_node(num_cpus=1, dashboard_agent_listen_port=free_port(),
@@ -279,7 +293,7 @@ def test_runs_of_a_trial_out_of_retries_stay_pending_and_resume_finishes_them(cl
         while not _holds_a_run(extra, gate):  # the extra node's trial waits at the gate: its death loses its runs
             assert p.poll() is None and time.time() - t0 < 300
             time.sleep(0.2)
-        extra.kill_raylet()
+        _kill_node(extra)
         gate.open()
         out, err = p.communicate(timeout=400)
         cluster.cluster.remove_node(extra, allow_graceful=False)
