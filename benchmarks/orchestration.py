@@ -255,8 +255,7 @@ def bench_report(repeats: int = 1) -> dict:
         wall, used, info = fastest
         return {"bench": "report", "rows": len(rows), "figures": info["figures"], "written": info["written"],
                 "not_drawn": info["skipped"], "report_s": wall, "cpu_s": used, "read_and_plan_s": info["plan_s"],
-                "draw_s": info["draw_s"], "draw_workers": min(_workers(), info["figures"]),
-                "load_avg_1min": os.getloadavg()[0]}
+                "draw_s": info["draw_s"], "draw_workers": min(_workers(), info["figures"])}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

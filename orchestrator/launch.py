@@ -24,10 +24,18 @@ from orchestrator.validate import check_grid
 from workers.core.store import HEARTBEAT_S, Store
 from workers.core.spec import RunSpec
 
-# Merge one-row files during a long launch (every so often, once there are enough), so status and resume
-# read a few files, not thousands, on NFS or S3.
+# Merge one-row files during a long launch, so status and resume read a few files, not thousands, on NFS or
+# S3: every so often once there are enough, and at once when so many wait that listing them gets slow.
 COMPACT_EVERY_S = float(os.environ.get("VPGRID_COMPACT_EVERY_S", 300))
 COMPACT_MIN_FILES = int(os.environ.get("VPGRID_COMPACT_MIN_FILES", 200))
+COMPACT_MAX_FILES = int(os.environ.get("VPGRID_COMPACT_MAX_FILES", 2000))
+
+
+def compaction_due(files: int, since_last_s: float, every_s: float = COMPACT_EVERY_S,
+                   min_files: int = COMPACT_MIN_FILES, max_files: int = COMPACT_MAX_FILES) -> bool:
+    """Whether the housekeeper merges now, given the one-row files waiting and the seconds since its last merge.
+    The count bound keeps the store's object count (and every listing) bounded however fast runs publish."""
+    return files >= max_files or (files >= min_files and since_last_s > every_s)
 
 
 @dataclass
@@ -243,10 +251,10 @@ class _Housekeeper(threading.Thread):
         while not self._stop_event.wait(min(HEARTBEAT_S, COMPACT_EVERY_S)):
             try:
                 self.store.write_launch({**self.info, "heartbeat": time.time()})
-                if time.time() - self._last_compact > COMPACT_EVERY_S:
+                waiting = sum(1 for i in self.store._files() if not i.base_name.startswith("part-"))
+                if compaction_due(waiting, time.time() - self._last_compact):
+                    self.store.compact()
                     self._last_compact = time.time()
-                    if sum(1 for i in self.store._files() if not i.base_name.startswith("part-")) >= COMPACT_MIN_FILES:
-                        self.store.compact()
             except Exception as e:  # the store being briefly unreachable must not end the launch
                 print(f"warning: store housekeeping failed: {str(e).splitlines()[0]}", file=sys.stderr)
 

@@ -14,7 +14,7 @@ from operator import attrgetter
 from typing import Callable, Hashable, Optional
 
 from orchestrator.grid import MATCH_AXES, Grid
-from workers.core.spec import RunSpec
+from workers.core.spec import RunSpec, variant_tag
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,7 @@ def pack(grid: Grid, runs: list[RunSpec], defaults: Optional[dict] = None) -> li
 
 def axis_value(spec: RunSpec, axis: str):
     if axis == "compression":
-        level = spec.compression_level
-        return spec.compression if level is None else f"{spec.compression}@{level:g}"
+        return variant_tag(spec.compression, spec.compression_level)
     if axis == "shots":
         return "full" if spec.shots is None else spec.shots
     return getattr(spec, axis)
@@ -93,8 +92,7 @@ def _raw(axis: str) -> Callable[[RunSpec], Hashable]:
 def _axis_label(axis: str, raw: Hashable) -> str:
     """str(axis_value(...)) from the raw value: computed once per distinct value, not once per run."""
     if axis == "compression":
-        name, level = raw
-        return name if level is None else f"{name}@{level:g}"
+        return variant_tag(*raw)
     if axis == "shots":
         return "full" if raw is None else str(raw)
     return str(raw)

@@ -379,7 +379,12 @@ def test_every_link_of_the_readme_and_docs_resolves():
 
 
 def test_no_diary_in_the_docs():
-    """No commit hashes, load averages or session notes in the README or the manual."""
+    """No commit hashes, load averages or session notes in the README, the manual or the shipped measurements
+    (a throughput table or a benchmark's results states its machine and date, nothing of the moment)."""
+    shipped = [*(ROOT / "orchestrator" / "throughput").glob("*.json"), *(ROOT / "benchmarks" / "results").iterdir()]
+    assert shipped
+    for p in shipped:
+        assert not re.search(r"load.?av|this session", p.read_text(), re.I), p.name
     for p, text in pages().items():
         assert not re.search(r"\bload average|this session|\bsession of\b", text, re.I), p.name
         assert not re.search(r"\b(commit|clean checkout|clone) [0-9a-f]{7,40}\b|\([0-9a-f]{7}\)", text), p.name

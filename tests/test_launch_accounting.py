@@ -130,3 +130,14 @@ def test_a_launch_stopped_mid_way_says_so_in_one_line_and_exits_4(tmp_path, monk
     assert code == 4 and err.strip().splitlines() == [line.format(s=s)], err
     info = Store(s).launch_info()
     assert info["ended"].startswith(ended) and "finished" in info
+
+
+def test_compaction_is_due_by_time_once_enough_files_wait_and_at_once_when_too_many_do():
+    from orchestrator.launch import compaction_due
+
+    bounds = dict(every_s=300, min_files=200, max_files=2000)
+    assert not compaction_due(199, 10_000, **bounds)  # too few to be worth a merge, however long ago the last
+    assert not compaction_due(200, 300, **bounds)  # enough, but the last merge is recent
+    assert compaction_due(200, 301, **bounds)
+    assert compaction_due(2000, 0, **bounds)  # so many that every listing is slow: now, whatever the time
+    assert not compaction_due(1999, 0, **bounds)

@@ -106,7 +106,7 @@ def bench_train(models: list[str] | None = None, batch: int | None = None, steps
     table = {"machine": card(device), "device": device.type, "card": card(device),
              "dtype": "bfloat16" if device.type == "cuda" else "float32",
              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {},
-             "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
+             "threads": torch.get_num_threads(),
              "startup_includes": f"a fresh interpreter's `{IMPORTS}` ({imports:.1f} s), the model built with random "
                                  "weights, moved to the device, and its first batch",
              "weights": "random (timings only)"}

@@ -4,9 +4,9 @@
   1. checks the store holds the whole demo grid, every run ok;
   2. checks every finding the docs state (`FINDINGS`): a paired difference over seeds whose 95% interval
      excludes zero, in the stated direction; a finding that does not hold writes nothing and exits 1;
-  3. runs the golden slice (`SLICE`: a few runs of the demo grid, one torch thread, in this process) and writes
-     its metrics to tests/golden/demo_slice.json under this CPU's vector unit (`cpu_capability`), which
-     tests/test_demo_golden.py compares to 1e-4;
+  3. runs the golden slice (`SLICE`: a few runs of the demo grid, one torch thread, in a fresh interpreter with
+     numerics that do not depend on the CPU: `PORTABLE_ENV`) and writes its metrics to
+     tests/golden/demo_slice.json, which tests/test_demo_golden.py compares to 1e-4;
   4. rewrites the generated parts of README.md and docs/demo.md (between `<!-- demo:NAME -->` markers).
 
 Torch and the workers are imported only by the slice: the tables and findings need pandas alone.
@@ -20,6 +20,8 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from workers.core.spec import variant_tag
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = ROOT / "grids" / "demo.yaml"
@@ -136,36 +138,65 @@ def slice_specs() -> list:
     return out
 
 
-def cpu_capability() -> str:
-    """The vector unit torch's CPU kernels use here ("AVX2", "AVX512", ...). At one thread the order of float
-    sums, so the last digits of every number, still depends on it: torch, oneDNN and MKL each take the widest unit
-    they find, and on an AVX2-only CPU 3 of the 7 slice runs moved (one by 5 points of accuracy). The golden
-    values are kept per unit, each made on a CPU that has it."""
+# The golden slice runs with numerics that do not depend on the CPU: at one thread the order of float sums still
+# follows the kernels each library picks for the CPU it finds (torch's vector unit, oneDNN's and MKL's code paths
+# and blocking): two AVX-512 machines gave the slice 4 runs apart, one by 5 points of accuracy. ATen's baseline
+# kernels, oneDNN off and MKL's conditional numerical reproducibility ("COMPATIBLE": one code path on every x86-64
+# CPU) remove each choice. Measured on one machine: with these settings, capping MKL at AVX2 moves nothing; with
+# ATen's and oneDNN's alone, the same cap moves all 7 runs. About 2.5 times slower than the default kernels.
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1"}
+
+
+def portable_here() -> str | None:
+    """None where the portable numerics exist (x86-64 with MKL); else why the golden values cannot apply."""
     import torch
 
-    return torch.backends.cpu.get_cpu_capability()
-
-
-def golden_for(golden: dict, capability: str) -> dict | None:
-    """This CPU unit's golden entry {made_on, runs}, or None when none was made on such a CPU."""
-    return golden.get("by_cpu", {}).get(capability)
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkl.is_available():
+        return f"the golden values are made with MKL on x86-64; this is {platform.machine()} " \
+               f"(MKL {'present' if torch.backends.mkl.is_available() else 'absent'})"
+    return None
 
 
 def run_slice(cache_dir: Path) -> list[dict]:
-    """Each slice run alone at one torch thread (the float sums' order is then the same on every machine with
-    the same CPU vector unit: `cpu_capability`), as {run_key, what, metrics}."""
-    from orchestrator.report.names import variant_tag
+    """The slice's runs in a fresh interpreter with `PORTABLE_ENV`, each alone at one torch thread, as
+    {run_key, what, metrics}: the same numbers on every x86-64 machine."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "slice.json"
+        code = "import sys; from orchestrator.report.demo import _slice_to; _slice_to(sys.argv[1], sys.argv[2])"
+        r = subprocess.run([sys.executable, "-c", code, str(out), str(cache_dir)],
+                           env={**os.environ, **PORTABLE_ENV}, cwd=ROOT, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"golden slice failed (exit {r.returncode}): {r.stderr.strip()[-2000:]}")
+        return json.loads(out.read_text())
+
+
+def write_golden(runs: list[dict]) -> None:
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    GOLDEN.write_text(json.dumps({"grid": GRID.name, "threads": 1, "numerics": PORTABLE_ENV | {"mkldnn": False},
+                                  "runs": runs}, indent=1) + "\n")
+
+
+def _slice_to(out: str, cache_dir: str) -> None:
+    """run_slice's fresh interpreter: the slice's rows, as JSON, to `out`."""
+    import torch
+
     from workers.run import run_alone
 
-    out = []
+    assert torch.backends.cpu.get_cpu_capability() == "DEFAULT", "run through run_slice (PORTABLE_ENV)"
+    torch.backends.mkldnn.enabled = False
+    rows = []
     for spec, row in zip(slice_specs(), run_alone(slice_specs(), Path(cache_dir), threads=1)):
         if row.status != "ok":
             raise RuntimeError(f"golden slice run {spec.run_key} failed: {row.error}")
         variant = variant_tag(spec.compression, spec.compression_level)
         what = f"{variant} {spec.method} {spec.shots}-shot seed {spec.seed}"
-        out.append({"run_key": spec.run_key, "what": what,
-                    "metrics": {m: float(getattr(row, m)) for m in GOLDEN_METRICS}})
-    return out
+        rows.append({"run_key": spec.run_key, "what": what,
+                     "metrics": {m: float(getattr(row, m)) for m in GOLDEN_METRICS}})
+    Path(out).write_text(json.dumps(rows))
 
 
 # -- writing ----------------------------------------------------------------------------------------------------
@@ -195,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.check:
         return 0
+    if portable_here():
+        print(f"error: {portable_here()}: the golden values cannot be made here; nothing written", file=sys.stderr)
+        return 1
     from workers.node_cache import node_cache_dir
 
     golden = run_slice(Path(args.cache) if args.cache else node_cache_dir())
@@ -206,11 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             if f"<!-- demo:{name} -->" in text:
                 text = replace_block(text, name, body, str(path))
         texts[path] = text
-    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-    # Values made on another vector unit were made by the code before this change: stale, so not kept.
-    made_on = {"made_on": platform.processor() or platform.machine(), "runs": golden}
-    GOLDEN.write_text(json.dumps({"grid": GRID.name, "threads": 1, "by_cpu": {cpu_capability(): made_on}},
-                                 indent=1) + "\n")
+    write_golden(golden)
     for path, text in texts.items():
         path.write_text(text)
     print(f"wrote {GOLDEN.relative_to(ROOT)} ({len(golden)} runs) and the demo tables in "

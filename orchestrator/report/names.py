@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from workers.core.spec import AXES
+from workers.core.spec import AXES, variant_tag  # variant_tag: 'magnitude@0.6'
 
 # Scalar metrics: axis label, the factor that turns the stored value into that unit, and what it measures.
 METRIC_INFO = {
@@ -76,12 +76,6 @@ def variant_text(compression: str, level: Any) -> str:
     if compression == "dense" or missing(level):
         return compression
     return f"{compression} {level:g}"
-
-
-def variant_tag(compression: str, level: Any) -> str:
-    """The same variant in one word, 'magnitude@0.6': the rows of `vpgrid report`'s tables ('MODEL TAG') and the
-    golden slice's labels, both pinned in the repository (README.md, docs/demo.md, tests/golden)."""
-    return compression if missing(level) else f"{compression}@{level:g}"
 
 
 def name_of(study: str, model: str, setup: str) -> str:

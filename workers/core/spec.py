@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -71,6 +72,15 @@ def _shared_json(values: tuple) -> tuple[dict[str, str], str]:
 
 # The axes of a grid, in one order everywhere: `match:` rules, `status` per axis, `report --select`, the figures.
 AXES = ("model", "compression", "level", "method", "dataset", "shots", "seed")
+
+
+def variant_tag(compression: str, level: Any) -> str:
+    """A model's variant in one word, 'magnitude@0.6' ('dense' at no level): `vpgrid plan`'s breakdown, the rows
+    of `vpgrid report`'s tables and the golden slice's labels. A level read back from a table may be NaN: none."""
+    if level is None or (isinstance(level, float) and math.isnan(level)):
+        return compression
+    return f"{compression}@{level:g}"
+
 
 @dataclass(frozen=True)
 class TrainConfig:
