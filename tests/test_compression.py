@@ -102,6 +102,17 @@ def test_magnitude_ties_are_broken_to_the_exact_count():
     assert torch.equal(a.weight, b.weight)
 
 
+@pytest.mark.parametrize("k", [0, 1, 37, 500, 999, 1000])
+def test_the_k_smallest_are_a_stable_sorts_first_k(k):
+    """Selection (kthvalue) against numpy's stable argsort, on scores with many ties at every value."""
+    from workers.compression.prune import _smallest
+
+    scores = torch.randint(0, 7, (1000,), generator=torch.Generator().manual_seed(0)).float()
+    expect = np.zeros(1000, bool)
+    expect[np.argsort(scores.numpy(), kind="stable")[:k]] = True
+    assert np.array_equal(_smallest(scores, k).numpy(), expect)
+
+
 def test_layer_scope_gives_each_layer_the_fraction():
     m, report = compress(cnn(), "magnitude", {"sparsity": 0.6, "scope": "layer"})
     for name, layer in m.named_modules():
