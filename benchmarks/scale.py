@@ -147,7 +147,7 @@ def bench_scale(workers: int = 3, gpus: int = 1, sleeps_s: float = 600, seeds: O
 
     from orchestrator.estimate import DEFAULT_TABLE, load_table, schedule, trial_seconds
     from orchestrator.grid import expand, parse_grid
-    from orchestrator.launch import check_names
+    from orchestrator.validate import check_runs
     from orchestrator.plan import pack
     from workers.core.store import Store
 
@@ -159,7 +159,7 @@ def bench_scale(workers: int = 3, gpus: int = 1, sleeps_s: float = 600, seeds: O
     grid = parse_grid(text)
     plan = expand(grid)
     ckpt, data = _inputs(root, plan)
-    trials = pack(grid, plan, check_names(plan, str(PAPER)))
+    trials = pack(grid, plan, check_runs(plan, str(PAPER)))
     table = load_table(DEFAULT_TABLE)
     secs = [a + sum(b) for a, b in (trial_seconds(t, table) for t in trials)]
     predicted = schedule(trials, secs, workers * gpus).wall_s

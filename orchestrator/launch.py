@@ -20,7 +20,7 @@ from workers.core.errors import Interrupted, LaunchError
 from orchestrator.grid import Grid, GridError, expand
 from orchestrator.plan import Trial, pack
 from orchestrator.ray_tune import Executed, Trials, make_callback, run_on_tune
-from orchestrator.validate import check_grid
+from orchestrator.validate import check_grid, check_runs
 from workers.core.store import HEARTBEAT_S, Store
 from workers.core.spec import RunSpec
 
@@ -72,18 +72,6 @@ class Rehearsal:
         return load_table(self.throughput or DEFAULT_TABLE)
 
 
-def check_names(runs: list[RunSpec], source: str) -> dict[str, dict]:
-    """Every model, compression, dataset and method must be registered. Imports the workers (torch).
-
-    Returns the models' registered default resources."""
-    from workers import catalog
-
-    problems = catalog.check(runs)
-    if problems:
-        raise GridError(f"{source}: " + "; ".join(problems))
-    return catalog.default_resources({r.model for r in runs})
-
-
 def pending(runs: list[RunSpec], statuses: dict[str, str], retry_failed: bool) -> list[RunSpec]:
     return [r for r in runs if statuses.get(r.run_key) != "ok" and (retry_failed or r.run_key not in statuses)]
 
@@ -114,9 +102,9 @@ def launch(grid: Grid, grid_text: str, source: str, store_uri, *, address: Optio
     whatever it says, the store decides what this launch achieved."""
     t_start = time.time()
     check_address(address or os.environ.get("RAY_ADDRESS"))
-    check_grid(grid, source)  # names and args against the schemas, torch-free, as `vpgrid plan` does
+    check_grid(grid, source)  # names and args against the cards, torch-free, as `vpgrid plan` does
     runs = expand(grid, source)  # refuses a grid whose rules leave no run
-    defaults = check_names(runs, source)  # before the store exists: a bad grid leaves nothing behind
+    defaults = check_runs(runs, source)  # before the store exists: a bad grid leaves nothing behind
     extra = [make_callback(c) for c in dict.fromkeys(callbacks + tuple(grid.callbacks))]  # a bad name, too
     table = _rehearsal_table(rehearse, runs)
     store = Store(store_uri)

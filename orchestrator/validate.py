@@ -9,6 +9,7 @@ from __future__ import annotations
 from orchestrator.grid import Grid, GridError
 from workers.core.schema import check_args, check_checkpoint, did_you_mean
 from workers.core.schemas import CARDS
+from workers.core.schemas.models import cannot_load, default_resources
 
 
 def _name(kind: str, name: str) -> list[str]:
@@ -57,6 +58,15 @@ def _compression(at: str, c) -> list[str]:
     for _, args in variants:
         out += [f"{at}: {p}" for p in check_args(CARDS["compression"][method], args)]
     return out
+
+
+def check_runs(runs, source: str) -> dict[str, dict]:
+    """What the grid's names and arguments cannot show, from the expanded runs: each model must read the checkpoint
+    format its weights need. Returns the models' default per-trial resources (their cards), for the packing."""
+    found = list(dict.fromkeys(why for r in runs if (why := cannot_load(r))))
+    if found:
+        raise GridError(f"{source}: " + "; ".join(found))
+    return default_resources({r.model for r in runs})
 
 
 def check_grid(grid: Grid, source: str) -> None:

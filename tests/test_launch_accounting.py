@@ -141,3 +141,21 @@ def test_compaction_is_due_by_time_once_enough_files_wait_and_at_once_when_too_m
     assert compaction_due(200, 301, **bounds)
     assert compaction_due(2000, 0, **bounds)  # so many that every listing is slow: now, whatever the time
     assert not compaction_due(1999, 0, **bounds)
+
+
+@pytest.mark.integration  # a fresh interpreter: this one has torch loaded
+def test_the_launch_driver_imports_no_torch(tmp_path):
+    """The control plane checks, packs and hands the trials over without torch (the cards say what the registries
+    hold): a launch's driver starts in seconds. The executor here records the trials and runs none."""
+    import subprocess
+    import sys
+
+    g = write_grid(tmp_path)
+    code = ("import sys; from orchestrator.grid import parse_grid; from orchestrator.launch import launch; "
+            "from orchestrator.ray_tune import Executed; seen = []; text = open(sys.argv[1]).read(); "
+            "launch(parse_grid(text), text, sys.argv[1], sys.argv[2], progress=False, "
+            "executor=lambda job: seen.append(len(job.configs)) or Executed([], 0.0, 0.0)); "
+            "print(seen, sorted(m for m in ('torch', 'torchvision', 'timm', 'open_clip', 'sklearn') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, str(g), str(tmp_path / "s")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[8] []"

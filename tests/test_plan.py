@@ -98,19 +98,22 @@ def test_resources_precedence_model_then_grid_then_registry_default():
     assert got == {("demo_cnn", 3, 0), ("resnet18", 2, 0.5)}  # grid-level beats the default, not the model's own
 
 
-def test_launcher_reads_registered_defaults():
-    from workers.catalog import default_resources
+def test_launcher_reads_the_models_default_resources_from_their_cards():
+    from orchestrator.validate import check_runs
 
-    assert default_resources({"resnet50", "clip_vit_l14", "nope"}) == {
+    d = yaml.safe_load(TINY)
+    d["models"] = [{"name": "resnet50", "weights": "random"}, {"name": "clip_vit_l14", "weights": "random"}]
+    assert check_runs(expand(parse_grid(yaml.safe_dump(d))), "g.yaml") == {
         "resnet50": {"cpu": 2, "gpu": 0.25}, "clip_vit_l14": {"cpu": 2, "gpu": 0.5}}
 
 
 def test_plan_gpus_refuses_a_checkpoint_format_the_model_cannot_read_as_the_launch_does(tmp_path):
-    """`plan --gpus` reads the cards torch-free; its message is the launch's (workers.catalog, the registries)."""
+    """`plan --gpus` and the launch check the formats with one function, torch-free, from the models' cards."""
     from typer.testing import CliRunner
 
     from orchestrator.cli import app
-    from workers.catalog import check
+    from orchestrator.grid import GridError
+    from orchestrator.validate import check_runs
 
     d = yaml.safe_load(TINY)
     d["models"][0]["weights"] = {"format": "upop", "path": "w.pt"}
@@ -119,4 +122,6 @@ def test_plan_gpus_refuses_a_checkpoint_format_the_model_cannot_read_as_the_laun
     r = CliRunner().invoke(app, ["plan", str(path), "--gpus", "1"])
     why = "model 'demo_cnn' cannot load checkpoint format 'upop' (it loads: state_dict)"
     assert r.exit_code != 0 and why in r.output
-    assert check(expand(parse_grid(yaml.safe_dump(d)))) == [why]
+    with pytest.raises(GridError) as e:
+        check_runs(expand(parse_grid(yaml.safe_dump(d))), "g.yaml")
+    assert str(e.value) == f"g.yaml: {why}"

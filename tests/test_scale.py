@@ -81,11 +81,11 @@ def test_plan_gpus_by_hand_from_the_table(tmp_path):
     g = small_grid(tmp_path, 0.25)
     grid = parse_grid(g.read_text())
     table = load_table(DEFAULT_TABLE)
-    from orchestrator.launch import check_names
+    from orchestrator.validate import check_runs
     from orchestrator.plan import pack
 
     runs = expand(grid)
-    packed = pack(grid, runs, check_names(runs, str(g)))
+    packed = pack(grid, runs, check_runs(runs, str(g)))
     secs = [table.get("demo_cnn").startup_s + sum(run_seconds(r, table) for r in t.runs) for t in packed]
     assert len(secs) > 4
     # one GPU, four slots: the first four trials start at 0; each later one takes the slot that frees first

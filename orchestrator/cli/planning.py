@@ -63,13 +63,9 @@ def _makespan(g, source: str, runs, table, gpus: int):
     """The launch's packing and order on `gpus` GPUs, with the models' default resources from their cards as the
     launch resolves them (torch-free). A checkpoint format a model cannot read fails here as at the launch."""
     from orchestrator.estimate import makespan
-    from orchestrator.grid import GridError
-    from workers.core.schemas.models import cannot_load, default_resources
+    from orchestrator.validate import check_runs
 
-    problems = list(dict.fromkeys(why for r in runs if (why := cannot_load(r))))
-    if problems:
-        raise GridError(f"{source}: " + "; ".join(problems))
-    return makespan(g, source, table, gpus, default_resources({r.model for r in runs}))
+    return makespan(g, source, table, gpus, check_runs(runs, source))
 
 
 def _estimate(g, source: str, throughput: Optional[Path]):
