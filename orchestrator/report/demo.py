@@ -158,20 +158,29 @@ def portable_here() -> str | None:
 
 
 def run_slice(cache_dir: Path) -> list[dict]:
-    """The slice's runs in a fresh interpreter with `PORTABLE_ENV`, each alone at one torch thread, as
-    {run_key, what, metrics}: the same numbers on every x86-64 machine."""
+    """The slice's runs in fresh interpreters with `PORTABLE_ENV`, each run alone at one torch thread, as
+    {run_key, what, metrics}: the same numbers on every x86-64 machine. One interpreter per core (at most two),
+    each taking every other run: a run's numbers do not depend on which process runs it."""
     import os
     import subprocess
     import tempfile
 
+    parts = max(1, min(2, os.cpu_count() or 1))
+    code = "import sys; from orchestrator.report.demo import _slice_to; _slice_to(*sys.argv[1:])"
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "slice.json"
-        code = "import sys; from orchestrator.report.demo import _slice_to; _slice_to(sys.argv[1], sys.argv[2])"
-        r = subprocess.run([sys.executable, "-c", code, str(out), str(cache_dir)],
-                           env={**os.environ, **PORTABLE_ENV}, cwd=ROOT, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"golden slice failed (exit {r.returncode}): {r.stderr.strip()[-2000:]}")
-        return json.loads(out.read_text())
+        outs = [Path(tmp) / f"slice-{i}.json" for i in range(parts)]
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(out), str(cache_dir), str(i), str(parts)],
+                                  env={**os.environ, **PORTABLE_ENV}, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for i, out in enumerate(outs)]
+        failed = []
+        for p in procs:
+            _, err = p.communicate()
+            if p.returncode:
+                failed.append(f"exit {p.returncode}: {err.strip()[-2000:]}")
+        if failed:
+            raise RuntimeError(f"golden slice failed ({failed[0]})")
+        rows = {r["run_key"]: r for out in outs for r in json.loads(out.read_text())}
+        return [rows[s.run_key] for s in slice_specs()]
 
 
 def write_golden(runs: list[dict]) -> None:
@@ -180,8 +189,9 @@ def write_golden(runs: list[dict]) -> None:
                                   "runs": runs}, indent=1) + "\n")
 
 
-def _slice_to(out: str, cache_dir: str) -> None:
-    """run_slice's fresh interpreter: the slice's rows, as JSON, to `out`."""
+def _slice_to(out: str, cache_dir: str, part: str = "0", parts: str = "1") -> None:
+    """run_slice's fresh interpreter: its share of the slice's runs (every `parts`-th from `part`), as JSON, to
+    `out`."""
     import torch
 
     from workers.run import run_alone
@@ -189,7 +199,8 @@ def _slice_to(out: str, cache_dir: str) -> None:
     assert torch.backends.cpu.get_cpu_capability() == "DEFAULT", "run through run_slice (PORTABLE_ENV)"
     torch.backends.mkldnn.enabled = False
     rows = []
-    for spec, row in zip(slice_specs(), run_alone(slice_specs(), Path(cache_dir), threads=1)):
+    specs = slice_specs()[int(part)::int(parts)]
+    for spec, row in zip(specs, run_alone(specs, Path(cache_dir), threads=1)):
         if row.status != "ok":
             raise RuntimeError(f"golden slice run {spec.run_key} failed: {row.error}")
         variant = variant_tag(spec.compression, spec.compression_level)
