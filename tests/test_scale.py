@@ -1,5 +1,5 @@
 """The paper's scale, rehearsed: `plan --estimate --gpus` against hand-worked schedules, rehearsal stores that
-never mix with results, a rehearsal's input checks on one node, and a rehearsal of a 675-run grid on a
+never mix with results, a rehearsal's input checks on one node, and a rehearsal of a 2,025-run grid on a
 two-node local cluster with its store on an S3 server, compacted while trials publish, every run exactly once
 (docs/scale.md; `vpgrid bench scale` rehearses the paper's whole grid)."""
 import json
@@ -216,7 +216,7 @@ def test_rehearse_pack_checks_a_text_and_a_dna_task_as_their_loaders_do(tmp_path
         assert row.status == "rehearsed", row.error
 
 
-# -- a 675-run rehearsal on a two-node cluster, the store on S3 --------------------------------------------------
+# -- a 2,025-run rehearsal on a two-node cluster, the store on S3 ------------------------------------------------
 
 BIG = """
 name: big
@@ -232,16 +232,16 @@ models:
 methods: [rlm, flm, ilm]
 datasets: [{name: digits}]
 shots: [1, 2, 4, 8, 16]
-seeds: [1, 2, 3]
+seeds: [1, 2, 3, 4, 5, 6, 7, 8, 9]
 train: {epochs: 2, batch_size: 8, input_size: 8}
-pack_size: 45
+pack_size: 135
 resources: {cpu: 1, gpu: 0.5}
 """
 
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_a_rehearsal_of_675_runs_on_two_nodes_with_the_store_on_s3(s3_bucket, tmp_path):
+def test_a_rehearsal_of_2025_runs_on_two_nodes_with_the_store_on_s3(s3_bucket, tmp_path):
     """Two nodes, each with its own checkpoint folder: the file is there on the head, absent on the worker.
     Every run is published exactly once, while the driver compacts every 2 s; the worker's runs of the
     checkpoint-backed model fail naming it."""
@@ -250,7 +250,7 @@ def test_a_rehearsal_of_675_runs_on_two_nodes_with_the_store_on_s3(s3_bucket, tm
 
     text = BIG
     runs = expand(parse_grid(text))
-    assert len(runs) == 675
+    assert len(runs) == 2025
     bucket = s3_bucket.removeprefix("s3://")
     boto3.client("s3").put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     have, empty = tmp_path / "have", tmp_path / "empty"

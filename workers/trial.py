@@ -5,6 +5,7 @@ and publish each run the moment it ends, with the trial's heartbeat beside it. T
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -12,6 +13,8 @@ from workers.core.spec import RunSpec
 from workers.core.store import DONE, HEARTBEAT_S, Store
 from workers.gate import wait_for_token
 from workers.node_cache import node_cache_dir
+
+PROGRESS_EVERY_S = 1.0  # the heartbeat is rewritten after a run at most this often (and every HEARTBEAT_S anyway)
 
 # What each finished run tells Tune (and so Ray's dashboard and logger callbacks); the store stays the record.
 REPORTED = ("accuracy", "ece", "conf_correct", "kl_incorrect", "nll", "final_train_loss", "sparsity",
@@ -64,13 +67,16 @@ def run_trial(config: dict, node: str, report: Callable[[dict], None], packs: Op
     progress = {"runs_total": len(specs), "runs_done": 0, "current": None, "node": node}
     store.heartbeat(trial, progress)
     beat = store.keep_beating(trial, progress, HEARTBEAT_S)  # stops with this process: a dead node's trial goes stale
+    written = time.monotonic()
     try:
         for i, result in enumerate(results, 1):
             result.node = node
             wait_for_token()  # test-only: no-op unless VPGRID_TEST_GATE is set
             publish(store, result)
             progress.update(runs_done=i, current=result.run_key)
-            store.heartbeat(trial, progress)
+            if time.monotonic() - written >= PROGRESS_EVERY_S:  # a rehearsal's runs end many a second: not a PUT each
+                store.heartbeat(trial, progress)
+                written = time.monotonic()
             metrics = {k: getattr(result, k) for k in REPORTED if getattr(result, k) is not None}
             report({"run_key": result.run_key, "ok": int(result.status in DONE), "runs_done": i,
                     "model": result.model, "compression": result.compression, "method": result.method,
